@@ -1,0 +1,33 @@
+# The two first commands: `make run` and `make test` (see README.md).
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEV_PKI := var/dev-pki
+PYTHON ?= python3
+
+.PHONY: run test lint clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Serve on https://127.0.0.1:8443 in dry-run mode with a local test PKI,
+# unless TLS_CERT_FILE (or CRT) says which certificate to use.
+run: $(BIN)/.installed
+	@export DRY_RUN="$${DRY_RUN-1}" ROUTES="$${ROUTES-*/*}"; \
+	if [ -z "$${TLS_CERT_FILE}$${CRT}" ]; then \
+		[ -f $(DEV_PKI)/ca.pem ] || $(BIN)/flask --app app dev-certs --dir $(DEV_PKI) || exit 1; \
+		export TLS_CERT_FILE=$(DEV_PKI)/server.pem TLS_KEY_FILE=$(DEV_PKI)/server.key \
+			QUAY_CA_FILE="$${QUAY_CA_FILE-$(DEV_PKI)/ca.pem}"; \
+		echo "Try it: $(BIN)/flask --app app send-sample https://127.0.0.1:8443/incoming --cert $(DEV_PKI)/quay.pem --key $(DEV_PKI)/quay.key --ca $(DEV_PKI)/ca.pem"; \
+	fi; \
+	exec $(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:8443 wsgi:app
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,19 @@
+"""The Flask application factory: configuration, then each module plugged in."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from quay_dispatch import cli, health, incoming, logs, services
+from quay_dispatch.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the application; `settings` default to the environment's, read on first use."""
+    app = Flask(__name__)
+    services.init_app(app, settings)
+    logs.init_app(app)
+    incoming.init_app(app)
+    health.init_app(app)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,49 @@
+"""gunicorn settings, from the environment (docs/configuration.md).
+
+gunicorn's own command-line flags (--bind, --certfile, --keyfile,
+--cert-reqs, --workers, ...) win over what is set here.
+"""
+
+import os
+import ssl
+import sys
+
+from quay_dispatch.config import ConfigError, load_settings
+
+try:
+    _settings = load_settings(os.environ)
+except ConfigError as _exc:
+    sys.exit(f"quay-dispatch: {_exc}")
+
+TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
+
+bind = [f"0.0.0.0:{_settings.port}"]
+worker_class = TLS_WORKER
+threads = 8
+certfile = _settings.tls_cert_file
+keyfile = _settings.tls_key_file
+cert_reqs = ssl.CERT_REQUIRED  # Quay always presents its certificate
+keepalive = 5
+timeout = 30
+graceful_timeout = 20
+preload_app = False  # each worker imports wsgi.py and starts its own deliverer
+control_socket_disable = True
+accesslog = None  # the application logs one line per request, without query strings
+
+
+def on_starting(server):
+    """Refuse to start on an insecure or unworkable combination, saying what to set."""
+    cfg = server.cfg
+    problems = []
+    if _settings.client_cert_source == "tls":
+        if not cfg.is_ssl:
+            problems.append(
+                "CLIENT_CERT_SOURCE=tls needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE (or --certfile/--keyfile); "
+                "behind a router that terminates TLS use CLIENT_CERT_SOURCE=none with INCOMING_TOKEN"
+            )
+        if cfg.cert_reqs == ssl.CERT_NONE:
+            problems.append("CLIENT_CERT_SOURCE=tls needs --cert-reqs 2 (or 1): Quay is identified by its certificate")
+        if cfg.worker_class_str != TLS_WORKER:
+            problems.append(f"CLIENT_CERT_SOURCE=tls needs --worker-class {TLS_WORKER}")
+    if problems:
+        sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))

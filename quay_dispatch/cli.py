@@ -1,0 +1,103 @@
+"""Command line: `flask --app app <command>`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import requests
+from flask import Flask
+
+from .config import ConfigError
+from .outbox import STATUSES
+from .pki import make_dev_pki
+from .quay import EVENTS
+from .sample import sample_body, send_like_quay
+from .services import services
+
+
+@click.command("dev-certs")
+@click.option("--dir", "directory", default="var/dev-pki", show_default=True, type=click.Path(path_type=Path),
+              help="Where to write the PKI.")
+@click.option("--force", is_flag=True, help="Replace an existing PKI.")
+def dev_certs(directory: Path, force: bool) -> None:
+    """Make a local test PKI: a root CA, a server certificate for localhost, a Quay-like client pair."""
+    if (directory / "ca.pem").exists() and not force:
+        raise click.ClickException(f"{directory} already holds a PKI; use --force to replace it")
+    paths = make_dev_pki(directory)
+    click.echo(f"wrote a local test PKI to {directory}/:")
+    click.echo(f"  ca.pem                   root CA: QUAY_CA_FILE={paths['ca']}")
+    click.echo(f"  server.pem, server.key   TLS_CERT_FILE={paths['server_cert']} TLS_KEY_FILE={paths['server_key']}")
+    click.echo(f"  quay.pem, quay.key       a client pair that passes for quay.io when QUAY_CA_FILE={paths['ca']}")
+
+
+@click.command("deliveries")
+@click.option("--status", type=click.Choice(STATUSES), help="Only deliveries with this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
+def deliveries(status: str | None, limit: int, as_json: bool) -> None:
+    """List the newest deliveries and what became of them."""
+    outbox = _services().outbox
+    outbox.migrate()
+    rows = outbox.list(status=status, limit=limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(asdict(row)))
+        return
+    if not rows:
+        click.echo("no deliveries" + (f" with status {status}" if status else ""))
+        return
+    now = time.time()
+    header = ("ID", "AGE", "QUAY REPOSITORY", "EVENT", "TARGET", "STATUS", "ATTEMPTS", "LAST ERROR")
+    table = [header] + [
+        (str(r.id), _age(now - r.created_at), r.quay_repository, r.event, r.target, r.status, str(r.attempts),
+         (r.last_error or "")[:80])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+@click.command("send-sample")
+@click.argument("url")
+@click.option("--event", type=click.Choice(EVENTS), default="build_success", show_default=True)
+@click.option("--repo", "repository", default="myorg/myrepo", show_default=True, help="Quay repository namespace/name.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate chain (PEM), as Quay's.")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Its private key.")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA that signed the service's certificate.")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--test", "test_marker", is_flag=True, help="Send Quay's Test Notification (build_id fake-build-id).")
+def send_sample(url, event, repository, cert, key, ca, branch, test_marker) -> None:
+    """Send a Quay-shaped notification to a running instance, exactly as Quay does."""
+    body = sample_body(event, repository, branch=branch, test=test_marker)
+    try:
+        response = send_like_quay(url, body, (cert, key) if cert else None, verify=ca or True)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"could not send: {exc}") from None
+    click.echo(f"{response.status_code} {response.text.strip()}")
+    if not response.ok:
+        raise SystemExit(1)
+
+
+def _services():
+    try:
+        return services()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(dev_certs)
+    app.cli.add_command(deliveries)
+    app.cli.add_command(send_sample)

@@ -1,0 +1,185 @@
+"""Configuration: read once from the environment, validated, passed down as one object."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .routes import Route, RouteError, parse_inline_routes, parse_toml_routes
+
+MIN_INCOMING_TOKEN_LENGTH = 24
+DEFAULT_DATABASE_URL = "sqlite:///var/quay-dispatch.sqlite3"
+CLIENT_CERT_SOURCES = ("tls", "none")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message lists every problem and what to set."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to know, validated."""
+
+    routes: tuple[Route, ...]
+    github_token: str | None = None
+    github_api_url: str = "https://api.github.com"
+    quay_hostnames: tuple[str, ...] = ("quay.io",)
+    quay_ca_file: str | None = None
+    client_cert_source: str = "tls"
+    incoming_token: str | None = None
+    database_path: Path = Path("var/quay-dispatch.sqlite3")
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    port: int = 8443
+    debug: bool = False
+    log_format: str = "text"
+    dry_run: bool = False
+    delivery_max_age: float = 24 * 3600.0
+    forward_test_notifications: bool = False
+
+    def __repr__(self) -> str:
+        # Never let a secret reach a log or a traceback through repr().
+        return (f"Settings(client_cert_source={self.client_cert_source!r}, github_api_url={self.github_api_url!r}, "
+                f"routes={len(self.routes)}, dry_run={self.dry_run})")
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build Settings from environment variables, or raise ConfigError naming each problem."""
+    problems: list[str] = []
+
+    def get(*names: str) -> str | None:
+        for name in names:
+            value = env.get(name)
+            if value is not None and value.strip() != "":
+                return value.strip()
+        return None
+
+    def flag(name: str) -> bool:
+        value = (env.get(name) or "").strip().lower()
+        if value in _TRUE:
+            return True
+        if value not in _FALSE:
+            problems.append(f"{name}={env[name]!r} is not a boolean: use 1/true/yes/on or 0/false/no/off")
+        return False
+
+    dry_run = flag("DRY_RUN")
+    token = get("GITHUB_TOKEN", "GH_TOKEN")
+    if not token and not dry_run:
+        problems.append("no GitHub credentials: set GITHUB_TOKEN (or GH_TOKEN), or DRY_RUN=1 to record without sending")
+
+    api_url = (get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
+    parts = urlsplit(api_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        problems.append(f"GITHUB_API_URL={api_url!r} is not an http(s) URL such as https://api.github.com")
+
+    routes: tuple[Route, ...] = ()
+    routes_file, routes_inline = get("ROUTES_FILE"), get("ROUTES")
+    try:
+        if routes_file and routes_inline:
+            problems.append("both ROUTES_FILE and ROUTES are set: use one")
+        elif routes_file:
+            try:
+                text = Path(routes_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise RouteError(f"ROUTES_FILE={routes_file}: cannot be read ({exc.strerror})") from None
+            routes = parse_toml_routes(text, source=f"ROUTES_FILE={routes_file}")
+        elif routes_inline:
+            routes = parse_inline_routes(routes_inline)
+        else:
+            problems.append(
+                "no routes: set ROUTES (for example ROUTES='myorg/*') or ROUTES_FILE; "
+                "without a route nothing would ever be forwarded"
+            )
+    except RouteError as exc:
+        problems.append(str(exc))
+
+    hostnames = tuple(h.strip().lower() for h in (get("QUAY_HOSTNAME") or "quay.io").split(",") if h.strip())
+    for hostname in hostnames:
+        if not _HOSTNAME.match(hostname):
+            problems.append(f"QUAY_HOSTNAME: {hostname!r} is not a host name")
+
+    ca_file = get("QUAY_CA_FILE")
+    if ca_file and not Path(ca_file).is_file():
+        problems.append(f"QUAY_CA_FILE={ca_file}: no such file")
+
+    source = (get("CLIENT_CERT_SOURCE") or "tls").lower()
+    if source not in CLIENT_CERT_SOURCES:
+        problems.append(f"CLIENT_CERT_SOURCE={source!r}: use one of {', '.join(CLIENT_CERT_SOURCES)}")
+
+    incoming_token = get("INCOMING_TOKEN")
+    if incoming_token is not None and len(incoming_token) < MIN_INCOMING_TOKEN_LENGTH:
+        problems.append(
+            f"INCOMING_TOKEN is too short ({len(incoming_token)} characters): use at least "
+            f"{MIN_INCOMING_TOKEN_LENGTH}, for example from "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    if source == "none" and incoming_token is None:
+        problems.append(
+            "CLIENT_CERT_SOURCE=none without INCOMING_TOKEN would let anyone trigger your workflows: "
+            "set INCOMING_TOKEN and put it in Quay's notification URL (https://quay:TOKEN@host/incoming)"
+        )
+
+    database_path = _database_path(get("DATABASE_URL") or DEFAULT_DATABASE_URL, problems)
+
+    port_text = get("PORT") or "8443"
+    port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else 0
+    if not port:
+        problems.append(f"PORT={port_text!r} is not a TCP port number")
+
+    log_format = (get("LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        problems.append(f"LOG_FORMAT={log_format!r}: use text or json")
+
+    max_age = _duration(get("DELIVERY_MAX_AGE") or "24h")
+    if max_age is None or max_age <= 0:
+        problems.append(f"DELIVERY_MAX_AGE={get('DELIVERY_MAX_AGE')!r} is not a duration such as 3600, 90m, 24h or 2d")
+
+    settings = Settings(
+        routes=routes,
+        github_token=token,
+        github_api_url=api_url,
+        quay_hostnames=hostnames or ("quay.io",),
+        quay_ca_file=ca_file,
+        client_cert_source=source,
+        incoming_token=incoming_token,
+        database_path=database_path,
+        tls_cert_file=get("TLS_CERT_FILE", "CRT"),
+        tls_key_file=get("TLS_KEY_FILE", "KEY"),
+        port=port,
+        debug=flag("DEBUG"),
+        log_format=log_format,
+        dry_run=dry_run,
+        delivery_max_age=max_age or 0.0,
+        forward_test_notifications=flag("FORWARD_TEST_NOTIFICATIONS"),
+    )
+    if problems:
+        raise ConfigError("configuration error:\n" + "\n".join(f"  - {p}" for p in problems))
+    return settings
+
+
+def _database_path(url: str, problems: list[str]) -> Path:
+    """The SQLite file named by DATABASE_URL (sqlite:///relative or sqlite:////absolute)."""
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    if url.startswith(("postgresql://", "postgres://")):
+        problems.append("DATABASE_URL: PostgreSQL is not supported by this version; use sqlite:///path")
+    else:
+        # The URL itself is not repeated: it may hold a password.
+        problems.append("DATABASE_URL is not a database URL: use sqlite:///relative/path or sqlite:////absolute/path")
+    return Path()
+
+
+def _duration(text: str) -> float | None:
+    """Seconds in '3600', '90s', '90m', '24h' or '2d'; None when unreadable."""
+    match = _DURATION.match(text)
+    if not match:
+        return None
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

@@ -1,0 +1,102 @@
+"""Delivery: a background thread per worker that sends due deliveries to GitHub and retries failures."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+from . import github
+from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Outbox, StoreUnavailable
+
+log = logging.getLogger("quay_dispatch.delivery")
+
+POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody wakes us
+LEASE_SECONDS = 60.0  # longer than one GitHub call can take (see github.TIMEOUT)
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 600.0
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after `attempts` failed attempts: exponential, capped, with full jitter."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(attempts - 1, 0))
+    return max(0.5, random.uniform(0, ceiling))
+
+
+class Deliverer:
+    """Sends due deliveries for one GitHub host, one at a time across all workers."""
+
+    def __init__(self, outbox: Outbox, client: github.GitHubClient, max_age: float):
+        self.outbox = outbox
+        self.client = client
+        self.host = github.host_of(client.api_url)
+        self.max_age = max_age
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """A new delivery was stored: look at once instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.deliver_one()
+            except StoreUnavailable as exc:
+                log.warning("outbox unavailable, delivery paused: %s", exc)
+                worked = False
+            except Exception:  # a bug must not kill the thread and strand the outbox
+                log.exception("unexpected error in the deliverer")
+                worked = False
+            if not worked:
+                self._wake.wait(POLL_INTERVAL)
+                self._wake.clear()
+
+    def deliver_one(self) -> bool:
+        """Send the next due delivery, if any; return whether there was one."""
+        delivery = self.outbox.claim(self.host, LEASE_SECONDS)
+        if delivery is None:
+            return False
+        started = time.monotonic()
+        outcome = self.client.post(delivery.path, delivery.body)
+        attempts = delivery.attempts + 1
+        next_at = None
+        if outcome.result == github.DELIVERED:
+            status = DELIVERED
+        elif outcome.result == github.FAILED:
+            status = FAILED
+        elif time.time() - delivery.created_at > self.max_age:
+            status = EXPIRED
+        else:
+            status = PENDING
+            next_at = outcome.retry_at or time.time() + backoff(attempts)
+        self.outbox.record(
+            delivery.id, status=status, http_status=outcome.http_status,
+            request_id=outcome.request_id, error=outcome.error, next_attempt_at=next_at,
+        )
+        log.info(
+            "delivery %s to %s (%s %s) attempt %d: %s%s%s",
+            delivery.id, delivery.target, delivery.kind, delivery.event_type, attempts,
+            status if status != PENDING else "retry in %.1fs" % (next_at - time.time()),
+            f", GitHub {outcome.http_status}" if outcome.http_status else "",
+            f", {outcome.error}" if outcome.error else "",
+            extra={"delivery_id": delivery.id, "duration_ms": round((time.monotonic() - started) * 1000)},
+        )
+        return True

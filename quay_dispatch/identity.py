@@ -1,0 +1,140 @@
+"""Identity: does a presented certificate chain prove that the caller is Quay?
+
+The chain must satisfy what a browser would ask of Quay's own web server: it
+leads to a trusted root, is within its validity period, allows serverAuth, and
+is valid for one of the configured host names. Quay presents its TLS server
+certificate as its client certificate, so that is exactly the proof we need.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import warnings
+from dataclasses import dataclass
+
+import certifi
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+class IdentityError(Exception):
+    """The caller is not Quay; the message says why, for the 403 answer and the log."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A caller proven to be Quay."""
+
+    hostname: str
+    subject: str
+
+
+def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
+    """Parse every PEM certificate in `data`, naming `source` in errors.
+
+    A handful of roots in the Mozilla bundle (GoDaddy and Starfield G2 among
+    them) have a serial number of zero, which RFC 5280 forbids and cryptography
+    warns about on every load. They are widely used trust anchors, so they are
+    kept and that one warning is silenced here, on purpose, instead of being
+    printed at every start.
+    """
+    certs = []
+    for block in _PEM_BLOCK.findall(data):
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*serial number.*", category=CryptographyDeprecationWarning
+            )
+            try:
+                certs.append(x509.load_pem_x509_certificate(block))
+            except ValueError as exc:
+                raise ValueError(f"{source}: unreadable certificate: {exc}") from None
+    if not certs and data.strip():
+        raise ValueError(f"{source}: no PEM certificate found")
+    return certs
+
+
+def load_roots(ca_file: str | None) -> list[x509.Certificate]:
+    """Trusted roots: `ca_file` (QUAY_CA_FILE) or, by default, certifi's Mozilla bundle."""
+    path = ca_file or certifi.where()
+    with open(path, "rb") as f:
+        roots = load_certificates(f.read(), path)
+    if not roots:
+        raise ValueError(f"{path}: no PEM certificate found")
+    return roots
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A short human description of a certificate: its subject and DNS names."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    subject = cert.subject.rfc4514_string() or "(empty subject)"
+    return f"{subject} (DNS names: {', '.join(names) or 'none'})"
+
+
+class QuayVerifier:
+    """Checks presented chains against trusted roots and Quay's host names."""
+
+    def __init__(self, hostnames: tuple[str, ...], roots: list[x509.Certificate]):
+        self.hostnames = hostnames
+        self._store = Store(roots)
+
+    def verify(self, chain_pems: list[str | bytes]) -> Caller:
+        """Verify a chain (leaf first, as PEM); return the caller or raise IdentityError."""
+        if not chain_pems:
+            raise IdentityError("no client certificate was presented")
+        try:
+            chain = [load_certificates(_as_bytes(p), "client certificate")[0] for p in chain_pems]
+        except (ValueError, IndexError):
+            raise IdentityError("the client certificate could not be parsed") from None
+        leaf, intermediates = chain[0], chain[1:]
+        now = datetime.datetime.now(datetime.UTC)
+        reasons = []
+        for hostname in self.hostnames:
+            verifier = (
+                PolicyBuilder().store(self._store).time(now).build_server_verifier(x509.DNSName(hostname))
+            )
+            try:
+                verifier.verify(leaf, intermediates)
+            except VerificationError as exc:
+                reasons.append(str(exc))
+                continue
+            return Caller(hostname=hostname, subject=leaf.subject.rfc4514_string())
+        return self._refuse(leaf, now, reasons)
+
+    def _refuse(self, leaf: x509.Certificate, now: datetime.datetime, reasons: list[str]):
+        expected = ", ".join(self.hostnames)
+        if leaf.not_valid_after_utc < now:
+            why = f"it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M UTC}"
+        elif leaf.not_valid_before_utc > now:
+            why = f"it is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M UTC}"
+        elif leaf.issuer == leaf.subject:
+            why = "it is self-signed, not issued by a trusted CA"
+        else:
+            why = "; ".join(dict.fromkeys(_explain(r) for r in reasons))
+        raise IdentityError(f"client certificate {describe(leaf)} is not a valid certificate for {expected}: {why}")
+
+
+_EXPLANATIONS = {
+    "candidates exhausted": "it does not chain to a trusted root through the certificates presented",
+    "no matching subjectAltName": "none of its names matches",
+    "required EKU not found": "its extended key usage does not allow serverAuth",
+}
+
+
+def _explain(reason: str) -> str:
+    """Turn one of cryptography's verification messages into words for an operator."""
+    for marker, explanation in _EXPLANATIONS.items():
+        if marker in reason:
+            return explanation
+    return reason.split(" (encountered processing")[0]
+
+
+def _as_bytes(pem: str | bytes) -> bytes:
+    return pem.encode("ascii") if isinstance(pem, str) else pem

@@ -1,0 +1,164 @@
+"""HTTP: the /incoming endpoints. Authenticate, parse, route, store, answer — in that order."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Blueprint, Flask, Request, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .dispatch import plan_dispatches
+from .identity import IdentityError
+from .outbox import StoreUnavailable
+from .quay import EVENTS, PayloadError, parse_event
+from .routes import select_routes
+from .services import Services, services
+
+MAX_BODY = 64 * 1024
+CHAIN_ENVIRON_PREFIX = "SSL_CLIENT_CERT_CHAIN_"
+
+bp = Blueprint("incoming", __name__)
+log = logging.getLogger("quay_dispatch.http")
+
+
+class Refusal(Exception):
+    """An answer other than success: its status, message and any extra JSON fields."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None, **extra):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
+@bp.post("/incoming", defaults={"event": "build_success"})
+@bp.post("/incoming/<event>")
+def incoming(event: str):
+    """Receive one Quay notification; see docs/api.md for every answer."""
+    svc = services()
+    if event not in EVENTS:
+        raise Refusal(404, f"unknown event {event[:60]!r}; known events: {', '.join(EVENTS)}")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Refusal(413, f"the body is {request.content_length} bytes; the limit is {MAX_BODY}")
+    authenticate(svc, request)
+    if request.mimetype != "application/json":
+        raise Refusal(415, f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}")
+    body = request.get_data(cache=False)  # werkzeug enforces MAX_CONTENT_LENGTH while reading
+    try:
+        quay_event = parse_event(event, body)
+    except PayloadError as exc:
+        raise Refusal(400, str(exc), field=exc.field or None) from None
+    g.quay_repository = quay_event.repository
+
+    selection = select_routes(svc.settings.routes, quay_event)
+    if not selection.repository_routed:
+        raise Refusal(403, f"no route allows Quay repository {quay_event.repository!r}")
+    if not selection.routes:
+        return answer(200, "ignored", reason="; ".join(selection.reasons))
+    if quay_event.is_test and not svc.settings.forward_test_notifications:
+        targets = sorted({route.target(quay_event) for route in selection.routes})
+        return answer(200, "test", reason=(
+            f"Quay test notification received; it would go to {', '.join(targets)}; "
+            "not forwarded (set FORWARD_TEST_NOTIFICATIONS=1 to forward it)"
+        ))
+
+    requests = plan_dispatches(quay_event, selection.routes, body)
+    try:
+        accepted, duplicates = svc.outbox.add(
+            requests, event=event, quay_repository=quay_event.repository, build_id=quay_event.build_id,
+            host=svc.github_host, dry_run=svc.settings.dry_run,
+        )
+    except StoreUnavailable as exc:
+        g.error_detail = str(exc)
+        raise Refusal(503, "the event cannot be stored right now; Quay will retry",
+                      headers={"Retry-After": "30"}) from None
+    if not accepted:
+        return answer(200, "duplicate", reason=f"already accepted for {', '.join(duplicates)}")
+    if svc.deliverer is not None:
+        svc.deliverer.wake()
+    return answer(202, "accepted", deliveries=[
+        {"id": a.id, "target": a.target, "event_type": a.event_type} for a in accepted
+    ])
+
+
+def authenticate(svc: Services, req: Request) -> None:
+    """Raise a 401 for a missing or wrong token, a 403 for a caller that is not Quay."""
+    settings = svc.settings
+    if settings.incoming_token is not None and not _token_matches(settings.incoming_token, req):
+        raise Refusal(401, "missing or wrong token: put INCOMING_TOKEN in the notification URL as "
+                      "https://quay:TOKEN@host/incoming", headers={"WWW-Authenticate": 'Basic realm="quay-dispatch"'})
+    if svc.verifier is None:
+        return
+    leaf = req.environ.get("SSL_CLIENT_CERT")
+    if not leaf:
+        raise Refusal(403, "no client certificate was presented; Quay presents its TLS certificate")
+    chain = [leaf]
+    while (cert := req.environ.get(f"{CHAIN_ENVIRON_PREFIX}{len(chain) - 1}")) is not None:
+        chain.append(cert)
+    try:
+        caller = svc.verifier.verify(chain)
+    except IdentityError as exc:
+        raise Refusal(403, str(exc)) from None
+    g.caller = caller.hostname
+
+
+def _token_matches(expected: str, req: Request) -> bool:
+    """Constant-time check of the Basic password, else the ?token= query parameter."""
+    presented = None
+    if req.authorization is not None and req.authorization.type == "basic":
+        presented = req.authorization.password
+    if presented is None:
+        presented = req.args.get("token")
+    if presented is None:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+
+
+def answer(status: int, outcome: str, **fields):
+    g.outcome = outcome
+    if "reason" in fields:
+        g.error_detail = fields["reason"]
+    response = jsonify({"status": outcome, **fields})
+    response.status_code = status
+    return response
+
+
+def _refusal(exc: Refusal):
+    extra = {k: v for k, v in exc.extra.items() if v is not None}
+    response = jsonify({"status": "error", "error": exc.message, **extra})
+    response.status_code = exc.status
+    response.headers.update(exc.headers)
+    g.outcome = "error"
+    g.error_detail = g.get("error_detail") or exc.message
+    return response
+
+
+def _http_error(exc: HTTPException):
+    """Flask's own errors (404, 405, 413 while reading) as JSON, like every other answer."""
+    messages = {
+        404: "no such URL; Quay notifications go to /incoming or /incoming/<event>",
+        405: f"method {request.method} is not allowed here",
+        413: f"the body is larger than {MAX_BODY} bytes",
+    }
+    refusal = Refusal(exc.code or 500, messages.get(exc.code, exc.description or exc.name))
+    response = _refusal(refusal)
+    if exc.code == 405:
+        response.headers["Allow"] = ", ".join(exc.valid_methods or [])
+    return response
+
+
+def _unexpected(exc: Exception):
+    # The traceback goes to the log; the caller learns nothing but the status.
+    log.exception("unexpected error handling %s %s", request.method, request.path)
+    g.error_detail = f"internal error: {type(exc).__name__}"
+    return _refusal(Refusal(500, "internal error; see the service's log"))
+
+
+def init_app(app: Flask) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.register_blueprint(bp)
+    app.register_error_handler(Refusal, _refusal)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

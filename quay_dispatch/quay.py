@@ -1,0 +1,164 @@
+"""The Quay event model: one parser turns a notification body into a typed, validated event.
+
+The body Quay sends does not name its event (a build_success and a
+build_cancelled carry the same fields), so the event name comes from the URL.
+Only the fields this service uses are validated; extra fields Quay may add are
+ignored, so a newer Quay keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+BUILD_EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled")
+EVENTS = BUILD_EVENTS + (
+    "repo_push",
+    "vulnerability_found",
+    "repo_image_expiry",
+    "repo_mirror_sync_started",
+    "repo_mirror_sync_success",
+    "repo_mirror_sync_failed",
+)
+TEST_BUILD_ID = "fake-build-id"
+
+_SEGMENT = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]+$")  # not "." or ".."
+_COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")
+
+
+class PayloadError(Exception):
+    """The body is not a Quay notification; names the field and why."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class QuayEvent:
+    """A validated Quay notification. Unknown values are None, never invented."""
+
+    event: str
+    repository: str
+    namespace: str
+    name: str
+    docker_url: str | None = None
+    homepage: str | None = None
+    build_id: str | None = None
+    commit: str | None = None
+    ref: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def is_build(self) -> bool:
+        return self.event in BUILD_EVENTS
+
+    @property
+    def is_test(self) -> bool:
+        """Quay's "Test Notification" button: only build events carry a marker."""
+        return self.is_build and self.build_id == TEST_BUILD_ID
+
+    @property
+    def branch(self) -> str | None:
+        if self.ref and self.ref.startswith("refs/heads/"):
+            return self.ref[len("refs/heads/"):]
+        return None
+
+
+def parse_event(event: str, body: bytes) -> QuayEvent:
+    """Parse the body of a Quay notification for `event`; raise PayloadError naming the field."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError("", f"the body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PayloadError("", f"the body must be a JSON object, not {_kind(data)}")
+
+    repository = _string(data, "repository", required=True)
+    namespace, _, name = repository.partition("/")
+    if not (_SEGMENT.match(namespace) and _SEGMENT.match(name)):
+        raise PayloadError(
+            "repository",
+            f"{repository[:100]!r} is not 'namespace/name' (letters, digits, '.', '_' and '-')",
+        )
+    # Quay also sends "namespace" and "name"; "repository" is the one source
+    # of truth (the original service's README example disagrees with itself).
+    _string(data, "namespace")
+    _string(data, "name")
+
+    fields = {
+        "event": event,
+        "repository": repository,
+        "namespace": namespace,
+        "name": name,
+        "docker_url": _string(data, "docker_url"),
+        "homepage": _string(data, "homepage"),
+    }
+    if event in BUILD_EVENTS:
+        fields.update(_build_fields(data))
+    elif event == "repo_push":
+        fields["tags"] = _tags(data, "updated_tags", allow_map=True)
+    elif event in ("vulnerability_found", "repo_image_expiry"):
+        fields["tags"] = _tags(data, "tags", allow_map=False)
+    return QuayEvent(**fields)
+
+
+def _build_fields(data: dict) -> dict:
+    build_id = _string(data, "build_id", required=True)
+    tags = _tags(data, "docker_tags", allow_map=False)
+    metadata = data.get("trigger_metadata")
+    if metadata is None:
+        # A manual build (an uploaded Dockerfile) has no trigger and no commit.
+        return {"build_id": build_id, "tags": tags}
+    if not isinstance(metadata, dict):
+        raise PayloadError("trigger_metadata", f"must be an object, not {_kind(metadata)}")
+    commit = _string(metadata, "commit", prefix="trigger_metadata.")
+    if commit is not None and not _COMMIT.match(commit):
+        raise PayloadError(
+            "trigger_metadata.commit", f"{commit[:80]!r} is not a commit SHA (7 to 64 hexadecimal characters)"
+        )
+    return {
+        "build_id": build_id,
+        "tags": tags,
+        "commit": commit.lower() if commit else None,
+        "ref": _string(metadata, "ref", prefix="trigger_metadata."),
+    }
+
+
+def _string(data: dict, key: str, *, required: bool = False, prefix: str = "") -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise PayloadError(prefix + key, "is required")
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(prefix + key, f"must be a string, not {_kind(value)}")
+    if required and not value:
+        raise PayloadError(prefix + key, "must not be empty")
+    return value
+
+
+def _tags(data: dict, key: str, *, allow_map: bool) -> tuple[str, ...]:
+    """A list of tag names; older Quay sends repo_push's updated_tags as a {tag: digest} map."""
+    value = data.get(key)
+    if value is None:
+        return ()
+    if allow_map and isinstance(value, dict):
+        value = list(value)
+    if not isinstance(value, list):
+        expected = "a list of tags or a {tag: digest} object" if allow_map else "a list of tags"
+        raise PayloadError(key, f"must be {expected}, not {_kind(value)}")
+    for i, tag in enumerate(value):
+        if not isinstance(tag, str):
+            raise PayloadError(f"{key}[{i}]", f"must be a string, not {_kind(tag)}")
+    return tuple(value)
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

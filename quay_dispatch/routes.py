@@ -1,0 +1,158 @@
+"""Routes: which Quay repository triggers which GitHub repository, as data the operator reads.
+
+A route is a TOML table (ROUTES_FILE) or an inline `quay[=github]` entry
+(ROUTES). The code only interprets them; see docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from .quay import EVENTS, QuayEvent
+
+MAX_EVENT_TYPE_LENGTH = 100  # GitHub's limit for repository_dispatch
+_GITHUB_REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+_TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
+_KNOWN_KEYS = {"quay", "github", "events", "event_type", "branches", "tags"}
+
+
+class RouteError(Exception):
+    """A route is malformed; the message names the route and the key."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One forwarding rule."""
+
+    quay: str
+    github: str = "{namespace}/{name}"
+    events: tuple[str, ...] = ("build_success",)
+    event_type: str | None = None
+    branches: tuple[str, ...] | None = None
+    tags: tuple[str, ...] | None = None
+
+    def target(self, event: QuayEvent) -> str:
+        """The GitHub repository "owner/name" this route sends `event` to."""
+        return self.github.format(namespace=event.namespace, name=event.name)
+
+    def event_type_for(self, event: QuayEvent) -> str:
+        return self.event_type or "QUAY_" + event.event.upper()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The routes that apply to an event, or why none does."""
+
+    routes: tuple[Route, ...]
+    repository_routed: bool
+    reasons: tuple[str, ...]
+
+
+def select_routes(routes: tuple[Route, ...], event: QuayEvent) -> Selection:
+    """Routes whose filters all match `event`; with the reason each other matching route skipped it."""
+    selected, reasons, routed = [], [], False
+    for route in routes:
+        if not fnmatchcase(event.repository, route.quay):
+            continue
+        routed = True
+        reason = _filter_reason(route, event)
+        if reason:
+            reasons.append(f"route {route.quay!r}: {reason}")
+        else:
+            selected.append(route)
+    return Selection(tuple(selected), routed, tuple(reasons))
+
+
+def _filter_reason(route: Route, event: QuayEvent) -> str | None:
+    if event.event not in route.events:
+        return f"event {event.event} is not in {list(route.events)}"
+    if route.branches is not None:
+        if event.branch is None:
+            return f"the build has no branch, and the route only allows branches {list(route.branches)}"
+        if not any(fnmatchcase(event.branch, glob) for glob in route.branches):
+            return f"branch {event.branch!r} does not match {list(route.branches)}"
+    if route.tags is not None and not any(
+        fnmatchcase(tag, glob) for tag in event.tags for glob in route.tags
+    ):
+        return f"no tag of {list(event.tags)} matches {list(route.tags)}"
+    return None
+
+
+def parse_toml_routes(text: str, source: str = "ROUTES_FILE") -> tuple[Route, ...]:
+    """Routes from the [[routes]] tables of a TOML document."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RouteError(f"{source}: not valid TOML ({exc})") from None
+    tables = document.get("routes")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise RouteError(f"{source}: expected one or more [[routes]] tables")
+    return tuple(_route_from_table(table, f"{source}, route {i + 1}") for i, table in enumerate(tables))
+
+
+def parse_inline_routes(text: str) -> tuple[Route, ...]:
+    """Routes from ROUTES: `quay[=github]` entries separated by ';' (events: build_success)."""
+    routes = []
+    for i, entry in enumerate(e.strip() for e in text.split(";")):
+        if not entry:
+            continue
+        quay, sep, github = (part.strip() for part in entry.partition("="))
+        table = {"quay": quay, "github": github} if sep else {"quay": quay}
+        routes.append(_route_from_table(table, f"ROUTES, entry {i + 1} ({entry!r})"))
+    if not routes:
+        raise RouteError("ROUTES: no route in it; write for example ROUTES='myorg/*'")
+    return tuple(routes)
+
+
+def _route_from_table(table: dict, where: str) -> Route:
+    unknown = set(table) - _KNOWN_KEYS
+    if unknown:
+        known = ", ".join(sorted(_KNOWN_KEYS))
+        raise RouteError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {known}")
+    quay = _text(table, "quay", where, required=True)
+    if "/" not in quay:
+        raise RouteError(f"{where}: quay = {quay!r} must be a glob on 'namespace/name', such as 'myorg/*'")
+    github = _text(table, "github", where) or "{namespace}/{name}"
+    fields = set(_TEMPLATE_FIELDS.findall(github))
+    if not fields <= {"namespace", "name"}:
+        raise RouteError(f"{where}: github = {github!r} may only use {{namespace}} and {{name}}")
+    if not _GITHUB_REPO.match(github.format(namespace="ns", name="repo")):
+        raise RouteError(f"{where}: github = {github!r} is not an 'owner/repository' template")
+    events = _list(table, "events", where) or ("build_success",)
+    for event in events:
+        if event not in EVENTS:
+            raise RouteError(f"{where}: unknown event {event!r}; known: {', '.join(EVENTS)}")
+    event_type = _text(table, "event_type", where)
+    if event_type is not None and not 0 < len(event_type) <= MAX_EVENT_TYPE_LENGTH:
+        raise RouteError(f"{where}: event_type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters")
+    return Route(
+        quay=quay,
+        github=github,
+        events=events,
+        event_type=event_type,
+        branches=_list(table, "branches", where),
+        tags=_list(table, "tags", where),
+    )
+
+
+def _text(table: dict, key: str, where: str, required: bool = False) -> str | None:
+    value = table.get(key)
+    if value is None or value == "":
+        if required:
+            raise RouteError(f"{where}: {key} is required")
+        return None
+    if not isinstance(value, str):
+        raise RouteError(f"{where}: {key} must be a string")
+    return value
+
+
+def _list(table: dict, key: str, where: str) -> tuple[str, ...] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise RouteError(f"{where}: {key} must be a non-empty list of strings")
+    return tuple(value)

@@ -1,0 +1,75 @@
+"""The long-lived objects one application instance works with, built once from Settings.
+
+They are built on first use, so that the CLI commands that need no
+configuration (dev-certs, send-sample) work before the service is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from . import logs
+from .config import Settings, load_settings
+from .delivery import Deliverer
+from .github import GitHubClient, host_of
+from .identity import QuayVerifier, load_roots
+from .outbox import Outbox
+
+_EXTENSION = "quay_dispatch"
+_lock = threading.Lock()
+
+
+@dataclass
+class Services:
+    """Settings plus what is built from them: the Quay verifier, the outbox, the deliverer."""
+
+    settings: Settings
+    verifier: QuayVerifier | None
+    outbox: Outbox
+    deliverer: Deliverer | None  # None in dry-run mode: nothing is sent
+
+    @property
+    def github_host(self) -> str:
+        return host_of(self.settings.github_api_url)
+
+    def start_delivery(self) -> None:
+        """Create the schema if needed and start sending; called once per serving process."""
+        self.outbox.migrate()
+        if self.deliverer is not None:
+            self.deliverer.start()
+
+
+def build(settings: Settings) -> Services:
+    """Build the Services for `settings` (loads the trusted roots, opens nothing yet)."""
+    logs.configure(settings)
+    verifier = None
+    if settings.client_cert_source == "tls":
+        verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file))
+    outbox = Outbox(settings.database_path)
+    deliverer = None
+    if not settings.dry_run:
+        client = GitHubClient(settings.github_api_url, settings.github_token or "")
+        deliverer = Deliverer(outbox, client, settings.delivery_max_age)
+    return Services(settings, verifier, outbox, deliverer)
+
+
+def init_app(app: Flask, settings: Settings | None) -> None:
+    """Remember `settings` (None: read the environment when first needed)."""
+    app.extensions[_EXTENSION] = settings
+
+
+def services(app: Flask | None = None) -> Services:
+    """The Services of `app` (default: the current application), built on first use.
+
+    Raises config.ConfigError when the environment is not a usable configuration.
+    """
+    app = app or current_app._get_current_object()
+    with _lock:
+        value = app.extensions[_EXTENSION]
+        if not isinstance(value, Services):
+            value = app.extensions[_EXTENSION] = build(value or load_settings(os.environ))
+    return value

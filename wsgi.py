@@ -1,0 +1,11 @@
+"""The gunicorn entry point: `gunicorn -c gunicorn.conf.py wsgi:app`.
+
+Imported in each worker process (gunicorn.conf.py turns preload off), so each
+one builds its services and starts its own deliverer thread.
+"""
+
+from app import create_app
+from quay_dispatch.services import services
+
+app = create_app()
+services(app).start_delivery()
