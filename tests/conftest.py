@@ -1,0 +1,255 @@
+"""Shared fixtures: a test PKI, a loopback GitHub, and real gunicorn servers running the service."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from quay_dispatch import pki
+
+ROOT = Path(__file__).resolve().parent.parent
+GITHUB_TOKEN = "ghp_testtoken0123456789abcdefTESTTOKEN"
+
+
+@dataclass
+class PKI:
+    """Certificates made for the tests, written under `dir`."""
+
+    dir: Path
+    paths: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (chain file, key file)
+    ca_file: str = ""
+
+    def add(self, name: str, leaf: pki.Issued, *chain: pki.Issued) -> None:
+        cert, key = self.dir / f"{name}.pem", self.dir / f"{name}.key"
+        pki.write_pair(leaf, cert, key, *chain)
+        self.paths[name] = (str(cert), str(key))
+
+    def pair(self, name: str) -> tuple[str, str]:
+        return self.paths[name]
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory) -> PKI:
+    """A root and intermediate like a public CA's, Quay's genuine chain, and forgeries of it."""
+    store = PKI(tmp_path_factory.mktemp("pki"))
+    root = pki.issue("Test Root CA", ca=True, days=3650)
+    intermediate = pki.issue("Test Intermediate CA", issuer=root, ca=True, days=3650)
+    other_root = pki.issue("Other Root CA", ca=True, days=3650)
+    store.ca_file = str(store.dir / "ca.pem")
+    Path(store.ca_file).write_bytes(root.cert_pem)
+    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    store.add("server", pki.issue("localhost", issuer=intermediate, names=["localhost", "127.0.0.1"]), intermediate)
+    # What Quay presents today: serverAuth only, issued through an intermediate.
+    store.add("quay", pki.issue("quay.io", issuer=intermediate, names=["quay.io", "*.quay.io"]), intermediate)
+    store.add("quay_leaf_only", pki.issue("quay.io", issuer=intermediate, names=["quay.io"]))
+    store.add("self_signed", pki.issue("quay.io", names=["quay.io", "*.quay.io"]))
+    store.add("other_root", pki.issue("quay.io", issuer=other_root, names=["quay.io"]), other_root)
+    store.add("expired", pki.issue("quay.io", issuer=intermediate, names=["quay.io"], not_before=long_ago, days=90),
+              intermediate)
+    store.add("other_host", pki.issue("evil.example", issuer=intermediate, names=["evil.example"]), intermediate)
+    store.add("wildcard_only", pki.issue("*.quay.io", issuer=intermediate, names=["*.quay.io"]), intermediate)
+    store.add("client_auth_only", pki.issue("quay.io", issuer=intermediate, names=["quay.io"],
+                                            eku=[ExtendedKeyUsageOID.CLIENT_AUTH]), intermediate)
+    return store
+
+
+@dataclass
+class Captured:
+    """One request the loopback GitHub received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class FakeGitHub:
+    """A loopback HTTP server standing in for GitHub's REST API; answers follow a script."""
+
+    def __init__(self):
+        self.requests: list[Captured] = []
+        self.script: list[tuple[int, dict, bytes]] = []
+        self.delay = 0.0
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                with fake._lock:
+                    fake.requests.append(Captured("POST", self.path, dict(self.headers.items()), body))
+                    status, headers, payload = fake.script.pop(0) if fake.script else (204, {}, b"")
+                time.sleep(fake.delay)
+                self.send_response(status)
+                headers = {"X-GitHub-Request-Id": f"REQ{len(fake.requests)}", **headers}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def answer(self, status: int, body: dict | None = None, headers: dict | None = None, times: int = 1):
+        """Queue `times` answers of `status` before the default 204."""
+        payload = json.dumps(body).encode() if body is not None else b""
+        self.script.extend([(status, {"Content-Type": "application/json", **(headers or {})}, payload)] * times)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Captured]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.requests)
+
+    def reset(self):
+        with self._lock:
+            self.requests.clear()
+            self.script.clear()
+            self.delay = 0.0
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="session")
+def github():
+    server = FakeGitHub()
+    yield server
+    server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A real gunicorn running the service on loopback, its log in a file."""
+
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True):
+        self.port = free_port()
+        self.workdir = workdir
+        self.log_path = workdir / f"gunicorn-{self.port}.log"
+        self.scheme = "https" if tls else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.env = env
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{self.port}", *args, "wsgi:app"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, cert: tuple[str, str] | None, verify: str | bool, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", cert=cert, verify=verify, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gunicorn not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def base_env(test_pki: PKI, github: FakeGitHub, db: Path) -> dict[str, str]:
+    """The environment of a service that trusts the test PKI and sends to the loopback GitHub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "GH_", "QUAY_", "ROUTES", "DRY_RUN"))}
+    server_cert, server_key = test_pki.pair("server")
+    env.update({
+        "TLS_CERT_FILE": server_cert,
+        "TLS_KEY_FILE": server_key,
+        "QUAY_CA_FILE": test_pki.ca_file,
+        "GITHUB_API_URL": github.url,
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+        "ROUTES": "acme/*; acme/api=acme-gh/api-server",
+        "DATABASE_URL": f"sqlite:///{db}",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+class Services:
+    """Starts services in one directory and stops them all at the end."""
+
+    def __init__(self, workdir: Path, test_pki: PKI, github: FakeGitHub):
+        self.workdir, self.pki, self.github = workdir, test_pki, github
+        self.started: list[Service] = []
+
+    def __call__(self, overrides: dict[str, str | None] | None = None, args: list[str] | None = None,
+                 wait: bool = True) -> Service:
+        env = base_env(self.pki, self.github, self.workdir / "outbox.sqlite3")
+        for name, value in (overrides or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        service = Service(env, args or ["--workers", "1"], self.workdir, tls=bool(env.get("TLS_CERT_FILE") or env.get("CRT")))
+        self.started.append(service)
+        if wait:
+            service.wait_ready(self.pki.pair("server") if service.scheme == "https" else None, self.pki.ca_file)
+        return service
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            service.stop()
+
+
+@pytest.fixture
+def start_service(tmp_path, test_pki, github):
+    """Start a service for one test: start_service(env_overrides, args)."""
+    github.reset()
+    services = Services(tmp_path, test_pki, github)
+    yield services
+    services.stop_all()
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory, test_pki, github):
+    """One service (2 workers) shared by a module's tests, with the default test configuration."""
+    services = Services(tmp_path_factory.mktemp("relay"), test_pki, github)
+    service = services(args=["--workers", "2"])
+    yield service
+    services.stop_all()

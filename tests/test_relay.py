@@ -1,0 +1,393 @@
+"""End to end: Quay-shaped calls to a real gunicorn, dispatches checked at a loopback GitHub."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+
+from quay_dispatch.quay import EVENTS
+from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
+from tests.conftest import GITHUB_TOKEN, ROOT
+
+
+def post(service, test_pki, body, event=None, cert="quay", **kwargs):
+    url = service.url + ("/incoming" if event is None else f"/incoming/{event}")
+    return send_like_quay(url, body, test_pki.pair(cert) if cert else None, verify=test_pki.ca_file, **kwargs)
+
+
+def dispatches_for(github, build_id, count=1, timeout=10.0):
+    """The requests GitHub received whose payload names `build_id`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in github.requests if build_id in r.body.decode()]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def test_build_success_reaches_github_exactly_as_documented(relay, test_pki, github):
+    build_id = str(uuid.uuid4())
+    response = post(relay, test_pki, sample_body("build_success", "acme/widget", build_id=build_id))
+
+    assert response.status_code == 202
+    answer = response.json()
+    assert answer["status"] == "accepted"
+    assert [(d["target"], d["event_type"]) for d in answer["deliveries"]] == [("acme/widget", "QUAY_BUILD_SUCCESS")]
+    [sent] = dispatches_for(github, build_id)
+    assert sent.method == "POST"
+    assert sent.path == "/repos/acme/widget/dispatches"
+    assert sent.headers["Accept"] == "application/vnd.github+json"
+    assert sent.headers["X-GitHub-Api-Version"] == "2022-11-28"
+    assert sent.headers["Authorization"] == f"Bearer {GITHUB_TOKEN}"
+    assert sent.headers["User-Agent"].startswith("quay-github-actions-dispatch/")
+    assert sent.headers["Content-Type"] == "application/json"
+    assert sent.json() == {
+        "event_type": "QUAY_BUILD_SUCCESS",
+        "client_payload": {
+            "text": SAMPLE_COMMIT[:7],
+            "sha": SAMPLE_COMMIT,
+            "ref": "refs/heads/main",
+            "branch": "main",
+            "tags": ["latest"],
+            "image": "quay.io/acme/widget",
+            "build_id": build_id,
+            "quay_repository": "acme/widget",
+            "event": "build_success",
+            "url": f"https://quay.io/repository/acme/widget/build/{build_id}",
+        },
+    }
+
+
+def test_manual_build_without_commit_sends_nulls_not_invented_values(relay, test_pki, github):
+    build_id = str(uuid.uuid4())
+    body = sample_body("build_success", "acme/widget", build_id=build_id, commit=None)
+    assert "trigger_metadata" not in body
+
+    assert post(relay, test_pki, body).status_code == 202
+    [sent] = dispatches_for(github, build_id)
+    payload = sent.json()["client_payload"]
+    assert (payload["text"], payload["sha"], payload["ref"], payload["branch"]) == (None, None, None, None)
+
+
+def test_several_matching_routes_fan_out_one_delivery_per_target(relay, test_pki, github):
+    build_id = str(uuid.uuid4())
+    response = post(relay, test_pki, sample_body("build_success", "acme/api", build_id=build_id))
+
+    assert response.status_code == 202
+    assert sorted(d["target"] for d in response.json()["deliveries"]) == ["acme-gh/api-server", "acme/api"]
+    sent = dispatches_for(github, build_id, count=2)
+    assert sorted(r.path for r in sent) == ["/repos/acme-gh/api-server/dispatches", "/repos/acme/api/dispatches"]
+
+
+def test_quay_retrying_a_build_gets_duplicate_and_github_receives_it_once(relay, test_pki, github):
+    body = sample_body("build_success", "acme/widget")
+    first = post(relay, test_pki, body)
+    again = post(relay, test_pki, body)
+
+    assert first.status_code == 202
+    assert again.status_code == 200
+    assert again.json() == {"status": "duplicate", "reason": "already accepted for acme/widget"}
+    time.sleep(0.5)
+    assert len(dispatches_for(github, body["build_id"], count=2, timeout=1.0)) == 1
+
+
+def test_quay_test_notification_is_answered_and_not_forwarded(relay, test_pki, github):
+    body = sample_body("build_success", "acme/widget", test=True)
+    before = len(github.requests)
+
+    response = post(relay, test_pki, body)
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "test"
+    assert "acme/widget" in response.json()["reason"]
+    time.sleep(0.5)
+    assert len(github.requests) == before
+
+
+def test_route_that_matches_the_repository_but_not_the_event_is_ignored(relay, test_pki, github):
+    response = post(relay, test_pki, sample_body("build_failure", "acme/widget"), event="build_failure")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ignored"
+    assert "build_failure" in response.json()["reason"]
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_every_quay_event_has_its_url(relay, test_pki, event):
+    response = post(relay, test_pki, sample_body(event, "acme/widget"), event=event)
+
+    expected = 202 if event == "build_success" else 200
+    assert response.status_code == expected, response.text
+
+
+@pytest.mark.parametrize("cert, reason", [
+    ("self_signed", "self-signed"),
+    ("other_root", "does not chain to a trusted root"),
+    ("expired", "expired on 2020-03-31"),
+    ("other_host", "evil.example"),
+    ("wildcard_only", "none of its names matches"),
+    ("client_auth_only", "does not allow serverAuth"),
+    ("quay_leaf_only", "does not chain to a trusted root"),
+    ("server", "none of its names matches"),
+])
+def test_a_caller_that_is_not_quay_is_refused_and_nothing_is_dispatched(relay, test_pki, github, cert, reason):
+    body = sample_body("build_success", "acme/widget")
+
+    response = post(relay, test_pki, body, cert=cert)
+
+    assert response.status_code == 403
+    assert response.json()["status"] == "error"
+    assert "is not a valid certificate for quay.io" in response.json()["error"]
+    assert reason in response.json()["error"]
+    # ... and the service goes on serving genuine notifications.
+    assert post(relay, test_pki, body).status_code == 202
+    assert len(dispatches_for(github, body["build_id"], count=2, timeout=1.0)) == 1
+
+
+def test_identity_is_checked_before_the_body_is_parsed(relay, test_pki):
+    url = relay.url + "/incoming"
+    for data, content_type in ((b"{not json", "application/json"), (b"hello", "text/plain")):
+        response = requests.post(url, data=data, headers={"Content-Type": content_type},
+                                 cert=test_pki.pair("self_signed"), verify=test_pki.ca_file, timeout=10)
+        assert response.status_code == 403
+
+
+def test_repository_without_a_route_is_forbidden(relay, test_pki, github):
+    response = post(relay, test_pki, sample_body("build_success", "someone-else/app"))
+
+    assert response.status_code == 403
+    assert response.json()["error"] == "no route allows Quay repository 'someone-else/app'"
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda b: b.update(repository="no-slash"), "repository", "is not 'namespace/name'"),
+    (lambda b: b.update(repository="a/b/c"), "repository", "is not 'namespace/name'"),
+    (lambda b: b.update(repository="acme/.."), "repository", "is not 'namespace/name'"),
+    (lambda b: b.pop("repository"), "repository", "is required"),
+    (lambda b: b.update(build_id=42), "build_id", "must be a string, not a number"),
+    (lambda b: b["trigger_metadata"].update(commit="not-hex!"), "trigger_metadata.commit", "is not a commit SHA"),
+    (lambda b: b["trigger_metadata"].update(commit="abc12"), "trigger_metadata.commit", "is not a commit SHA"),
+    (lambda b: b.update(trigger_metadata="main"), "trigger_metadata", "must be an object"),
+    (lambda b: b.update(docker_tags="latest"), "docker_tags", "must be a list of tags"),
+    (lambda b: b.update(docker_tags=["ok", 3]), "docker_tags[1]", "must be a string"),
+])
+def test_a_body_quay_never_sends_is_a_400_naming_the_field(relay, test_pki, mutate, field, words):
+    body = sample_body("build_success", "acme/widget")
+    mutate(body)
+
+    response = post(relay, test_pki, body)
+
+    assert response.status_code == 400
+    assert response.json()["field"] == field
+    assert words in response.json()["error"]
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object, not a list"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_invalid_json_is_a_400(relay, test_pki, data, words):
+    response = requests.post(relay.url + "/incoming", data=data, headers={"Content-type": "application/json"},
+                             cert=test_pki.pair("quay"), verify=test_pki.ca_file, timeout=10)
+
+    assert response.status_code == 400
+    assert words in response.json()["error"]
+
+
+def test_repo_push_updated_tags_as_a_list_or_a_map_both_parse(relay, test_pki):
+    for tags in (["latest", "v1"], {"latest": "sha256:abc", "v1": "sha256:def"}):
+        body = sample_body("repo_push", "acme/widget") | {"updated_tags": tags}
+        response = post(relay, test_pki, body, event="repo_push")
+        assert response.status_code == 200
+        assert response.json()["status"] == "ignored"
+
+
+def test_unknown_event_unknown_path_and_wrong_method_are_json_errors(relay, test_pki):
+    cert, ca = test_pki.pair("quay"), test_pki.ca_file
+    unknown = requests.post(relay.url + "/incoming/build_exploded", json={}, cert=cert, verify=ca, timeout=10)
+    nowhere = requests.post(relay.url + "/elsewhere", json={}, cert=cert, verify=ca, timeout=10)
+    wrong_method = requests.get(relay.url + "/incoming", cert=cert, verify=ca, timeout=10)
+
+    assert unknown.status_code == 404
+    assert "unknown event 'build_exploded'" in unknown.json()["error"]
+    assert nowhere.status_code == 404 and nowhere.json()["status"] == "error"
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Allow"] and wrong_method.json()["status"] == "error"
+
+
+def test_a_body_over_64_kib_is_413_declared_or_streamed(relay, test_pki):
+    big = json.dumps(sample_body("build_success", "acme/widget") | {"padding": "x" * 70_000}).encode()
+    cert, ca = test_pki.pair("quay"), test_pki.ca_file
+    declared = requests.post(relay.url + "/incoming", data=big, headers={"Content-Type": "application/json"},
+                             cert=cert, verify=ca, timeout=10)
+    streamed = requests.post(relay.url + "/incoming", data=iter([big[:40_000], big[40_000:]]),
+                             headers={"Content-Type": "application/json"}, cert=cert, verify=ca, timeout=10)
+
+    assert declared.status_code == 413
+    assert streamed.status_code == 413
+    assert "65536" in streamed.json()["error"]
+
+
+def test_a_body_that_is_not_json_is_415(relay, test_pki):
+    response = requests.post(relay.url + "/incoming", data="repository=acme/widget",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"},
+                             cert=test_pki.pair("quay"), verify=test_pki.ca_file, timeout=10)
+
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]
+
+
+def test_github_5xx_is_retried_until_delivered(start_service, test_pki, github):
+    github.answer(503, {"message": "Service unavailable"}, times=2)
+    service = start_service()
+    body = sample_body("build_success", "acme/widget")
+
+    assert post(service, test_pki, body).status_code == 202
+
+    sent = dispatches_for(github, body["build_id"], count=3, timeout=15)
+    assert len(sent) == 3
+    assert all(r.body == sent[0].body for r in sent)
+    assert "retry in" in service.log()
+
+
+def test_github_404_fails_the_delivery_at_once_and_it_stays_visible(start_service, test_pki, github):
+    github.answer(404, {"message": "Not Found", "documentation_url": "https://docs.github.com"})
+    service = start_service()
+    body = sample_body("build_success", "acme/widget")
+
+    assert post(service, test_pki, body).status_code == 202
+    assert len(dispatches_for(github, body["build_id"])) == 1
+
+    listing = _deliveries_json(service, "--status", "failed")
+    deadline = time.monotonic() + 5
+    while not listing and time.monotonic() < deadline:
+        time.sleep(0.1)
+        listing = _deliveries_json(service, "--status", "failed")
+    [failed] = listing
+    assert failed["target"] == "acme/widget"
+    assert failed["last_status"] == 404
+    assert failed["last_error"] == "GitHub answered 404: Not Found"
+    assert len(dispatches_for(github, body["build_id"], count=2, timeout=2)) == 1
+
+
+def _deliveries_json(service, *args):
+    out = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "deliveries", "--json", *args],
+                         cwd=ROOT, env=service.env, capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_dry_run_records_what_would_be_sent_and_sends_nothing(start_service, test_pki, github):
+    service = start_service({"DRY_RUN": "1", "GITHUB_TOKEN": None})
+    body = sample_body("build_success", "acme/widget")
+
+    response = post(service, test_pki, body)
+
+    assert response.status_code == 202
+    time.sleep(1)
+    assert github.requests == []
+    [recorded] = _deliveries_json(service)
+    assert recorded["status"] == "dry_run"
+    assert json.loads(recorded["body"])["client_payload"]["build_id"] == body["build_id"]
+
+
+def test_original_service_environment_names_keep_working(start_service, test_pki, github):
+    server_cert, server_key = test_pki.pair("server")
+    service = start_service({"GITHUB_TOKEN": None, "GH_TOKEN": "gho_legacy_token_name_value",
+                             "TLS_CERT_FILE": None, "TLS_KEY_FILE": None, "CRT": server_cert, "KEY": server_key,
+                             "DEBUG": "true"})
+    body = sample_body("build_success", "acme/widget")
+
+    assert post(service, test_pki, body).status_code == 202
+    [sent] = dispatches_for(github, body["build_id"])
+    assert sent.headers["Authorization"] == "Bearer gho_legacy_token_name_value"
+    assert sent.json()["event_type"] == "QUAY_BUILD_SUCCESS"
+
+
+def test_routes_file_with_branch_and_tag_filters(start_service, test_pki, github, tmp_path):
+    routes = tmp_path / "routes.toml"
+    routes.write_text('''
+[[routes]]
+quay = "acme/*"
+github = "acme-gh/{name}"
+events = ["build_success", "repo_push"]
+event_type = "deploy"
+branches = ["main", "release/*"]
+
+[[routes]]
+quay = "acme/widget"
+events = ["repo_push"]
+tags = ["v*"]
+''')
+    service = start_service({"ROUTES": None, "ROUTES_FILE": str(routes)})
+
+    on_main = post(service, test_pki, sample_body("build_success", "acme/widget", branch="release/2.0"))
+    on_feature = post(service, test_pki, sample_body("build_success", "acme/widget", branch="feature/x"))
+    pushed = post(service, test_pki, sample_body("repo_push", "acme/widget", tags=("v1.2",)), event="repo_push")
+
+    assert on_main.status_code == 202
+    assert on_main.json()["deliveries"][0]["target"] == "acme-gh/widget"
+    assert on_main.json()["deliveries"][0]["event_type"] == "deploy"
+    assert on_feature.status_code == 200
+    assert "branch 'feature/x' does not match ['main', 'release/*']" in on_feature.json()["reason"]
+    # repo_push has no branch: the first route skips it, the second one sends it on its tag.
+    assert pushed.status_code == 202
+    assert [d["target"] for d in pushed.json()["deliveries"]] == ["acme/widget"]
+    assert [d["event_type"] for d in pushed.json()["deliveries"]] == ["QUAY_REPO_PUSH"]
+
+
+def test_incoming_token_is_required_as_basic_password_or_query(start_service, test_pki, github):
+    token = "s3cret-incoming-token-0123456789"
+    service = start_service({"INCOMING_TOKEN": token})
+    body = sample_body("build_success", "acme/widget")
+    base = service.url.replace("https://", "")
+
+    missing = post(service, test_pki, body)
+    wrong = send_like_quay(f"https://quay:wrong-token-0000000000000000@{base}/incoming", body,
+                           test_pki.pair("quay"), verify=test_pki.ca_file)
+    in_userinfo = send_like_quay(f"https://quay:{token}@{base}/incoming", body,
+                                 test_pki.pair("quay"), verify=test_pki.ca_file)
+    in_query = send_like_quay(f"https://{base}/incoming/repo_push?token={token}",
+                              sample_body("repo_push", "acme/widget"), test_pki.pair("quay"), verify=test_pki.ca_file)
+
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"].startswith("Basic")
+    assert wrong.status_code == 401
+    assert in_userinfo.status_code == 202
+    assert in_query.status_code == 200
+    assert token not in service.log()
+
+
+def test_cert_reqs_1_lets_a_client_without_certificate_reach_http_and_get_403(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--cert-reqs", "1"])
+
+    response = post(service, test_pki, sample_body("build_success", "acme/widget"), cert=None)
+
+    assert response.status_code == 403
+    assert response.json()["error"].startswith("no client certificate was presented")
+
+
+def test_store_that_cannot_write_answers_503_so_quay_retries(start_service, test_pki, github, tmp_path):
+    service = start_service()
+    blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        response = post(service, test_pki, sample_body("build_success", "acme/widget"))
+        ready = requests.get(service.url + "/readyz", cert=test_pki.pair("server"), verify=test_pki.ca_file,
+                             timeout=15)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert response.json()["error"] == "the event cannot be stored right now; Quay will retry"
+    assert ready.status_code == 503
+    assert post(service, test_pki, sample_body("build_success", "acme/widget")).status_code == 202
