@@ -234,7 +234,11 @@ class TLSWorker(ThreadWorker):
     """gunicorn's gthread worker with pyOpenSSL TLS and the client chain in the environ."""
 
     def init_process(self):
-        self.tls_context = build_context(self.cfg) if self.cfg.is_ssl else None
+        self.tls_context = None
+        if self.cfg.is_ssl:
+            self.tls_context = build_context(self.cfg)
+            wanted = {ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "optional"}.get(self.cfg.cert_reqs, "none")
+            self.log.info("TLS context built from %s (client certificate: %s)", self.cfg.certfile, wanted)
         super().init_process()
 
     def load_wsgi(self):

@@ -226,7 +226,8 @@ class Services:
                 env.pop(name, None)
             else:
                 env[name] = value
-        service = Service(env, args or ["--workers", "1"], self.workdir, tls=bool(env.get("TLS_CERT_FILE") or env.get("CRT")))
+        tls = bool(env.get("TLS_CERT_FILE") or env.get("CRT"))
+        service = Service(env, args or ["--workers", "1"], self.workdir, tls=tls)
         self.started.append(service)
         if wait:
             service.wait_ready(self.pki.pair("server") if service.scheme == "https" else None, self.pki.ca_file)

@@ -1,0 +1,208 @@
+"""The transport: the pyOpenSSL gunicorn worker, with real handshakes on loopback."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from gunicorn import sock as gunicorn_sock
+from gunicorn.config import Config
+
+from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tls_worker import HANDSHAKE_TIMEOUT
+
+
+def client_context(test_pki, cert="quay", **kwargs) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=test_pki.ca_file)
+    for name, value in kwargs.items():
+        setattr(ctx, name, value)
+    if cert:
+        ctx.load_cert_chain(*test_pki.pair(cert))
+    return ctx
+
+
+def tls_connect(service, ctx) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def read_responses(conn: ssl.SSLSocket, count: int, timeout: float) -> list[bytes]:
+    """Read until `count` complete HTTP responses (with Content-Length) arrived, or the timeout."""
+    conn.settimeout(timeout)
+    data, responses = b"", []
+    deadline = time.monotonic() + timeout
+    while len(responses) < count and time.monotonic() < deadline:
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        while b"\r\n\r\n" in data:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            if len(rest) < length:
+                break
+            responses.append(head)
+            data = rest[length:]
+    return responses
+
+
+def wait_for_log(service, text: str, count: int = 1, timeout: float = 3.0) -> bool:
+    """Whether `text` appears `count` times in the service's log within `timeout` (logs lag answers)."""
+    deadline = time.monotonic() + timeout
+    while service.log().count(text) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_stock_gunicorn_tls_rejects_quay_chain_that_our_worker_accepts(start_service, test_pki):
+    # gunicorn's own TLS context, built by gunicorn's own code, verifying client certificates.
+    cfg = Config()
+    cfg.set("certfile", test_pki.pair("server")[0])
+    cfg.set("keyfile", test_pki.pair("server")[1])
+    cfg.set("ca_certs", test_pki.ca_file)
+    cfg.set("cert_reqs", ssl.CERT_REQUIRED)
+    stock = gunicorn_sock.ssl_context(cfg)
+    listener = socket.create_server(("127.0.0.1", 0))
+    server_error: list[Exception] = []
+
+    def serve_once():
+        conn, _ = listener.accept()
+        try:
+            stock.wrap_socket(conn, server_side=True).close()
+        except ssl.SSLError as exc:
+            server_error.append(exc)
+            conn.close()
+
+    thread = threading.Thread(target=serve_once)
+    thread.start()
+    raw = socket.create_connection(listener.getsockname(), timeout=5)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with client_context(test_pki).wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.recv(1)
+    thread.join(5)
+    listener.close()
+    assert "unsuitable certificate purpose" in str(server_error[0])
+
+    service = start_service()
+    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                              test_pki.pair("quay"), verify=test_pki.ca_file)
+    assert response.status_code == 202
+
+
+def test_client_without_certificate_fails_the_handshake_with_cert_reqs_2(start_service, test_pki):
+    service = start_service()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(service, client_context(test_pki, cert=None)) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.recv(1)
+    assert wait_for_log(service, "failed: peer did not return a certificate")
+
+
+def test_silent_clients_hold_no_thread(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--threads", "1"])
+    silent = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(5)]
+    try:
+        started = time.monotonic()
+        response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                                  test_pki.pair("quay"), verify=test_pki.ca_file)
+        elapsed = time.monotonic() - started
+    finally:
+        for s in silent:
+            s.close()
+    assert response.status_code == 202
+    assert elapsed < 1.0
+
+
+def test_a_stalled_handshake_is_cut_at_its_deadline(start_service, test_pki):
+    service = start_service()
+    stalled = socket.create_connection(("127.0.0.1", service.port))
+    stalled.sendall(b"\x16\x03\x01\x02\x00")  # the header of a ClientHello record, then nothing
+    stalled.settimeout(HANDSHAKE_TIMEOUT + 5)
+    started = time.monotonic()
+    try:
+        closed = stalled.recv(1) == b""
+    except ConnectionResetError:
+        closed = True
+    elapsed = time.monotonic() - started
+    stalled.close()
+    assert closed
+    assert HANDSHAKE_TIMEOUT - 1 < elapsed < HANDSHAKE_TIMEOUT + 1.5
+    assert wait_for_log(service, f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
+
+
+def test_failed_handshakes_are_closed_at_once(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--threads", "1"])
+    # In TLS 1.3 the client finishes its side before the server refuses it; these
+    # clients then neither read nor close, as a careless or hostile one would.
+    refused = [tls_connect(service, client_context(test_pki, cert=None)) for _ in range(3)]
+    started = time.monotonic()
+    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                              test_pki.pair("quay"), verify=test_pki.ca_file)
+    elapsed = time.monotonic() - started
+    for conn in refused:
+        conn.close()
+
+    assert response.status_code == 202
+    # gunicorn's graceful close would linger up to 2 s for each of them, on the worker's main loop.
+    assert elapsed < 1.0
+    assert wait_for_log(service, "peer did not return a certificate", count=3)
+
+
+def test_a_request_already_decrypted_inside_openssl_is_served_without_waiting(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--threads", "1"])
+    # The end of the first request's body and the whole second request share the
+    # last TLS record. gunicorn reads that body to the exact byte, so the second
+    # request sits decrypted inside OpenSSL while the socket has nothing to read.
+    first = (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 30000\r\n\r\n"
+             + b"x" * 30000)
+    second = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with tls_connect(service, client_context(test_pki, maximum_version=ssl.TLSVersion.TLSv1_2)) as conn:
+        started = time.monotonic()
+        conn.sendall(first + second)
+        responses = read_responses(conn, 2, timeout=4.0)
+        elapsed = time.monotonic() - started
+
+    assert [r.split(b"\r\n")[0] for r in responses] == [b"HTTP/1.1 405 METHOD NOT ALLOWED", b"HTTP/1.1 200 OK"]
+    assert elapsed < 1.0
+
+
+def test_gunicorn_ciphers_setting_is_applied(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"])
+    tls12 = {"maximum_version": ssl.TLSVersion.TLSv1_2}
+
+    allowed = client_context(test_pki, **tls12)
+    allowed.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")
+    with tls_connect(service, allowed) as conn:
+        assert conn.cipher()[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+    other = client_context(test_pki, **tls12)
+    other.set_ciphers("ECDHE-ECDSA-CHACHA20-POLY1305")
+    with pytest.raises(ssl.SSLError):
+        tls_connect(service, other)
+
+
+def test_tls_below_1_2_is_refused(start_service, test_pki):
+    service = start_service()
+    old = client_context(test_pki, minimum_version=ssl.TLSVersion.TLSv1, maximum_version=ssl.TLSVersion.TLSv1_1)
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        tls_connect(service, old)
+    assert wait_for_log(service, "unsupported protocol")
+
+
+def test_the_tls_context_is_built_once_per_worker(start_service, test_pki):
+    service = start_service(args=["--workers", "2"])
+    for _ in range(20):
+        send_like_quay(service.url + "/incoming/repo_push", sample_body("repo_push", "acme/widget"),
+                       test_pki.pair("quay"), verify=test_pki.ca_file)
+    assert service.log().count("TLS context built") == 2
