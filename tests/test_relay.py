@@ -391,3 +391,17 @@ def test_store_that_cannot_write_answers_503_so_quay_retries(start_service, test
     assert response.json()["error"] == "the event cannot be stored right now; Quay will retry"
     assert ready.status_code == 503
     assert post(service, test_pki, sample_body("build_success", "acme/widget")).status_code == 202
+
+
+def test_json_logs_carry_one_object_per_request_with_its_id(start_service, test_pki):
+    service = start_service({"LOG_FORMAT": "json"})
+
+    response = post(service, test_pki, sample_body("build_success", "nobody/app"))
+
+    request_id = response.headers["X-Request-Id"]
+    deadline = time.monotonic() + 3
+    while request_id not in service.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [line] = [json.loads(line) for line in service.log().splitlines() if request_id in line]
+    assert line["status"] == 403 and line["path"] == "/incoming" and line["method"] == "POST"
+    assert line["detail"] == "no route allows Quay repository 'nobody/app'"
