@@ -62,6 +62,26 @@ def deliveries(status: str | None, limit: int, as_json: bool) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
+@click.command("redeliver")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all-failed", is_flag=True, help="Every failed and expired delivery.")
+def redeliver(ids: tuple[int, ...], all_failed: bool) -> None:
+    """Put deliveries back in the queue; a running service sends them within a second."""
+    if bool(ids) == all_failed:
+        raise click.UsageError("give delivery IDs, or --all-failed")
+    outbox = _services().outbox
+    outbox.migrate()
+    queued, refused = outbox.redeliver(None if all_failed else list(ids))
+    if queued:
+        click.echo(f"queued again: {', '.join(map(str, queued))}")
+    elif all_failed:
+        click.echo("no failed or expired delivery")
+    for delivery_id, reason in sorted(refused.items()):
+        click.echo(f"not queued: {delivery_id}: {reason}", err=True)
+    if refused:
+        raise SystemExit(1)
+
+
 @click.command("send-sample")
 @click.argument("url")
 @click.option("--event", type=click.Choice(EVENTS), default="build_success", show_default=True)
@@ -100,4 +120,5 @@ def _age(seconds: float) -> str:
 def init_app(app: Flask) -> None:
     app.cli.add_command(dev_certs)
     app.cli.add_command(deliveries)
+    app.cli.add_command(redeliver)
     app.cli.add_command(send_sample)

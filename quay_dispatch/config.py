@@ -35,7 +35,7 @@ class Settings:
     quay_ca_file: str | None = None
     client_cert_source: str = "tls"
     incoming_token: str | None = None
-    database_path: Path = Path("var/quay-dispatch.sqlite3")
+    database_url: str = DEFAULT_DATABASE_URL
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     port: int = 8443
@@ -43,6 +43,8 @@ class Settings:
     log_format: str = "text"
     dry_run: bool = False
     delivery_max_age: float = 24 * 3600.0
+    delivery_retention: float = 14 * 86400.0
+    github_timeout: float = 10.0
     forward_test_notifications: bool = False
 
     def __repr__(self) -> str:
@@ -127,7 +129,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "set INCOMING_TOKEN and put it in Quay's notification URL (https://quay:TOKEN@host/incoming)"
         )
 
-    database_path = _database_path(get("DATABASE_URL") or DEFAULT_DATABASE_URL, problems)
+    database_url = get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    _check_database_url(database_url, problems)
 
     port_text = get("PORT") or "8443"
     port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else 0
@@ -138,9 +141,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if log_format not in ("text", "json"):
         problems.append(f"LOG_FORMAT={log_format!r}: use text or json")
 
-    max_age = _duration(get("DELIVERY_MAX_AGE") or "24h")
-    if max_age is None or max_age <= 0:
-        problems.append(f"DELIVERY_MAX_AGE={get('DELIVERY_MAX_AGE')!r} is not a duration such as 3600, 90m, 24h or 2d")
+    def duration(name: str, default: str) -> float:
+        seconds = _duration(get(name) or default)
+        if seconds is None or seconds <= 0:
+            problems.append(f"{name}={get(name)!r} is not a duration such as 3600, 90m, 24h or 2d")
+            return 0.0
+        return seconds
 
     settings = Settings(
         routes=routes,
@@ -150,14 +156,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         quay_ca_file=ca_file,
         client_cert_source=source,
         incoming_token=incoming_token,
-        database_path=database_path,
+        database_url=database_url,
         tls_cert_file=get("TLS_CERT_FILE", "CRT"),
         tls_key_file=get("TLS_KEY_FILE", "KEY"),
         port=port,
         debug=flag("DEBUG"),
         log_format=log_format,
         dry_run=dry_run,
-        delivery_max_age=max_age or 0.0,
+        delivery_max_age=duration("DELIVERY_MAX_AGE", "24h"),
+        delivery_retention=duration("DELIVERY_RETENTION", "14d"),
+        github_timeout=duration("GITHUB_TIMEOUT", "10"),
         forward_test_notifications=flag("FORWARD_TEST_NOTIFICATIONS"),
     )
     if problems:
@@ -165,16 +173,17 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     return settings
 
 
-def _database_path(url: str, problems: list[str]) -> Path:
-    """The SQLite file named by DATABASE_URL (sqlite:///relative or sqlite:////absolute)."""
+def _check_database_url(url: str, problems: list[str]) -> None:
+    """DATABASE_URL must name SQLite (sqlite:///relative, sqlite:////absolute) or PostgreSQL."""
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
+        return
     if url.startswith(("postgresql://", "postgres://")):
-        problems.append("DATABASE_URL: PostgreSQL is not supported by this version; use sqlite:///path")
-    else:
-        # The URL itself is not repeated: it may hold a password.
-        problems.append("DATABASE_URL is not a database URL: use sqlite:///relative/path or sqlite:////absolute/path")
-    return Path()
+        return
+    # The URL itself is not repeated: it may hold a password.
+    problems.append(
+        "DATABASE_URL is not a database URL: use sqlite:///relative/path, sqlite:////absolute/path "
+        "or postgresql://user:password@host/database"
+    )
 
 
 def _duration(text: str) -> float | None:

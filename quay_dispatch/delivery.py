@@ -1,4 +1,10 @@
-"""Delivery: a background thread per worker that sends due deliveries to GitHub and retries failures."""
+"""Delivery: a background thread per worker that sends due deliveries to GitHub and retries failures.
+
+The policy (docs/operations.md): 2xx delivered; 5xx, 429, timeouts and
+connection errors retried with exponential backoff and full jitter until
+DELIVERY_MAX_AGE; a rate limit pauses the whole host until GitHub's reset;
+any other 4xx fails at once with GitHub's message kept.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,15 @@ import threading
 import time
 
 from . import github
-from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Outbox, StoreUnavailable
+from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody wakes us
-LEASE_SECONDS = 60.0  # longer than one GitHub call can take (see github.TIMEOUT)
+LEASE_SECONDS = 120.0  # longer than one GitHub call can take; a dead worker's lease expires after it
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 600.0
+PRUNE_INTERVAL = 3600.0
 
 
 def backoff(attempts: int) -> float:
@@ -27,14 +34,16 @@ def backoff(attempts: int) -> float:
 class Deliverer:
     """Sends due deliveries for one GitHub host, one at a time across all workers."""
 
-    def __init__(self, outbox: Outbox, client: github.GitHubClient, max_age: float):
+    def __init__(self, outbox: Outbox, client: github.GitHubClient, max_age: float, retention: float):
         self.outbox = outbox
         self.client = client
         self.host = github.host_of(client.api_url)
         self.max_age = max_age
+        self.retention = retention
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_prune = 0.0
 
     def start(self) -> None:
         if self._thread is None:
@@ -58,6 +67,7 @@ class Deliverer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self._prune_when_due()
                 worked = self.deliver_one()
             except StoreUnavailable as exc:
                 log.warning("outbox unavailable, delivery paused: %s", exc)
@@ -69,6 +79,14 @@ class Deliverer:
                 self._wake.wait(POLL_INTERVAL)
                 self._wake.clear()
 
+    def _prune_when_due(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL
+        pruned = self.outbox.prune(time.time() - self.retention)
+        if pruned:
+            log.info("pruned %d delivered deliveries older than %.0f days", pruned, self.retention / 86400)
+
     def deliver_one(self) -> bool:
         """Send the next due delivery, if any; return whether there was one."""
         delivery = self.outbox.claim(self.host, LEASE_SECONDS)
@@ -76,27 +94,29 @@ class Deliverer:
             return False
         started = time.monotonic()
         outcome = self.client.post(delivery.path, delivery.body)
-        attempts = delivery.attempts + 1
-        next_at = None
-        if outcome.result == github.DELIVERED:
-            status = DELIVERED
-        elif outcome.result == github.FAILED:
-            status = FAILED
-        elif time.time() - delivery.created_at > self.max_age:
-            status = EXPIRED
-        else:
-            status = PENDING
-            next_at = outcome.retry_at or time.time() + backoff(attempts)
+        status, next_at = self._decide(delivery, outcome)
+        rate_limited = outcome.retry_at is not None
         self.outbox.record(
-            delivery.id, status=status, http_status=outcome.http_status,
-            request_id=outcome.request_id, error=outcome.error, next_attempt_at=next_at,
+            delivery, status=status, http_status=outcome.http_status, request_id=outcome.request_id,
+            error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at if rate_limited else None,
         )
         log.info(
             "delivery %s to %s (%s %s) attempt %d: %s%s%s",
-            delivery.id, delivery.target, delivery.kind, delivery.event_type, attempts,
+            delivery.id, delivery.target, delivery.kind, delivery.event_type, delivery.attempts + 1,
             status if status != PENDING else "retry in %.1fs" % (next_at - time.time()),
             f", GitHub {outcome.http_status}" if outcome.http_status else "",
             f", {outcome.error}" if outcome.error else "",
             extra={"delivery_id": delivery.id, "duration_ms": round((time.monotonic() - started) * 1000)},
         )
         return True
+
+    def _decide(self, delivery: Delivery, outcome: github.Outcome) -> tuple[str, float | None]:
+        """The delivery's new status, and when to try again if it stays pending."""
+        if outcome.result == github.DELIVERED:
+            return DELIVERED, None
+        if outcome.result == github.FAILED:
+            return FAILED, None
+        next_at = outcome.retry_at or time.time() + backoff(delivery.attempts + 1)
+        if next_at - delivery.queued_at > self.max_age:
+            return EXPIRED, None
+        return PENDING, next_at

@@ -12,7 +12,7 @@ import requests
 from . import __version__
 
 API_VERSION = "2022-11-28"
-TIMEOUT = (5.0, 15.0)  # connect, read: seconds
+CONNECT_TIMEOUT = 5.0
 USER_AGENT = f"quay-github-actions-dispatch/{__version__}"
 MAX_ERROR_LENGTH = 300
 
@@ -38,9 +38,10 @@ def host_of(api_url: str) -> str:
 class GitHubClient:
     """Sends dispatch requests to one GitHub API with one token."""
 
-    def __init__(self, api_url: str, token: str, session: requests.Session | None = None):
+    def __init__(self, api_url: str, token: str, timeout: float = 10.0):
         self.api_url = api_url.rstrip("/")
-        self._session = session or requests.Session()
+        self.timeout = timeout
+        self._session = requests.Session()
         self._session.headers.update({
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
@@ -59,11 +60,11 @@ class GitHubClient:
                 self.api_url + path,
                 data=body.encode("utf-8"),
                 headers={"Authorization": f"Bearer {self._token}"},
-                timeout=TIMEOUT,
+                timeout=(CONNECT_TIMEOUT, self.timeout),
                 allow_redirects=False,
             )
         except requests.Timeout:
-            return Outcome(RETRY, error=f"GitHub did not answer within {TIMEOUT[1]:.0f} s")
+            return Outcome(RETRY, error=f"GitHub did not answer within {self.timeout:g} s")
         except requests.RequestException as exc:
             return Outcome(RETRY, error=f"cannot reach GitHub: {type(exc).__name__}")
         return classify(response)

@@ -26,7 +26,7 @@ def readyz():
         svc.outbox.check_writable()
     except StoreUnavailable:
         problems.append("the outbox is not writable")
-    if svc.deliverer is not None and not svc.deliverer.alive:
+    if not svc.deliverer.alive:
         problems.append("the deliverer is not running")
     g.outcome = "not ready" if problems else "ready"
     if problems:

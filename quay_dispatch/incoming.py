@@ -76,8 +76,7 @@ def incoming(event: str):
                       headers={"Retry-After": "30"}) from None
     if not accepted:
         return answer(200, "duplicate", reason=f"already accepted for {', '.join(duplicates)}")
-    if svc.deliverer is not None:
-        svc.deliverer.wake()
+    svc.deliverer.wake()
     return answer(202, "accepted", deliveries=[
         {"id": a.id, "target": a.target, "event_type": a.event_type} for a in accepted
     ])

@@ -1,9 +1,11 @@
 """The outbox: accepted dispatches, committed durably before the 202, deduplicated, claimed for delivery.
 
-SQLite in WAL mode with synchronous=FULL: a commit that returned survives a
-power cut. Every worker process and thread opens its own connection; writes
-take the database lock up front (BEGIN IMMEDIATE) so that check-then-insert
-and claim-then-lease are atomic across processes.
+Two stores share every query: SQLite (one host; WAL mode with synchronous=FULL,
+so a commit that returned survives a power cut) and PostgreSQL (several
+replicas). Writes that must not interleave across processes are serialised
+on a key: SQLite's BEGIN IMMEDIATE takes the database lock, PostgreSQL takes
+a transaction-scoped advisory lock on that key, and rows are claimed with
+FOR UPDATE SKIP LOCKED.
 """
 
 from __future__ import annotations
@@ -11,57 +13,66 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .dispatch import DispatchRequest, canonical_json
 
 PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN = "pending", "delivered", "failed", "expired", "dry_run"
 STATUSES = (PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN)
-BUSY_TIMEOUT = 5.0  # seconds a writer waits for the lock before the store counts as unavailable
+BUSY_TIMEOUT = 5.0  # seconds a write waits for a lock before the store counts as unavailable
+GITHUB_WRITES_PER_MINUTE = 80  # GitHub's limit on content-creating requests
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    event TEXT NOT NULL,
-    quay_repository TEXT NOT NULL,
-    build_id TEXT,
-    host TEXT NOT NULL,
-    target TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    path TEXT NOT NULL,
-    body TEXT NOT NULL,
-    dedup_key TEXT NOT NULL,
-    dedup_until REAL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_until REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    last_request_id TEXT,
-    delivered_at REAL
-);
-CREATE INDEX IF NOT EXISTS deliveries_dedup ON deliveries (dedup_key);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
-CREATE TABLE IF NOT EXISTS attempts (
-    delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
-    at REAL NOT NULL,
-    http_status INTEGER,
-    request_id TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
-"""
+# Schema versions, applied in order at start-up; {id} and {real} are per database.
+MIGRATIONS = [
+    [
+        """CREATE TABLE deliveries (
+            id {id},
+            created_at {real} NOT NULL,
+            queued_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            event TEXT NOT NULL,
+            quay_repository TEXT NOT NULL,
+            build_id TEXT,
+            host TEXT NOT NULL,
+            target TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            path TEXT NOT NULL,
+            body TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            dedup_until {real},
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at {real} NOT NULL,
+            lease_until {real},
+            last_status INTEGER,
+            last_error TEXT,
+            last_request_id TEXT,
+            delivered_at {real}
+        )""",
+        "CREATE INDEX deliveries_dedup ON deliveries (dedup_key)",
+        "CREATE INDEX deliveries_due ON deliveries (host, status, next_attempt_at)",
+        "CREATE INDEX deliveries_status ON deliveries (status, id)",
+        """CREATE TABLE attempts (
+            delivery_id BIGINT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+            host TEXT NOT NULL,
+            at {real} NOT NULL,
+            http_status INTEGER,
+            request_id TEXT,
+            error TEXT
+        )""",
+        "CREATE INDEX attempts_delivery ON attempts (delivery_id)",
+        "CREATE INDEX attempts_host_at ON attempts (host, at)",
+        "CREATE TABLE hosts (host TEXT PRIMARY KEY, paused_until {real} NOT NULL)",
+    ],
+]
 
 
 class StoreUnavailable(Exception):
-    """The outbox cannot store anything right now (locked, disk full, unwritable)."""
+    """The outbox cannot store anything right now (locked, disk full, unreachable)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class Delivery:
 
     id: int
     created_at: float
+    queued_at: float
     event: str
     quay_repository: str
     host: str
@@ -96,11 +108,178 @@ class Delivery:
     delivered_at: float | None
 
 
+Run = Callable[..., object]  # run(sql, *params) -> cursor, inside a transaction
+
+
 class Outbox:
-    """The durable store of deliveries."""
+    """The durable store of deliveries; subclasses say how to open a serialised transaction."""
+
+    ddl = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
+    skip_locked = ""
+    description = ""
+
+    @contextmanager
+    def _transaction(self, *lock_keys: str) -> Iterator[Run]:
+        raise NotImplementedError
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version; safe at every start, from every worker."""
+        with self._transaction("schema") as run:
+            run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = run("SELECT MAX(version) AS version FROM schema_version").fetchone()["version"] or 0
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
+                    run(statement.format(**self.ddl))
+                run("INSERT INTO schema_version (version) VALUES (?)", version)
+
+    def add(
+        self, requests: list[DispatchRequest], *, event: str, quay_repository: str,
+        build_id: str | None, host: str, dry_run: bool,
+    ) -> tuple[list[Accepted], list[str]]:
+        """Store the requests that are not duplicates; return them, and the targets that were."""
+        now = time.time()
+        accepted, duplicates = [], []
+        with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
+            for req in requests:
+                seen = run(
+                    "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
+                    req.dedup_key, now,
+                ).fetchone()
+                if seen:
+                    duplicates.append(req.target)
+                    continue
+                row = run(
+                    """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
+                           host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                    now, now, now, event, quay_repository, build_id, host, req.target, req.kind, req.event_type,
+                    req.path, canonical_json(req.body), req.dedup_key,
+                    None if req.dedup_window is None else now + req.dedup_window,
+                    DRY_RUN if dry_run else PENDING, now,
+                ).fetchone()
+                accepted.append(Accepted(row["id"], req.target, req.event_type))
+        return accepted, duplicates
+
+    def claim(self, host: str, lease_seconds: float) -> Delivery | None:
+        """Lease the oldest due delivery for `host`, if GitHub's rules for that host allow a write now.
+
+        At most one delivery per host is leased at a time across every worker
+        and replica (GitHub asks for writes one at a time), none while the host
+        is rate-limited, and no more than GITHUB_WRITES_PER_MINUTE a minute.
+        """
+        now = time.time()
+        with self._transaction(f"host:{host}") as run:
+            if run("SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1",
+                   host, PENDING, now).fetchone():
+                return None
+            if run("SELECT 1 FROM hosts WHERE host = ? AND paused_until > ?", host, now).fetchone():
+                return None
+            recent = run("SELECT COUNT(*) AS n FROM attempts WHERE host = ? AND at > ?", host, now - 60).fetchone()
+            if recent["n"] >= GITHUB_WRITES_PER_MINUTE:
+                return None
+            row = run(
+                """SELECT * FROM deliveries WHERE host = ? AND status = ? AND next_attempt_at <= ?
+                   ORDER BY next_attempt_at, id LIMIT 1""" + self.skip_locked,
+                host, PENDING, now,
+            ).fetchone()
+            if row is None:
+                return None
+            run("UPDATE deliveries SET lease_until = ? WHERE id = ?", now + lease_seconds, row["id"])
+        return _delivery(row)
+
+    def record(
+        self, delivery: Delivery, *, status: str, http_status: int | None, request_id: str | None,
+        error: str | None, next_attempt_at: float | None = None, pause_host_until: float | None = None,
+    ) -> None:
+        """Record an attempt and the delivery's new status; release its lease.
+
+        A delivered attempt proves the host is back: retries of that host
+        waiting out a backoff are brought forward, to go one at a time.
+        A rate-limited one pauses every delivery to the host until it may retry.
+        """
+        now = time.time()
+        with self._transaction(f"host:{delivery.host}") as run:
+            run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
+                   VALUES (?, ?, ?, ?, ?, ?)""", delivery.id, delivery.host, now, http_status, request_id, error)
+            run(
+                """UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
+                       next_attempt_at = COALESCE(?, next_attempt_at), last_status = ?, last_error = ?,
+                       last_request_id = ?, delivered_at = ?
+                   WHERE id = ?""",
+                status, now, next_attempt_at, http_status, error, request_id,
+                now if status == DELIVERED else None, delivery.id,
+            )
+            if status == DELIVERED:
+                run("UPDATE deliveries SET next_attempt_at = ? WHERE host = ? AND status = ? AND next_attempt_at > ?",
+                    now, delivery.host, PENDING, now)
+            if pause_host_until is not None:
+                run("""INSERT INTO hosts (host, paused_until) VALUES (?, ?)
+                       ON CONFLICT (host) DO UPDATE SET paused_until = excluded.paused_until""",
+                    delivery.host, pause_host_until)
+
+    def list(self, status: str | None = None, limit: int = 50) -> list[Delivery]:
+        """The newest deliveries, optionally of one status."""
+        with self._transaction() as run:
+            if status:
+                rows = run("SELECT * FROM deliveries WHERE status = ? ORDER BY id DESC LIMIT ?", status, limit)
+            else:
+                rows = run("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", limit)
+            return [_delivery(row) for row in rows.fetchall()]
+
+    def attempts(self, delivery_id: int) -> list[dict]:
+        """Every attempt of a delivery, oldest first."""
+        with self._transaction() as run:
+            rows = run("SELECT at, http_status, request_id, error FROM attempts WHERE delivery_id = ? ORDER BY at",
+                       delivery_id).fetchall()
+        return [dict(row) for row in rows]
+
+    def redeliver(self, ids: list[int] | None = None) -> tuple[list[int], dict[int, str]]:
+        """Queue deliveries again (by id, or every failed and expired one when `ids` is None).
+
+        Returns the ids queued, and for each id that was not, why.
+        """
+        now = time.time()
+        refused: dict[int, str] = {}
+        with self._transaction() as run:
+            if ids is None:
+                rows = run("SELECT id, status FROM deliveries WHERE status IN (?, ?)", FAILED, EXPIRED).fetchall()
+            else:
+                marks = ", ".join("?" * len(ids))
+                rows = run(f"SELECT id, status FROM deliveries WHERE id IN ({marks})", *ids).fetchall()
+                found = {row["id"] for row in rows}
+                refused.update({i: "no such delivery" for i in ids if i not in found})
+            queued = []
+            for row in rows:
+                if row["status"] == PENDING:
+                    refused[row["id"]] = "already pending"
+                elif row["status"] == DRY_RUN:
+                    refused[row["id"]] = "recorded in dry-run mode; it was never meant to be sent"
+                else:
+                    queued.append(row["id"])
+            for delivery_id in queued:
+                run("""UPDATE deliveries SET status = ?, queued_at = ?, updated_at = ?, next_attempt_at = ?,
+                           lease_until = NULL WHERE id = ?""", PENDING, now, now, now, delivery_id)
+        return sorted(queued), refused
+
+    def prune(self, older_than: float) -> int:
+        """Delete delivered and dry-run deliveries last updated before `older_than`; return how many."""
+        with self._transaction() as run:
+            cursor = run("DELETE FROM deliveries WHERE status IN (?, ?) AND updated_at < ?",
+                         DELIVERED, DRY_RUN, older_than)
+            return cursor.rowcount
+
+    def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a write transaction can be opened and committed now."""
+        with self._transaction("schema") as run:
+            run("UPDATE schema_version SET version = version WHERE version < 0")
+
+
+class SQLiteOutbox(Outbox):
+    """The outbox in one SQLite file: one connection per thread, the database lock per write."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.description = f"SQLite {path}"
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -116,15 +295,15 @@ class Outbox:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding the database lock from its start."""
+    def _transaction(self, *lock_keys: str) -> Iterator[Run]:
+        # BEGIN IMMEDIATE takes the database's write lock: every key at once.
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
         except (sqlite3.OperationalError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         try:
-            yield conn
+            yield lambda sql, *params: conn.execute(sql, params)
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
@@ -133,98 +312,62 @@ class Outbox:
             conn.execute("ROLLBACK")
             raise
 
-    def migrate(self) -> None:
-        """Create the schema if it is missing; safe to run at every start, from every worker."""
-        with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
 
-    def add(
-        self, requests: list[DispatchRequest], *, event: str, quay_repository: str,
-        build_id: str | None, host: str, dry_run: bool,
-    ) -> tuple[list[Accepted], list[str]]:
-        """Store the requests that are not duplicates; return them, and the targets that were."""
-        now = time.time()
-        accepted, duplicates = [], []
-        with self._write() as conn:
-            for req in requests:
-                seen = conn.execute(
-                    "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
-                    (req.dedup_key, now),
-                ).fetchone()
-                if seen:
-                    duplicates.append(req.target)
-                    continue
-                cursor = conn.execute(
-                    """INSERT INTO deliveries (created_at, updated_at, event, quay_repository, build_id, host,
-                           target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (now, now, event, quay_repository, build_id, host, req.target, req.kind, req.event_type,
-                     req.path, canonical_json(req.body), req.dedup_key,
-                     None if req.dedup_window is None else now + req.dedup_window,
-                     DRY_RUN if dry_run else PENDING, now),
-                )
-                accepted.append(Accepted(cursor.lastrowid, req.target, req.event_type))
-        return accepted, duplicates
+class PostgresOutbox(Outbox):
+    """The outbox in PostgreSQL, for several replicas: advisory locks and SKIP LOCKED claims."""
 
-    def claim(self, host: str, lease_seconds: float) -> Delivery | None:
-        """Lease the oldest due delivery for `host`, unless one to that host is already in flight.
+    ddl = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION"}
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
-        GitHub asks for content-creating requests one at a time; holding at most
-        one lease per host across all workers keeps to that.
-        """
-        now = time.time()
-        with self._write() as conn:
-            busy = conn.execute(
-                "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1",
-                (host, PENDING, now),
-            ).fetchone()
-            if busy:
-                return None
-            row = conn.execute(
-                """SELECT * FROM deliveries WHERE host = ? AND status = ? AND next_attempt_at <= ?
-                   ORDER BY next_attempt_at, id LIMIT 1""",
-                (host, PENDING, now),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE deliveries SET lease_until = ? WHERE id = ?", (now + lease_seconds, row["id"]))
-        return _delivery(row)
+    def __init__(self, url: str):
+        import psycopg  # only deployments that use PostgreSQL need the driver loaded
 
-    def record(
-        self, delivery_id: int, *, status: str, http_status: int | None, request_id: str | None,
-        error: str | None, next_attempt_at: float | None = None,
-    ) -> None:
-        """Record an attempt and the delivery's new status; release its lease."""
-        now = time.time()
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO attempts (delivery_id, at, http_status, request_id, error) VALUES (?, ?, ?, ?, ?)",
-                (delivery_id, now, http_status, request_id, error),
+        self._psycopg = psycopg
+        self._url = url
+        self.description = "PostgreSQL"
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return "PostgresOutbox()"  # the URL may hold a password
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            from psycopg.rows import dict_row
+
+            timeout_ms = int(BUSY_TIMEOUT * 1000)
+            conn = self._psycopg.connect(
+                self._url, autocommit=True, row_factory=dict_row, connect_timeout=int(BUSY_TIMEOUT),
+                options=f"-c lock_timeout={timeout_ms} -c statement_timeout={2 * timeout_ms}",
             )
-            conn.execute(
-                """UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
-                       next_attempt_at = COALESCE(?, next_attempt_at), last_status = ?, last_error = ?,
-                       last_request_id = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END
-                   WHERE id = ?""",
-                (status, now, next_attempt_at, http_status, error, request_id, status, now, delivery_id),
-            )
+            self._local.conn = conn
+        return conn
 
-    def list(self, status: str | None = None, limit: int = 50) -> list[Delivery]:
-        """The newest deliveries, optionally of one status."""
-        conn = self._connection()
-        if status:
-            rows = conn.execute("SELECT * FROM deliveries WHERE status = ? ORDER BY id DESC LIMIT ?", (status, limit))
-        else:
-            rows = conn.execute("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", (limit,))
-        return [_delivery(row) for row in rows]
+    @contextmanager
+    def _transaction(self, *lock_keys: str) -> Iterator[Run]:
+        errors = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                def run(sql, *params):
+                    return conn.execute(sql.replace("?", "%s"), params)
 
-    def check_writable(self) -> None:
-        """Raise StoreUnavailable unless a write transaction can be opened now."""
-        with self._write():
-            pass
+                for key in lock_keys:
+                    run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", key)
+                yield run
+        except errors as exc:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None and conn.broken:
+                self._local.conn = None
+            raise StoreUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(**{name: row[name] for name in Delivery.__dataclass_fields__})
+def open_outbox(database_url: str) -> Outbox:
+    """The outbox named by DATABASE_URL (validated by config)."""
+    if database_url.startswith(("postgresql://", "postgres://")):
+        return PostgresOutbox(database_url)
+    return SQLiteOutbox(Path(database_url[len("sqlite:///"):]))
+
+
+def _delivery(row) -> Delivery:
+    return Delivery(**{f.name: row[f.name] for f in fields(Delivery)})

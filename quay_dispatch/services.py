@@ -17,7 +17,7 @@ from .config import Settings, load_settings
 from .delivery import Deliverer
 from .github import GitHubClient, host_of
 from .identity import QuayVerifier, load_roots
-from .outbox import Outbox
+from .outbox import Outbox, open_outbox
 
 _EXTENSION = "quay_dispatch"
 _lock = threading.Lock()
@@ -30,7 +30,7 @@ class Services:
     settings: Settings
     verifier: QuayVerifier | None
     outbox: Outbox
-    deliverer: Deliverer | None  # None in dry-run mode: nothing is sent
+    deliverer: Deliverer
 
     @property
     def github_host(self) -> str:
@@ -39,8 +39,7 @@ class Services:
     def start_delivery(self) -> None:
         """Create the schema if needed and start sending; called once per serving process."""
         self.outbox.migrate()
-        if self.deliverer is not None:
-            self.deliverer.start()
+        self.deliverer.start()
 
 
 def build(settings: Settings) -> Services:
@@ -49,11 +48,10 @@ def build(settings: Settings) -> Services:
     verifier = None
     if settings.client_cert_source == "tls":
         verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file))
-    outbox = Outbox(settings.database_path)
-    deliverer = None
-    if not settings.dry_run:
-        client = GitHubClient(settings.github_api_url, settings.github_token or "")
-        deliverer = Deliverer(outbox, client, settings.delivery_max_age)
+    outbox = open_outbox(settings.database_url)
+    # In dry-run mode there is no token and nothing pending; the deliverer only prunes.
+    client = GitHubClient(settings.github_api_url, settings.github_token or "", settings.github_timeout)
+    deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
     return Services(settings, verifier, outbox, deliverer)
 
 

@@ -23,7 +23,7 @@ def test_defaults():
     assert settings.github_api_url == "https://api.github.com"
     assert settings.quay_hostnames == ("quay.io",)
     assert settings.client_cert_source == "tls"
-    assert str(settings.database_path) == "var/quay-dispatch.sqlite3"
+    assert settings.database_url == "sqlite:///var/quay-dispatch.sqlite3"
     assert settings.delivery_max_age == 24 * 3600
     assert settings.port == 8443
 
