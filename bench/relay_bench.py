@@ -92,7 +92,7 @@ def main() -> None:
             return pairs[name]
 
     BenchPKI.ca_file = ca_file
-    env = base_env(BenchPKI(), github, workdir / "outbox.sqlite3")
+    env = base_env(BenchPKI(), github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
     service = Service(env, ["--workers", str(args.workers)], workdir)
     try:
         service.wait_ready(pairs["server"], ca_file)

@@ -19,7 +19,7 @@ from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, Store
 log = logging.getLogger("quay_dispatch.delivery")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody wakes us
-LEASE_SECONDS = 120.0  # longer than one GitHub call can take; a dead worker's lease expires after it
+LEASE_MARGIN = 5.0  # a lease outlives the longest GitHub call by this much
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 600.0
 PRUNE_INTERVAL = 3600.0
@@ -40,6 +40,9 @@ class Deliverer:
         self.host = github.host_of(client.api_url)
         self.max_age = max_age
         self.retention = retention
+        # While a lease is held nothing else goes to the host, so it is kept short: a worker
+        # killed mid-send delays the others by this much at most.
+        self.lease_seconds = github.CONNECT_TIMEOUT + client.timeout + LEASE_MARGIN
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +92,7 @@ class Deliverer:
 
     def deliver_one(self) -> bool:
         """Send the next due delivery, if any; return whether there was one."""
-        delivery = self.outbox.claim(self.host, LEASE_SECONDS)
+        delivery = self.outbox.claim(self.host, self.lease_seconds)
         if delivery is None:
             return False
         started = time.monotonic()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -75,6 +79,8 @@ class Captured:
     path: str
     headers: dict[str, str]
     body: bytes
+    status: int = 0  # what the loopback GitHub answered
+    at: float = 0.0  # when it arrived (time.time())
 
     def json(self):
         return json.loads(self.body)
@@ -87,6 +93,8 @@ class FakeGitHub:
         self.requests: list[Captured] = []
         self.script: list[tuple[int, dict, bytes]] = []
         self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         fake = self
 
@@ -97,9 +105,16 @@ class FakeGitHub:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 with fake._lock:
-                    fake.requests.append(Captured("POST", self.path, dict(self.headers.items()), body))
                     status, headers, payload = fake.script.pop(0) if fake.script else (204, {}, b"")
-                time.sleep(fake.delay)
+                    fake.requests.append(
+                        Captured("POST", self.path, dict(self.headers.items()), body, status, time.time()))
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    time.sleep(fake.delay)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
                 self.send_response(status)
                 headers = {"X-GitHub-Request-Id": f"REQ{len(fake.requests)}", **headers}
                 for name, value in headers.items():
@@ -131,6 +146,7 @@ class FakeGitHub:
             self.requests.clear()
             self.script.clear()
             self.delay = 0.0
+            self.max_in_flight = 0
 
     def close(self):
         self._server.shutdown()
@@ -194,7 +210,7 @@ class Service:
         self._log.close()
 
 
-def base_env(test_pki: PKI, github: FakeGitHub, db: Path) -> dict[str, str]:
+def base_env(test_pki: PKI, github: FakeGitHub, database_url: str) -> dict[str, str]:
     """The environment of a service that trusts the test PKI and sends to the loopback GitHub."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "GH_", "QUAY_", "ROUTES", "DRY_RUN"))}
     server_cert, server_key = test_pki.pair("server")
@@ -205,7 +221,7 @@ def base_env(test_pki: PKI, github: FakeGitHub, db: Path) -> dict[str, str]:
         "GITHUB_API_URL": github.url,
         "GITHUB_TOKEN": GITHUB_TOKEN,
         "ROUTES": "acme/*; acme/api=acme-gh/api-server",
-        "DATABASE_URL": f"sqlite:///{db}",
+        "DATABASE_URL": database_url,
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -214,13 +230,13 @@ def base_env(test_pki: PKI, github: FakeGitHub, db: Path) -> dict[str, str]:
 class Services:
     """Starts services in one directory and stops them all at the end."""
 
-    def __init__(self, workdir: Path, test_pki: PKI, github: FakeGitHub):
-        self.workdir, self.pki, self.github = workdir, test_pki, github
+    def __init__(self, workdir: Path, test_pki: PKI, github: FakeGitHub, database_url: str):
+        self.workdir, self.pki, self.github, self.database_url = workdir, test_pki, github, database_url
         self.started: list[Service] = []
 
     def __call__(self, overrides: dict[str, str | None] | None = None, args: list[str] | None = None,
                  wait: bool = True) -> Service:
-        env = base_env(self.pki, self.github, self.workdir / "outbox.sqlite3")
+        env = base_env(self.pki, self.github, self.database_url)
         for name, value in (overrides or {}).items():
             if value is None:
                 env.pop(name, None)
@@ -238,19 +254,77 @@ class Services:
             service.stop()
 
 
+@pytest.fixture(scope="session")
+def postgresql_server():
+    """A PostgreSQL server for the session: QUAY_TEST_POSTGRESQL_URL's, else a private one started here."""
+    url = os.environ.get("QUAY_TEST_POSTGRESQL_URL")
+    if url:
+        yield url
+        return
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    if not found:
+        message = "PostgreSQL is not installed: `make test` installs it with apt-get when run as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    bindir = Path(found).resolve().parent
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # Not under pytest's tmp_path: that is private to root, and PostgreSQL refuses to run as root.
+    home = Path(tempfile.mkdtemp(prefix="quay-dispatch-pg-"))
+    if as_postgres:
+        shutil.chown(home, "postgres")
+    data, port = home / "data", free_port()
+    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(home / "log"),
+                    "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    """The outbox's database: every test that stores events runs against both."""
+    return request.param
+
+
+def new_database(backend: str, request, directory: Path) -> str:
+    """A fresh, empty outbox database of `backend`, as a DATABASE_URL."""
+    if backend == "sqlite":
+        return f"sqlite:///{directory / 'outbox.sqlite3'}"
+    import psycopg
+
+    server = request.getfixturevalue("postgresql_server")
+    name = f"outbox_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
-def start_service(tmp_path, test_pki, github):
+def database_url(backend, request, tmp_path) -> str:
+    return new_database(backend, request, tmp_path)
+
+
+@pytest.fixture
+def start_service(tmp_path, test_pki, github, database_url):
     """Start a service for one test: start_service(env_overrides, args)."""
     github.reset()
-    services = Services(tmp_path, test_pki, github)
+    services = Services(tmp_path, test_pki, github, database_url)
     yield services
     services.stop_all()
 
 
 @pytest.fixture(scope="module")
-def relay(tmp_path_factory, test_pki, github):
+def relay(tmp_path_factory, test_pki, github, backend, request):
     """One service (2 workers) shared by a module's tests, with the default test configuration."""
-    services = Services(tmp_path_factory.mktemp("relay"), test_pki, github)
+    workdir = tmp_path_factory.mktemp("relay")
+    services = Services(workdir, test_pki, github, new_database(backend, request, workdir))
     service = services(args=["--workers", "2"])
     yield service
     services.stop_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import uuid
 
+import psycopg
 import pytest
 import requests
 
@@ -374,17 +376,29 @@ def test_cert_reqs_1_lets_a_client_without_certificate_reach_http_and_get_403(st
     assert response.json()["error"].startswith("no client certificate was presented")
 
 
-def test_store_that_cannot_write_answers_503_so_quay_retries(start_service, test_pki, github, tmp_path):
+@contextlib.contextmanager
+def store_locked(database_url):
+    """Hold the outbox's tables locked, as a stuck writer or a full disk would leave them unwritable."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///"):], isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+    else:
+        with psycopg.connect(database_url) as conn, conn.transaction():
+            conn.execute("LOCK TABLE deliveries, schema_version IN ACCESS EXCLUSIVE MODE")
+            yield
+
+
+def test_store_that_cannot_write_answers_503_so_quay_retries(start_service, test_pki, database_url):
     service = start_service()
-    blocker = sqlite3.connect(tmp_path / "outbox.sqlite3", isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    with store_locked(database_url):
         response = post(service, test_pki, sample_body("build_success", "acme/widget"))
         ready = requests.get(service.url + "/readyz", cert=test_pki.pair("server"), verify=test_pki.ca_file,
                              timeout=15)
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
 
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "30"

@@ -206,3 +206,9 @@ def test_the_tls_context_is_built_once_per_worker(start_service, test_pki):
         send_like_quay(service.url + "/incoming/repo_push", sample_body("repo_push", "acme/widget"),
                        test_pki.pair("quay"), verify=test_pki.ca_file)
     assert service.log().count("TLS context built") == 2
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    """The transport does not depend on the outbox: SQLite is enough here."""
+    return "sqlite"

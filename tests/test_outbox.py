@@ -1,0 +1,170 @@
+"""The outbox on SQLite and on a real PostgreSQL: deduplication, claims, leases, pauses, pacing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from quay_dispatch import outbox as outbox_module
+from quay_dispatch.dispatch import plan_dispatches
+from quay_dispatch.outbox import DELIVERED, DRY_RUN, FAILED, PENDING, open_outbox
+from quay_dispatch.quay import QuayEvent
+from quay_dispatch.routes import parse_inline_routes
+
+HOST = "api.github.test"
+
+
+def event(build_id: str, event_name: str = "build_success") -> QuayEvent:
+    return QuayEvent(event=event_name, repository="acme/api", namespace="acme", name="api", build_id=build_id)
+
+
+def add(box, build_id: str, dry_run: bool = False, routes: str = "acme/*"):
+    requests = plan_dispatches(event(build_id), parse_inline_routes(routes), build_id.encode())
+    return box.add(requests, event="build_success", quay_repository="acme/api", build_id=build_id,
+                   host=HOST, dry_run=dry_run)
+
+
+@pytest.fixture
+def box(database_url):
+    store = open_outbox(database_url)
+    store.migrate()
+    return store
+
+
+def test_migrate_is_idempotent_and_safe_from_many_workers_at_once(database_url):
+    stores = [open_outbox(database_url) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda s: s.migrate(), stores))
+    stores[0].migrate()
+
+    assert add(stores[0], "b1")[0][0].id >= 1
+
+
+def test_concurrent_retries_of_one_build_store_it_once(database_url):
+    stores = [open_outbox(database_url) for _ in range(8)]
+    stores[0].migrate()
+    barrier = threading.Barrier(8)
+
+    def race(store):
+        barrier.wait()
+        return add(store, "same-build")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(race, stores))
+
+    assert sum(len(accepted) for accepted, _ in results) == 1
+    assert sum(len(duplicates) for _, duplicates in results) == 7
+
+
+def test_one_lease_per_host_at_a_time_and_an_expired_lease_is_taken_up_again(box, database_url):
+    add(box, "b1")
+    add(box, "b2")
+    other_worker = open_outbox(database_url)
+
+    first = box.claim(HOST, lease_seconds=0.5)
+    assert first is not None
+    assert other_worker.claim(HOST, lease_seconds=0.5) is None  # b2 waits: one write at a time
+    time.sleep(0.6)  # the first worker died holding its lease
+    again = other_worker.claim(HOST, lease_seconds=30)
+
+    assert again is not None and again.id == first.id
+
+
+def test_concurrent_claimers_never_hold_two_leases(database_url, box):
+    for i in range(5):
+        add(box, f"b{i}")
+    stores = [open_outbox(database_url) for _ in range(8)]
+    barrier = threading.Barrier(8)
+
+    def claim(store):
+        barrier.wait()
+        return store.claim(HOST, lease_seconds=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = [d for d in pool.map(claim, stores) if d is not None]
+
+    assert len(claimed) == 1
+
+
+def test_record_releases_the_lease_and_keeps_each_attempt(box):
+    [accepted], _ = add(box, "b1")
+    delivery = box.claim(HOST, 30)
+    box.record(delivery, status=PENDING, http_status=502, request_id="R1", error="GitHub answered 502: x",
+               next_attempt_at=time.time() - 1)
+    delivery = box.claim(HOST, 30)
+    box.record(delivery, status=DELIVERED, http_status=204, request_id="R2", error=None)
+
+    [row] = box.list()
+    assert (row.id, row.status, row.attempts, row.last_status, row.last_request_id) == (accepted.id, DELIVERED, 2,
+                                                                                       204, "R2")
+    assert [(a["http_status"], a["request_id"]) for a in box.attempts(row.id)] == [(502, "R1"), (204, "R2")]
+
+
+def test_a_rate_limit_pauses_every_delivery_to_the_host(box):
+    add(box, "b1")
+    add(box, "b2")
+    delivery = box.claim(HOST, 30)
+    box.record(delivery, status=PENDING, http_status=403, request_id=None, error="rate limited",
+               next_attempt_at=time.time() + 0.8, pause_host_until=time.time() + 0.8)
+
+    assert box.claim(HOST, 30) is None  # b2 is due, but the host is paused
+    time.sleep(0.9)
+    assert box.claim(HOST, 30) is not None
+
+
+def test_a_success_brings_forward_retries_waiting_out_a_backoff(box):
+    add(box, "b1")
+    add(box, "b2")
+    first = box.claim(HOST, 30)
+    box.record(first, status=PENDING, http_status=503, request_id=None, error="x", next_attempt_at=time.time() + 600)
+    second = box.claim(HOST, 30)
+    box.record(second, status=DELIVERED, http_status=204, request_id=None, error=None)
+
+    again = box.claim(HOST, 30)
+    assert again is not None and again.id == first.id
+
+
+def test_writes_to_a_host_are_paced_under_githubs_limit(box, monkeypatch):
+    monkeypatch.setattr(outbox_module, "GITHUB_WRITES_PER_MINUTE", 3)
+    for i in range(4):
+        add(box, f"b{i}")
+    for _ in range(3):
+        box.record(box.claim(HOST, 30), status=DELIVERED, http_status=204, request_id=None, error=None)
+
+    assert box.claim(HOST, 30) is None
+
+
+def test_redeliver_by_id_or_all_failed(box):
+    ids = [add(box, f"b{i}")[0][0].id for i in range(3)]
+    [dry] = add(box, "dry", dry_run=True)[0]
+    for _ in ids[:2]:
+        box.record(box.claim(HOST, 30), status=FAILED, http_status=404, request_id=None, error="GitHub answered 404")
+
+    queued, refused = box.redeliver([ids[0], ids[2], dry.id, 999])
+    assert queued == [ids[0]]
+    assert refused == {ids[2]: "already pending", dry.id: "recorded in dry-run mode; it was never meant to be sent",
+                       999: "no such delivery"}
+    assert box.redeliver(None) == ([ids[1]], {})
+    assert {d.id: d.status for d in box.list()}[ids[1]] == PENDING
+
+
+def test_prune_removes_old_delivered_rows_and_keeps_failed_ones(box):
+    add(box, "b1")
+    add(box, "b2")
+    add(box, "dry", dry_run=True)
+    box.record(box.claim(HOST, 30), status=DELIVERED, http_status=204, request_id=None, error=None)
+    box.record(box.claim(HOST, 30), status=FAILED, http_status=404, request_id=None, error="x")
+
+    assert box.prune(older_than=time.time() - 60) == 0
+    assert box.prune(older_than=time.time() + 1) == 2
+    assert [d.status for d in box.list()] == [FAILED]
+
+
+def test_dry_run_deliveries_are_never_claimed(box):
+    add(box, "b1", dry_run=True)
+
+    assert box.claim(HOST, 30) is None
+    assert box.list()[0].status == DRY_RUN
