@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEV_PKI := var/dev-pki
 PYTHON ?= python3
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean postgresql
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,19 @@ run: $(BIN)/.installed
 	fi; \
 	exec $(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:8443 wsgi:app
 
-test: $(BIN)/.installed
+# The suite runs against SQLite and a private PostgreSQL server it starts itself
+# (or QUAY_TEST_POSTGRESQL_URL's); Debian's server package is installed when missing.
+test: $(BIN)/.installed postgresql
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+postgresql:
+	@if [ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	else \
+		echo "PostgreSQL is not installed: its tests will be skipped (apt-get install postgresql, or set QUAY_TEST_POSTGRESQL_URL)"; \
+	fi
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ import ssl
 import sys
 
 from quay_dispatch.config import ConfigError, load_settings
+from quay_dispatch.outbox import StoreUnavailable, open_outbox
 
 try:
     _settings = load_settings(os.environ)
@@ -45,5 +46,12 @@ def on_starting(server):
             problems.append("CLIENT_CERT_SOURCE=tls needs --cert-reqs 2 (or 1): Quay is identified by its certificate")
         if cfg.worker_class_str != TLS_WORKER:
             problems.append(f"CLIENT_CERT_SOURCE=tls needs --worker-class {TLS_WORKER}")
+    outbox = open_outbox(_settings.database_url)
+    try:
+        outbox.migrate()  # once, before the workers, so that a store problem is one clear message
+    except StoreUnavailable as exc:
+        problems.append(f"the outbox ({outbox.description}) cannot be opened: {exc}")
+    finally:
+        outbox.close()
     if problems:
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))

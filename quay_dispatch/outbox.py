@@ -268,6 +268,13 @@ class Outbox:
                          DELIVERED, DRY_RUN, older_than)
             return cursor.rowcount
 
+    def close(self) -> None:
+        """Close this thread's connection (the next use opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
     def check_writable(self) -> None:
         """Raise StoreUnavailable unless a write transaction can be opened and committed now."""
         with self._transaction("schema") as run:

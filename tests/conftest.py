@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import json
@@ -254,20 +255,14 @@ class Services:
             service.stop()
 
 
-@pytest.fixture(scope="session")
-def postgresql_server():
-    """A PostgreSQL server for the session: QUAY_TEST_POSTGRESQL_URL's, else a private one started here."""
-    url = os.environ.get("QUAY_TEST_POSTGRESQL_URL")
-    if url:
-        yield url
-        return
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
-    if not found:
-        message = "PostgreSQL is not installed: `make test` installs it with apt-get when run as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    bindir = Path(found).resolve().parent
+def find_initdb() -> str | None:
+    return shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+
+
+@contextlib.contextmanager
+def private_postgresql(initdb: str):
+    """Start a throw-away PostgreSQL server on a loopback port; yield its URL; remove it after."""
+    bindir = Path(initdb).resolve().parent
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     # Not under pytest's tmp_path: that is private to root, and PostgreSQL refuses to run as root.
     home = Path(tempfile.mkdtemp(prefix="quay-dispatch-pg-"))
@@ -287,6 +282,33 @@ def postgresql_server():
         shutil.rmtree(home, ignore_errors=True)
 
 
+def create_database(server_url: str) -> str:
+    """A new, empty database on the server, as a URL."""
+    import psycopg
+
+    name = f"outbox_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgresql_server():
+    """A PostgreSQL server for the session: QUAY_TEST_POSTGRESQL_URL's, else a private one started here."""
+    url = os.environ.get("QUAY_TEST_POSTGRESQL_URL")
+    if url:
+        yield url
+        return
+    initdb = find_initdb()
+    if not initdb:
+        message = "PostgreSQL is not installed: `make test` installs it with apt-get when run as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with private_postgresql(initdb) as url:
+        yield url
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def backend(request) -> str:
     """The outbox's database: every test that stores events runs against both."""
@@ -297,13 +319,7 @@ def new_database(backend: str, request, directory: Path) -> str:
     """A fresh, empty outbox database of `backend`, as a DATABASE_URL."""
     if backend == "sqlite":
         return f"sqlite:///{directory / 'outbox.sqlite3'}"
-    import psycopg
-
-    server = request.getfixturevalue("postgresql_server")
-    name = f"outbox_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + f"/{name}"
+    return create_database(request.getfixturevalue("postgresql_server"))
 
 
 @pytest.fixture

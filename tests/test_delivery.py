@@ -162,3 +162,20 @@ def test_kill_9_of_the_whole_server_loses_nothing_and_sends_nothing_twice(start_
     time.sleep(1.5)
     assert max(delivered_builds(github).values()) == 1
     assert recovery < 30
+
+
+def test_non_build_events_are_deduplicated_by_body_within_the_window(start_service, test_pki, github, tmp_path):
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\nquay = "acme/*"\nevents = ["repo_push"]\n')
+    service = start_service({"ROUTES": None, "ROUTES_FILE": str(routes)})
+    push = sample_body("repo_push", "acme/widget", tags=("v1",))
+    other_push = sample_body("repo_push", "acme/widget", tags=("v2",))
+    url = service.url + "/incoming/repo_push"
+
+    answers = [send_like_quay(url, body, test_pki.pair("quay"), verify=test_pki.ca_file)
+               for body in (push, push, other_push)]
+
+    assert [a.status_code for a in answers] == [202, 200, 202]
+    assert answers[1].json()["status"] == "duplicate"
+    assert wait_until(lambda: len(github.requests) == 2, timeout=10)
+    assert sorted(r.json()["client_payload"]["tags"][0] for r in github.requests) == ["v1", "v2"]

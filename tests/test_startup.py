@@ -89,3 +89,16 @@ def test_gunicorn_refuses_an_open_relay():
     assert result.returncode != 0
     assert "would let anyone trigger your workflows" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("database_url, words", [
+    ("postgresql://quay:hunter2@127.0.0.1:1/outbox", "the outbox (PostgreSQL) cannot be opened"),
+    ("sqlite:////proc/no-such-dir/outbox.sqlite3", "the outbox (SQLite /proc/no-such-dir/outbox.sqlite3) cannot be"),
+])
+def test_gunicorn_refuses_an_outbox_it_cannot_open_in_one_message(test_pki, database_url, words):
+    cert, key = test_pki.pair("server")
+    result = run_gunicorn({"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "DATABASE_URL": database_url})
+
+    assert result.returncode != 0
+    assert words in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
