@@ -30,6 +30,9 @@ graceful_timeout = 20
 preload_app = False  # each worker imports wsgi.py and starts its own deliverer
 control_socket_disable = True
 accesslog = None  # the application logs one line per request, without query strings
+# Nobody is trusted to set forwarding headers unless FORWARDED_ALLOW_IPS names them
+# (gunicorn's own default would trust 127.0.0.1).
+forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_allow_ips)
 
 
 def on_starting(server):
@@ -53,5 +56,10 @@ def on_starting(server):
         problems.append(f"the outbox ({outbox.description}) cannot be opened: {exc}")
     finally:
         outbox.close()
+    if _settings.client_cert_source == "header":
+        configured = {str(network) for network in _settings.forwarded_allow_ips}
+        if set(cfg.forwarded_allow_ips) != configured:
+            problems.append("CLIENT_CERT_SOURCE=header: set the proxy's addresses with FORWARDED_ALLOW_IPS, "
+                            "not --forwarded-allow-ips, so that gunicorn and the service trust the same ones")
     if problems:
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))

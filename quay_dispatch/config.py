@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from .routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 
 MIN_INCOMING_TOKEN_LENGTH = 24
 DEFAULT_DATABASE_URL = "sqlite:///var/quay-dispatch.sqlite3"
-CLIENT_CERT_SOURCES = ("tls", "none")
+CLIENT_CERT_SOURCES = ("tls", "header", "none")
+DEFAULT_CLIENT_CERT_HEADER = "X-SSL-Client-Cert"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -33,7 +35,10 @@ class Settings:
     github_api_url: str = "https://api.github.com"
     quay_hostnames: tuple[str, ...] = ("quay.io",)
     quay_ca_file: str | None = None
+    quay_intermediates_file: str | None = None
     client_cert_source: str = "tls"
+    client_cert_header: str = DEFAULT_CLIENT_CERT_HEADER
+    forwarded_allow_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     incoming_token: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
     tls_cert_file: str | None = None
@@ -108,13 +113,29 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         if not _HOSTNAME.match(hostname):
             problems.append(f"QUAY_HOSTNAME: {hostname!r} is not a host name")
 
-    ca_file = get("QUAY_CA_FILE")
-    if ca_file and not Path(ca_file).is_file():
-        problems.append(f"QUAY_CA_FILE={ca_file}: no such file")
+    ca_file, intermediates_file = get("QUAY_CA_FILE"), get("QUAY_INTERMEDIATES_FILE")
+    for name, path in (("QUAY_CA_FILE", ca_file), ("QUAY_INTERMEDIATES_FILE", intermediates_file)):
+        if path and not Path(path).is_file():
+            problems.append(f"{name}={path}: no such file")
 
     source = (get("CLIENT_CERT_SOURCE") or "tls").lower()
     if source not in CLIENT_CERT_SOURCES:
         problems.append(f"CLIENT_CERT_SOURCE={source!r}: use one of {', '.join(CLIENT_CERT_SOURCES)}")
+
+    proxies = []
+    for entry in (get("FORWARDED_ALLOW_IPS") or "").split(","):
+        entry = entry.strip()
+        if entry == "*" and source == "header":
+            problems.append("FORWARDED_ALLOW_IPS=* would accept a forged client certificate header from anyone: "
+                            "name the proxy's addresses")
+        elif entry and entry != "*":
+            try:
+                proxies.append(ipaddress.ip_network(entry))
+            except ValueError:
+                problems.append(f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network")
+    if source == "header" and not proxies:
+        problems.append("CLIENT_CERT_SOURCE=header needs FORWARDED_ALLOW_IPS: the proxy's addresses, the only ones "
+                        "whose client certificate header is believed")
 
     incoming_token = get("INCOMING_TOKEN")
     if incoming_token is not None and len(incoming_token) < MIN_INCOMING_TOKEN_LENGTH:
@@ -154,7 +175,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         github_api_url=api_url,
         quay_hostnames=hostnames or ("quay.io",),
         quay_ca_file=ca_file,
+        quay_intermediates_file=intermediates_file,
         client_cert_source=source,
+        client_cert_header=get("CLIENT_CERT_HEADER") or DEFAULT_CLIENT_CERT_HEADER,
+        forwarded_allow_ips=tuple(proxies),
         incoming_token=incoming_token,
         database_url=database_url,
         tls_cert_file=get("TLS_CERT_FILE", "CRT"),

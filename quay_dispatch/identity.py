@@ -8,13 +8,17 @@ certificate as its client certificate, so that is exactly the proof we need.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import re
 import warnings
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import certifi
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -81,9 +85,13 @@ def describe(cert: x509.Certificate) -> str:
 class QuayVerifier:
     """Checks presented chains against trusted roots and Quay's host names."""
 
-    def __init__(self, hostnames: tuple[str, ...], roots: list[x509.Certificate]):
+    def __init__(self, hostnames: tuple[str, ...], roots: list[x509.Certificate],
+                 intermediates: list[x509.Certificate] | None = None):
         self.hostnames = hostnames
         self._store = Store(roots)
+        # QUAY_INTERMEDIATES_FILE: for a proxy that forwards the leaf alone. Offered as
+        # intermediates only, never trusted as roots.
+        self._extra_intermediates = intermediates or []
 
     def verify(self, chain_pems: list[str | bytes]) -> Caller:
         """Verify a chain (leaf first, as PEM); return the caller or raise IdentityError."""
@@ -93,7 +101,7 @@ class QuayVerifier:
             chain = [load_certificates(_as_bytes(p), "client certificate")[0] for p in chain_pems]
         except (ValueError, IndexError):
             raise IdentityError("the client certificate could not be parsed") from None
-        leaf, intermediates = chain[0], chain[1:]
+        leaf, intermediates = chain[0], chain[1:] + self._extra_intermediates
         now = datetime.datetime.now(datetime.UTC)
         reasons = []
         for hostname in self.hostnames:
@@ -119,6 +127,25 @@ class QuayVerifier:
         else:
             why = "; ".join(dict.fromkeys(_explain(r) for r in reasons))
         raise IdentityError(f"client certificate {describe(leaf)} is not a valid certificate for {expected}: {why}")
+
+
+def chain_from_header(value: str) -> list[bytes]:
+    """The chain a TLS-terminating proxy forwarded in a header, as PEM certificates, leaf first.
+
+    Accepts URL-encoded PEM (nginx's $ssl_client_escaped_cert) and base64 DER,
+    comma-separated for a chain (HAProxy's ssl_c_der,base64; Traefik).
+    """
+    text = unquote(value)
+    if "-----BEGIN CERTIFICATE-----" in text:
+        return _PEM_BLOCK.findall(text.encode("ascii", "replace"))
+    chain = []
+    for part in text.split(","):
+        try:
+            der = base64.b64decode("".join(part.split()), validate=True)
+            chain.append(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM))
+        except (binascii.Error, ValueError):
+            raise IdentityError("the client certificate header holds neither PEM nor base64 DER certificates") from None
+    return chain
 
 
 _EXPLANATIONS = {

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 
 from flask import Blueprint, Flask, Request, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .config import Settings
 from .dispatch import plan_dispatches
-from .identity import IdentityError
+from .identity import IdentityError, chain_from_header
 from .outbox import StoreUnavailable
 from .quay import EVENTS, PayloadError, parse_event
 from .routes import select_routes
@@ -90,17 +92,36 @@ def authenticate(svc: Services, req: Request) -> None:
                       "https://quay:TOKEN@host/incoming", headers={"WWW-Authenticate": 'Basic realm="quay-dispatch"'})
     if svc.verifier is None:
         return
-    leaf = req.environ.get("SSL_CLIENT_CERT")
-    if not leaf:
-        raise Refusal(403, "no client certificate was presented; Quay presents its TLS certificate")
-    chain = [leaf]
-    while (cert := req.environ.get(f"{CHAIN_ENVIRON_PREFIX}{len(chain) - 1}")) is not None:
-        chain.append(cert)
     try:
+        chain = _header_chain(settings, req) if settings.client_cert_source == "header" else _tls_chain(req)
         caller = svc.verifier.verify(chain)
     except IdentityError as exc:
         raise Refusal(403, str(exc)) from None
     g.caller = caller.hostname
+
+
+def _tls_chain(req: Request) -> list[str]:
+    """The chain the TLS worker put in the environ, leaf first."""
+    leaf = req.environ.get("SSL_CLIENT_CERT")
+    if not leaf:
+        raise IdentityError("no client certificate was presented; Quay presents its TLS certificate")
+    chain = [leaf]
+    while (cert := req.environ.get(f"{CHAIN_ENVIRON_PREFIX}{len(chain) - 1}")) is not None:
+        chain.append(cert)
+    return chain
+
+
+def _header_chain(settings: Settings, req: Request) -> list[bytes]:
+    """The chain a trusted proxy forwarded; from anyone else the header is a forgery."""
+    peer = ipaddress.ip_address(req.remote_addr or "0.0.0.0")
+    if not any(peer in network for network in settings.forwarded_allow_ips):
+        raise IdentityError(f"{req.remote_addr} is not a trusted proxy (FORWARDED_ALLOW_IPS): "
+                            f"its {settings.client_cert_header} header is not believed")
+    value = req.headers.get(settings.client_cert_header)
+    if not value:
+        raise IdentityError(f"the proxy sent no {settings.client_cert_header} header: "
+                            "no client certificate was presented to it")
+    return chain_from_header(value)
 
 
 def read_body(limit: int) -> bytes:

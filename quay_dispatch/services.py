@@ -16,7 +16,7 @@ from . import logs
 from .config import Settings, load_settings
 from .delivery import Deliverer
 from .github import GitHubClient, host_of
-from .identity import QuayVerifier, load_roots
+from .identity import QuayVerifier, load_certificates, load_roots
 from .outbox import Outbox, open_outbox
 
 _EXTENSION = "quay_dispatch"
@@ -46,8 +46,12 @@ def build(settings: Settings) -> Services:
     """Build the Services for `settings` (loads the trusted roots, opens nothing yet)."""
     logs.configure(settings)
     verifier = None
-    if settings.client_cert_source == "tls":
-        verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file))
+    if settings.client_cert_source in ("tls", "header"):
+        intermediates = []
+        if settings.quay_intermediates_file:
+            with open(settings.quay_intermediates_file, "rb") as f:
+                intermediates = load_certificates(f.read(), settings.quay_intermediates_file)
+        verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file), intermediates)
     outbox = open_outbox(settings.database_url)
     # In dry-run mode there is no token and nothing pending; the deliverer only prunes.
     client = GitHubClient(settings.github_api_url, settings.github_token or "", settings.github_timeout)
