@@ -5,8 +5,14 @@ gunicorn's own command-line flags (--bind, --certfile, --keyfile,
 """
 
 import os
+import shutil
 import ssl
 import sys
+import tempfile
+
+# Before anything imports prometheus-client: its multiprocess mode, so that /metrics adds
+# up every worker's samples (docs/operations.md).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="quay-dispatch-metrics-"))
 
 from quay_dispatch.config import ConfigError, load_settings
 from quay_dispatch.outbox import StoreUnavailable, open_outbox
@@ -37,6 +43,7 @@ forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_a
 
 def on_starting(server):
     """Refuse to start on an insecure or unworkable combination, saying what to set."""
+    _clear_metrics()
     cfg = server.cfg
     problems = []
     if _settings.client_cert_source == "tls":
@@ -63,3 +70,19 @@ def on_starting(server):
                             "not --forwarded-allow-ips, so that gunicorn and the service trust the same ones")
     if problems:
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _clear_metrics():
+    """Start the counters from zero: the directory may hold a previous run's samples."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def child_exit(server, worker):
+    """A worker's live gauges go with it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 
-from . import github
+from . import github, metrics
 from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
@@ -103,6 +103,11 @@ class Deliverer:
             delivery, status=status, http_status=outcome.http_status, request_id=outcome.request_id,
             error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at if rate_limited else None,
         )
+        metrics.ATTEMPTS.labels("retry" if status == PENDING else status).inc()
+        if status == DELIVERED:
+            metrics.LATENCY.observe(time.time() - delivery.queued_at)
+        if outcome.rate_limit_remaining is not None:
+            metrics.RATE_LIMIT_REMAINING.labels(self.host).set(outcome.rate_limit_remaining)
         log.info(
             "delivery %s to %s (%s %s) attempt %d: %s%s%s",
             delivery.id, delivery.target, delivery.kind, delivery.event_type, delivery.attempts + 1,

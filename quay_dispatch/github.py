@@ -28,6 +28,7 @@ class Outcome:
     request_id: str | None = None
     error: str | None = None
     retry_at: float | None = None
+    rate_limit_remaining: int | None = None
 
 
 def host_of(api_url: str) -> str:
@@ -74,15 +75,17 @@ def classify(response: requests.Response, now: float | None = None) -> Outcome:
     """Turn GitHub's answer into an Outcome (see docs/operations.md for the policy)."""
     status = response.status_code
     request_id = response.headers.get("X-GitHub-Request-Id")
+    remaining_text = response.headers.get("X-RateLimit-Remaining", "")
+    remaining = int(remaining_text) if remaining_text.isdigit() else None  # GHES often sends none
     if 200 <= status < 300:
-        return Outcome(DELIVERED, status, request_id)
+        return Outcome(DELIVERED, status, request_id, rate_limit_remaining=remaining)
     message = f"GitHub answered {status}: {_message(response)}"
     retry_at = rate_limit_reset(response, now)
     if status in (403, 429) and retry_at is not None:
-        return Outcome(RETRY, status, request_id, "rate limited; " + message, retry_at)
+        return Outcome(RETRY, status, request_id, "rate limited; " + message, retry_at, remaining)
     if status == 429 or status >= 500:
-        return Outcome(RETRY, status, request_id, message)
-    return Outcome(FAILED, status, request_id, message)
+        return Outcome(RETRY, status, request_id, message, rate_limit_remaining=remaining)
+    return Outcome(FAILED, status, request_id, message, rate_limit_remaining=remaining)
 
 
 def rate_limit_reset(response: requests.Response, now: float | None = None) -> float | None:

@@ -1,10 +1,12 @@
-"""Operations endpoints: liveness and readiness. No credentials needed, nothing secret revealed."""
+"""Operations endpoints: liveness, readiness and metrics. No credentials needed, nothing secret revealed."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, g, jsonify
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
+from . import metrics
 from .outbox import StoreUnavailable
+from .quay import EVENTS
 from .services import services
 
 bp = Blueprint("health", __name__)
@@ -34,5 +36,25 @@ def readyz():
     return jsonify({"status": "ready", "dry_run": svc.settings.dry_run})
 
 
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus text format."""
+    g.outcome = "ok"
+    try:
+        return Response(metrics.exposition(services().outbox), mimetype=metrics.MEDIA_TYPE)
+    except StoreUnavailable:
+        g.outcome = "error"
+        return jsonify({"status": "error", "error": "the outbox cannot be read right now"}), 503
+
+
+def _count_incoming(response):
+    if request.path == "/incoming" or request.path.startswith("/incoming/"):
+        event = (request.view_args or {}).get("event")
+        metrics.INCOMING.labels(event if event in EVENTS else "unknown", str(response.status_code),
+                                g.get("outcome") or "error").inc()
+    return response
+
+
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.after_request(_count_incoming)

@@ -268,6 +268,12 @@ class Outbox:
                          DELIVERED, DRY_RUN, older_than)
             return cursor.rowcount
 
+    def counts(self) -> dict[str, int]:
+        """How many deliveries have each status."""
+        with self._transaction() as run:
+            rows = run("SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status").fetchall()
+        return {status: 0 for status in STATUSES} | {row["status"]: row["n"] for row in rows}
+
     def close(self) -> None:
         """Close this thread's connection (the next use opens a new one)."""
         conn = getattr(self._local, "conn", None)

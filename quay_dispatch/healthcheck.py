@@ -1,0 +1,62 @@
+"""Docker's HEALTHCHECK: `python -m quay_dispatch.healthcheck` exits 0 when the local /healthz answers 200."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import requests
+from urllib3.exceptions import InsecureRequestWarning
+
+from .config import ConfigError, Settings, load_settings
+
+TIMEOUT = 5.0  # seconds; shorter than the HEALTHCHECK's --timeout, so that this one explains itself
+
+
+def check(settings: Settings) -> str | None:
+    """Why the service on 127.0.0.1:$PORT is not healthy, or None when /healthz answers 200."""
+    cert = None
+    if settings.tls_cert_file:
+        url = f"https://127.0.0.1:{settings.port}/healthz"
+        # The TLS layer requires a client certificate and any will do for /healthz:
+        # the server's own pair is the one certificate sure to be at hand.
+        cert = (settings.tls_cert_file, settings.tls_key_file or settings.tls_cert_file)
+    else:
+        url = f"http://127.0.0.1:{settings.port}/healthz"
+    try:
+        with warnings.catch_warnings():
+            # Not verifying is safe only because this is loopback to this very process,
+            # and nothing secret is sent; its certificate names the public host anyway.
+            warnings.simplefilter("ignore", InsecureRequestWarning)
+            response = requests.get(url, cert=cert, verify=False, timeout=TIMEOUT)
+    except requests.Timeout:
+        return f"no answer from {url} within {TIMEOUT:g} s"
+    except OSError as exc:  # requests' own errors, and a certificate file that cannot be read
+        return f"{url}: {_innermost(exc)}"
+    if response.status_code != 200:
+        return f"{url} answered {response.status_code}"
+    return None
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    # requests and urllib3 wrap the error that says it all ("Connection refused", a TLS alert).
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def main() -> int:
+    """Check once; say why on stderr, in one line, when unhealthy."""
+    try:
+        problem = check(load_settings(os.environ))
+    except ConfigError as exc:
+        problem = " ".join(line.strip() for line in str(exc).splitlines())
+    if problem:
+        print(f"quay-dispatch healthcheck: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

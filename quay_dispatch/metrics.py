@@ -1,0 +1,63 @@
+"""Metrics: the Prometheus counters, and their text for GET /metrics, the same whichever worker answers.
+
+gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker starts, which
+puts prometheus-client in multiprocess mode: each worker writes its samples to
+files there and a scrape adds them up. Outbox counts are read from the store at
+scrape time, so they are right across workers and replicas alike.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from .outbox import Outbox
+
+MEDIA_TYPE = CONTENT_TYPE_LATEST
+
+INCOMING = Counter("quay_dispatch_incoming_total", "Quay notifications answered, by event, HTTP status and outcome",
+                   ["event", "status", "outcome"])
+ATTEMPTS = Counter("quay_dispatch_delivery_attempts_total",
+                   "Dispatch attempts, by what came of the delivery: delivered, retry, failed, expired", ["result"])
+LATENCY = Histogram("quay_dispatch_delivery_latency_seconds", "From acceptance (or redelivery) to GitHub's 2xx",
+                    buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400))
+RATE_LIMIT_REMAINING = Gauge("quay_dispatch_github_rate_limit_remaining",
+                             "GitHub's x-ratelimit-remaining in its latest answer", ["host"],
+                             multiprocess_mode="mostrecent")
+
+class OutboxCollector:
+    """Deliveries by status, counted in the store at scrape time."""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+
+    def collect(self):
+        family = GaugeMetricFamily("quay_dispatch_deliveries", "Deliveries in the outbox, by status",
+                                   labels=["status"])
+        for status, count in sorted(self.outbox.counts().items()):
+            family.add_metric([status], count)
+        yield family
+
+
+def exposition(outbox: Outbox) -> bytes:
+    """Every counter of every worker, and the outbox's counts, in Prometheus text format."""
+    # prometheus-client's own switch; gunicorn.conf.py sets it for the workers.
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    outbox_registry = CollectorRegistry()
+    outbox_registry.register(OutboxCollector(outbox))
+    return generate_latest(registry) + generate_latest(outbox_registry)

@@ -1,0 +1,50 @@
+"""GET /metrics: Prometheus text, the same sums whichever gunicorn worker answers the scrape."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from quay_dispatch.sample import sample_body, send_like_quay
+
+
+def scrape(service, test_pki) -> dict[tuple, float]:
+    # With cert_reqs 2 the TLS layer wants a certificate: any will do, such as the server's own.
+    text = requests.get(service.url + "/metrics", cert=test_pki.pair("server"), verify=test_pki.ca_file,
+                        timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_add_up_every_worker(start_service, test_pki, github):
+    github.answer(404, {"message": "Not Found"}, headers={"X-RateLimit-Remaining": "4321"})
+    service = start_service(args=["--workers", "2"])
+    for _ in range(6):
+        body = sample_body("build_success", "acme/widget")
+        assert send_like_quay(service.url + "/incoming", body, test_pki.pair("quay"),
+                              verify=test_pki.ca_file).status_code == 202
+    send_like_quay(service.url + "/incoming", sample_body("build_success", "other/app"), test_pki.pair("quay"),
+                   verify=test_pki.ca_file)
+    deadline = time.monotonic() + 10
+    while len(github.requests) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+    # New connections, so different workers answer; every answer has the same sums.
+    scrapes = [scrape(service, test_pki) for _ in range(6)]
+
+    accepted = ("quay_dispatch_incoming_total", (("event", "build_success"), ("outcome", "accepted"),
+                                                 ("status", "202")))
+    refused = ("quay_dispatch_incoming_total", (("event", "build_success"), ("outcome", "error"), ("status", "403")))
+    for metrics in scrapes:
+        assert metrics[accepted] == 6
+        assert metrics[refused] == 1
+        assert metrics[("quay_dispatch_delivery_attempts_total", (("result", "delivered"),))] == 5
+        assert metrics[("quay_dispatch_delivery_attempts_total", (("result", "failed"),))] == 1
+        assert metrics[("quay_dispatch_deliveries", (("status", "delivered"),))] == 5
+        assert metrics[("quay_dispatch_deliveries", (("status", "failed"),))] == 1
+        assert metrics[("quay_dispatch_deliveries", (("status", "pending"),))] == 0
+        assert metrics[("quay_dispatch_delivery_latency_seconds_count", ())] == 5
+        assert metrics[("quay_dispatch_github_rate_limit_remaining", (("host", github.url[7:]),))] == 4321
