@@ -14,7 +14,9 @@ pinned in requirements.txt; tests/test_tls_worker.py starts it for real):
   settings (certfile, keyfile, cert_reqs, ciphers).
 - accept: a new connection waits for its first bytes in the poller, not in a
   thread, so a client that connects and says nothing holds no thread; its
-  whole handshake has a deadline.
+  whole handshake has a deadline. At most once a second, accept also looks
+  whether certfile or keyfile changed (a renewal) and, if the new pair loads,
+  serves it to new connections; open connections keep theirs.
 - handle: serves requests that OpenSSL has already decrypted and buffered,
   which would otherwise wait for a raw-socket readiness that never comes.
 - load_wsgi: wraps the application to add SSL_CLIENT_CERT and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
 import selectors
 import socket
@@ -41,6 +44,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from OpenSSL import SSL
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds from accept() to a finished handshake
+RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
 log = logging.getLogger("gunicorn.error")
 
 
@@ -236,6 +240,8 @@ class TLSWorker(ThreadWorker):
     def init_process(self):
         self.tls_context = None
         if self.cfg.is_ssl:
+            self._files_loaded = self._files_refused = self._tls_files()
+            self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
             self.tls_context = build_context(self.cfg)
             wanted = {ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "optional"}.get(self.cfg.cert_reqs, "none")
             self.log.info("TLS context built from %s (client certificate: %s)", self.cfg.certfile, wanted)
@@ -253,9 +259,40 @@ class TLSWorker(ThreadWorker):
 
         self.wsgi = with_client_certificate
 
+    def _tls_files(self) -> tuple:
+        """What identifies the current certificate and key files: a renewal changes it."""
+        signature = []
+        for path in (self.cfg.certfile, self.cfg.keyfile or self.cfg.certfile):
+            try:
+                st = os.stat(path)
+                signature.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                signature.append(None)
+        return tuple(signature)
+
+    def _reload_if_renewed(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + RELOAD_CHECK_INTERVAL
+        files = self._tls_files()
+        if files in (self._files_loaded, self._files_refused):
+            return
+        try:
+            context = build_context(self.cfg)
+        except (SSL.Error, OSError) as exc:
+            # Often a renewal half-written (new certificate, old key): keep serving the old pair.
+            self._files_refused = files
+            self.log.warning("TLS files changed but do not load as a pair, keeping the current ones: %s",
+                             _handshake_reason(exc))
+            return
+        self.tls_context, self._files_loaded = context, files
+        self.log.info("TLS certificate reloaded from %s", self.cfg.certfile)
+
     def accept(self, listener):
         if self.tls_context is None:
             return super().accept(listener)
+        self._reload_if_renewed()
         try:
             client_sock, client_addr = listener.accept()
         except OSError as e:

@@ -37,6 +37,7 @@ class PKI:
     dir: Path
     paths: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (chain file, key file)
     ca_file: str = ""
+    intermediate: pki.Issued | None = None  # to issue more certificates in a test
 
     def add(self, name: str, leaf: pki.Issued, *chain: pki.Issued) -> None:
         cert, key = self.dir / f"{name}.pem", self.dir / f"{name}.key"
@@ -54,6 +55,7 @@ def test_pki(tmp_path_factory) -> PKI:
     root = pki.issue("Test Root CA", ca=True, days=3650)
     intermediate = pki.issue("Test Intermediate CA", issuer=root, ca=True, days=3650)
     other_root = pki.issue("Other Root CA", ca=True, days=3650)
+    store.intermediate = intermediate
     store.ca_file = str(store.dir / "ca.pem")
     Path(store.ca_file).write_bytes(root.cert_pem)
     long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)

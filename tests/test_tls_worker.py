@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import threading
 import time
 
 import pytest
+from cryptography import x509
 from gunicorn import sock as gunicorn_sock
 from gunicorn.config import Config
 
+from quay_dispatch import pki
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls_worker import HANDSHAKE_TIMEOUT
 
@@ -212,3 +215,42 @@ def test_the_tls_context_is_built_once_per_worker(start_service, test_pki):
 def backend() -> str:
     """The transport does not depend on the outbox: SQLite is enough here."""
     return "sqlite"
+
+
+def served_certificate(service, test_pki) -> str:
+    with tls_connect(service, client_context(test_pki)) as conn:
+        return x509.load_der_x509_certificate(conn.getpeercert(binary_form=True)).subject.rfc4514_string()
+
+
+def test_a_renewed_certificate_is_served_without_restart_or_dropped_connections(start_service, test_pki, tmp_path):
+    cert_file, key_file = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(test_pki.pair("server")[0], cert_file)
+    shutil.copy(test_pki.pair("server")[1], key_file)
+    service = start_service({"TLS_CERT_FILE": str(cert_file), "TLS_KEY_FILE": str(key_file)})
+    assert served_certificate(service, test_pki) == "CN=localhost"
+    kept = tls_connect(service, client_context(test_pki))
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_responses(kept, 1, timeout=5)
+
+    # What certbot does: a new certificate, then its key; for a moment they do not match.
+    renewed = pki.issue("renewed.localhost", issuer=test_pki.intermediate, names=["renewed.localhost", "127.0.0.1"])
+    cert_file.write_bytes(renewed.cert_pem + test_pki.intermediate.cert_pem)
+    time.sleep(1.5)
+    assert served_certificate(service, test_pki) == "CN=localhost"
+    key_file.write_bytes(renewed.key_pem)
+    assert wait_until(lambda: served_certificate(service, test_pki) == "CN=renewed.localhost", timeout=5)
+
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [r.split(b"\r\n")[0] for r in read_responses(kept, 1, timeout=5)] == [b"HTTP/1.1 200 OK"]
+    kept.close()
+    assert wait_for_log(service, "do not load as a pair, keeping the current ones")
+    assert wait_for_log(service, "TLS certificate reloaded")
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
