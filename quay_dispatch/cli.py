@@ -12,7 +12,7 @@ import requests
 from flask import Flask
 
 from .config import ConfigError
-from .outbox import STATUSES
+from .outbox import STATUSES, StoreUnavailable
 from .pki import make_dev_pki
 from .quay import EVENTS
 from .sample import sample_body, send_like_quay
@@ -60,6 +60,66 @@ def deliveries(status: str | None, limit: int, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+@click.command("check-config")
+@click.option("--online", is_flag=True, help="Also ask GitHub whether the token can reach each routed repository.")
+def check_config(online: bool) -> None:
+    """Validate the configuration and say what the service will do with it."""
+    svc = _services()
+    settings = svc.settings
+    click.echo("configuration is valid")
+    click.echo(f"  authentication: {_describe_auth(settings)}")
+    try:
+        svc.outbox.migrate()
+        svc.outbox.check_writable()
+        store = "writable"
+    except StoreUnavailable as exc:
+        store = f"NOT WRITABLE: {exc}"
+    click.echo(f"  outbox:         {svc.outbox.description} ({store})")
+    sending = "DRY RUN, nothing is sent" if settings.dry_run else "with GITHUB_TOKEN"
+    click.echo(f"  GitHub:         {settings.github_api_url} ({sending})")
+    click.echo("  routes:")
+    for route in settings.routes:
+        filters = "".join(f", {name} {', '.join(values)}" for name, values in
+                          (("branches", route.branches), ("tags", route.tags)) if values)
+        event_type = route.event_type or "QUAY_<EVENT>"
+        click.echo(f"    {route.quay} -> {route.github}  ({', '.join(route.events)}; event_type {event_type}{filters})")
+    problems = store != "writable"
+    if online:
+        problems |= _check_online(svc)
+    if problems:
+        raise SystemExit(1)
+
+
+def _describe_auth(settings) -> str:
+    token = "; INCOMING_TOKEN required" if settings.incoming_token else ""
+    roots = settings.quay_ca_file or "the Mozilla bundle"
+    if settings.client_cert_source == "tls":
+        return f"Quay's TLS client certificate, valid for {', '.join(settings.quay_hostnames)} (roots: {roots}){token}"
+    if settings.client_cert_source == "header":
+        proxies = ", ".join(map(str, settings.forwarded_allow_ips))
+        return (f"Quay's certificate forwarded in {settings.client_cert_header} by {proxies}, valid for "
+                f"{', '.join(settings.quay_hostnames)} (roots: {roots}){token}")
+    return "INCOMING_TOKEN only (no client certificate)"
+
+
+def _check_online(svc) -> bool:
+    """Ask GitHub about each routed repository that does not depend on the Quay repository's name."""
+    if svc.settings.dry_run:
+        click.echo("  online: skipped in dry-run mode (no token)")
+        return False
+    problems = False
+    click.echo("  online:")
+    for route in svc.settings.routes:
+        target = route.fixed_target()
+        if target is None:
+            click.echo(f"    {route.github}: not checked, it depends on the Quay repository's name")
+            continue
+        ok, detail = svc.deliverer.client.check_repository(target)
+        problems |= not ok
+        click.echo(f"    {target}: {'ok' if ok else 'PROBLEM'}, {detail}")
+    return problems
 
 
 @click.command("redeliver")
@@ -120,5 +180,6 @@ def _age(seconds: float) -> str:
 def init_app(app: Flask) -> None:
     app.cli.add_command(dev_certs)
     app.cli.add_command(deliveries)
+    app.cli.add_command(check_config)
     app.cli.add_command(redeliver)
     app.cli.add_command(send_sample)

@@ -71,6 +71,24 @@ class GitHubClient:
         return classify(response)
 
 
+    def check_repository(self, target: str) -> tuple[bool, str]:
+        """Whether the token can read `target` ("owner/name"), and what GitHub said of its rights."""
+        try:
+            response = self._session.get(f"{self.api_url}/repos/{target}", timeout=(CONNECT_TIMEOUT, self.timeout),
+                                         headers={"Authorization": f"Bearer {self._token}"}, allow_redirects=False)
+        except requests.RequestException as exc:
+            return False, f"cannot reach GitHub: {type(exc).__name__}"
+        if response.status_code != 200:
+            return False, f"GitHub answered {response.status_code}: {_message(response)}"
+        try:
+            push = response.json().get("permissions", {}).get("push")
+        except (ValueError, AttributeError):
+            push = None
+        if push is False:
+            return False, "readable, but the token cannot write to it (a dispatch needs Contents: write)"
+        return True, "readable" + (", writable" if push else "")
+
+
 def classify(response: requests.Response, now: float | None = None) -> Outcome:
     """Turn GitHub's answer into an Outcome (see docs/operations.md for the policy)."""
     status = response.status_code

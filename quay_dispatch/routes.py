@@ -38,6 +38,15 @@ class Route:
         """The GitHub repository "owner/name" this route sends `event` to."""
         return self.github.format(namespace=event.namespace, name=event.name)
 
+    def fixed_target(self) -> str | None:
+        """The one GitHub repository this route can send to, or None when it depends on the Quay name."""
+        if not _TEMPLATE_FIELDS.search(self.github):
+            return self.github
+        if not any(c in self.quay for c in "*?["):
+            namespace, _, name = self.quay.partition("/")
+            return self.github.format(namespace=namespace, name=name)
+        return None
+
     def event_type_for(self, event: QuayEvent) -> str:
         return self.event_type or "QUAY_" + event.event.upper()
 

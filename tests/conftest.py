@@ -95,6 +95,7 @@ class FakeGitHub:
     def __init__(self):
         self.requests: list[Captured] = []
         self.script: list[tuple[int, dict, bytes]] = []
+        self.repos: dict[str, tuple[int, dict]] = {}  # "owner/name" -> answer to GET /repos/owner/name
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -126,6 +127,18 @@ class FakeGitHub:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def do_GET(self):
+                # A read of a repository, as GET /repos/{owner}/{repo}: answered from `fake.repos`.
+                with fake._lock:
+                    fake.requests.append(Captured("GET", self.path, dict(self.headers.items()), b"", 0, time.time()))
+                status, body = fake.repos.get(self.path.removeprefix("/repos/"), (404, {"message": "Not Found"}))
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def log_message(self, *args):
                 pass
 
@@ -148,6 +161,7 @@ class FakeGitHub:
         with self._lock:
             self.requests.clear()
             self.script.clear()
+            self.repos.clear()
             self.delay = 0.0
             self.max_in_flight = 0
 

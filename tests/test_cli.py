@@ -1,0 +1,75 @@
+"""The command line: check-config, dev-certs and send-sample, run as an operator runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import GITHUB_TOKEN, ROOT, base_env
+
+
+def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_summarises_what_the_service_will_do(test_pki, github, database_url):
+    env = base_env(test_pki, github, database_url)
+
+    result = flask(env, "check-config")
+
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+    assert "authentication: Quay's TLS client certificate, valid for quay.io" in result.stdout
+    assert "(writable)" in result.stdout
+    assert f"GitHub:         {github.url} (with GITHUB_TOKEN)" in result.stdout
+    assert "acme/api -> acme-gh/api-server  (build_success; event_type QUAY_<EVENT>)" in result.stdout
+    assert GITHUB_TOKEN not in result.stdout + result.stderr
+
+
+def test_check_config_lists_every_problem_without_a_traceback(test_pki, github, database_url):
+    env = base_env(test_pki, github, database_url) | {"ROUTES": "acme", "CLIENT_CERT_SOURCE": "nope"}
+
+    result = flask(env, "check-config")
+
+    assert result.returncode == 1
+    assert "configuration error" in result.stderr
+    assert "glob on 'namespace/name'" in result.stderr and "CLIENT_CERT_SOURCE='nope'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_online_asks_github_about_each_fixed_target(test_pki, github, database_url):
+    github.reset()
+    github.repos["acme-gh/api-server"] = (200, {"full_name": "acme-gh/api-server", "permissions": {"push": True}})
+    github.repos["acme/readonly"] = (200, {"full_name": "acme/readonly", "permissions": {"push": False}})
+    env = base_env(test_pki, github, database_url) | {
+        "ROUTES": "acme/*; acme/api=acme-gh/api-server; acme/ro=acme/readonly; acme/web=acme/missing"}
+
+    result = flask(env, "check-config", "--online")
+
+    assert result.returncode == 1
+    assert "{namespace}/{name}: not checked, it depends on the Quay repository's name" in result.stdout
+    assert "acme-gh/api-server: ok, readable, writable" in result.stdout
+    assert "acme/readonly: PROBLEM, readable, but the token cannot write to it" in result.stdout
+    assert "acme/missing: PROBLEM, GitHub answered 404: Not Found" in result.stdout
+    reads = [r for r in github.requests if r.method == "GET"]
+    assert {r.path for r in reads} == {"/repos/acme-gh/api-server", "/repos/acme/readonly", "/repos/acme/missing"}
+    assert all(r.headers["Authorization"] == f"Bearer {GITHUB_TOKEN}" for r in reads)
+
+
+def test_dev_certs_then_send_sample_to_a_running_service(start_service, tmp_path, test_pki):
+    env = {"PATH": "/usr/bin:/bin"}
+    made = flask(env, "dev-certs", "--dir", str(tmp_path / "pki"))
+    again = flask(env, "dev-certs", "--dir", str(tmp_path / "pki"))
+    assert made.returncode == 0 and again.returncode == 1 and "use --force" in again.stderr
+    pki_dir = tmp_path / "pki"
+    service = start_service({"TLS_CERT_FILE": str(pki_dir / "server.pem"), "TLS_KEY_FILE": str(pki_dir / "server.key"),
+                             "QUAY_CA_FILE": str(pki_dir / "ca.pem")}, wait=False)
+    service.wait_ready((str(pki_dir / "quay.pem"), str(pki_dir / "quay.key")), str(pki_dir / "ca.pem"))
+
+    as_quay = ["--cert", str(pki_dir / "quay.pem"), "--key", str(pki_dir / "quay.key"), "--ca", str(pki_dir / "ca.pem")]
+    sent = flask(env, "send-sample", service.url + "/incoming/build_success", "--repo", "acme/widget", *as_quay)
+    test = flask(env, "send-sample", service.url + "/incoming", "--repo", "acme/widget", "--test", *as_quay)
+
+    assert sent.returncode == 0 and sent.stdout.startswith("202 ")
+    assert test.returncode == 0 and '"status":"test"' in test.stdout
