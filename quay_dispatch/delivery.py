@@ -96,6 +96,7 @@ class Deliverer:
         if delivery is None:
             return False
         started = time.monotonic()
+        log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, delivery.body)
         outcome = self.client.post(delivery.path, delivery.body)
         status, next_at = self._decide(delivery, outcome)
         rate_limited = outcome.retry_at is not None

@@ -48,6 +48,7 @@ def incoming(event: str):
     if request.mimetype != "application/json":
         raise Refusal(415, f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}")
     body = read_body(MAX_BODY)
+    log.debug("%s body: %s", g.get("request_id"), body[:4096].decode("utf-8", "replace"))
     try:
         quay_event = parse_event(event, body)
     except PayloadError as exc:

@@ -28,6 +28,11 @@ from quay_dispatch import pki
 
 ROOT = Path(__file__).resolve().parent.parent
 GITHUB_TOKEN = "ghp_testtoken0123456789abcdefTESTTOKEN"
+LEGACY_GITHUB_TOKEN = "gho_legacy_token_name_value"
+INCOMING_TOKEN = "incoming-token-for-tests-0123456789"
+# What must never appear in any log line of a test run (checked when the session ends).
+SECRETS = (GITHUB_TOKEN, LEGACY_GITHUB_TOKEN, INCOMING_TOKEN, "PRIVATE KEY")
+ALL_LOGS: list[Path] = []
 
 
 @dataclass
@@ -46,6 +51,16 @@ class PKI:
 
     def pair(self, name: str) -> tuple[str, str]:
         return self.paths[name]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log():
+    """After the whole run: no token, incoming token or key in any line any service logged."""
+    yield
+    leaks = [f"{path.name}: {line.strip()[:200]}" for path in ALL_LOGS if path.exists()
+             for line in path.read_text(errors="replace").splitlines() if any(s in line for s in SECRETS)]
+    if leaks:
+        pytest.fail("secrets in the logs:\n" + "\n".join(leaks), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +205,7 @@ class Service:
         self.port = free_port()
         self.workdir = workdir
         self.log_path = workdir / f"gunicorn-{self.port}.log"
+        ALL_LOGS.append(self.log_path)
         self.scheme = "https" if tls else "http"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.env = env

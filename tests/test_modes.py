@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import GITHUB_TOKEN, ROOT
+from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, ROOT
 
-TOKEN = "incoming-token-for-tests-0123456789"
+TOKEN = INCOMING_TOKEN
 PLAIN = {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None}
 
 
@@ -39,7 +39,7 @@ def post_from(service, source: str, body: dict, headers: dict) -> tuple[int, dic
 
 
 def test_token_mode_on_plain_http_behind_a_router(start_service, github):
-    service = start_service(PLAIN | {"CLIENT_CERT_SOURCE": "none", "INCOMING_TOKEN": TOKEN})
+    service = start_service(PLAIN | {"CLIENT_CERT_SOURCE": "none", "INCOMING_TOKEN": TOKEN, "DEBUG": "true"})
     host = f"127.0.0.1:{service.port}"
     body = sample_body("build_success", "acme/widget")
 

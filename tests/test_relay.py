@@ -16,7 +16,7 @@ import requests
 
 from quay_dispatch.quay import EVENTS
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
-from tests.conftest import GITHUB_TOKEN, ROOT
+from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN, ROOT
 
 
 def post(service, test_pki, body, event=None, cert="quay", **kwargs):
@@ -302,14 +302,14 @@ def test_dry_run_records_what_would_be_sent_and_sends_nothing(start_service, tes
 
 def test_original_service_environment_names_keep_working(start_service, test_pki, github):
     server_cert, server_key = test_pki.pair("server")
-    service = start_service({"GITHUB_TOKEN": None, "GH_TOKEN": "gho_legacy_token_name_value",
+    service = start_service({"GITHUB_TOKEN": None, "GH_TOKEN": LEGACY_GITHUB_TOKEN,
                              "TLS_CERT_FILE": None, "TLS_KEY_FILE": None, "CRT": server_cert, "KEY": server_key,
                              "DEBUG": "true"})
     body = sample_body("build_success", "acme/widget")
 
     assert post(service, test_pki, body).status_code == 202
     [sent] = dispatches_for(github, body["build_id"])
-    assert sent.headers["Authorization"] == "Bearer gho_legacy_token_name_value"
+    assert sent.headers["Authorization"] == f"Bearer {LEGACY_GITHUB_TOKEN}"
     assert sent.json()["event_type"] == "QUAY_BUILD_SUCCESS"
 
 
@@ -346,8 +346,8 @@ tags = ["v*"]
 
 
 def test_incoming_token_is_required_as_basic_password_or_query(start_service, test_pki, github):
-    token = "s3cret-incoming-token-0123456789"
-    service = start_service({"INCOMING_TOKEN": token})
+    token = INCOMING_TOKEN
+    service = start_service({"INCOMING_TOKEN": token, "DEBUG": "true"})
     body = sample_body("build_success", "acme/widget")
     base = service.url.replace("https://", "")
 
