@@ -254,3 +254,13 @@ def wait_until(predicate, timeout: float) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+def test_gunicorn_certfile_and_keyfile_flags_win_over_the_environment(start_service, test_pki, tmp_path):
+    flagged = pki.issue("flagged.localhost", issuer=test_pki.intermediate, names=["flagged.localhost", "127.0.0.1"])
+    cert_file, key_file = tmp_path / "flagged.pem", tmp_path / "flagged.key"
+    pki.write_pair(flagged, cert_file, key_file, test_pki.intermediate)
+
+    service = start_service(args=["--workers", "1", "--certfile", str(cert_file), "--keyfile", str(key_file)])
+
+    assert served_certificate(service, test_pki) == "CN=flagged.localhost"
