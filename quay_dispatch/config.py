@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from .routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 
 MIN_INCOMING_TOKEN_LENGTH = 24
@@ -32,6 +35,10 @@ class Settings:
 
     routes: tuple[Route, ...]
     github_token: str | None = None
+    github_app_id: str | None = None
+    github_app_private_key: str | None = None
+    github_app_installation_id: int | None = None
+    github_ca_file: str | None = None
     github_api_url: str = "https://api.github.com"
     quay_hostnames: tuple[str, ...] = ("quay.io",)
     quay_ca_file: str | None = None
@@ -79,8 +86,20 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     dry_run = flag("DRY_RUN")
     token = get("GITHUB_TOKEN", "GH_TOKEN")
-    if not token and not dry_run:
-        problems.append("no GitHub credentials: set GITHUB_TOKEN (or GH_TOKEN), or DRY_RUN=1 to record without sending")
+    app_id, app_key = get("GITHUB_APP_ID"), _app_private_key(env, problems)
+    installation_text = get("GITHUB_APP_INSTALLATION_ID")
+    if installation_text is not None and not installation_text.isdigit():
+        problems.append(f"GITHUB_APP_INSTALLATION_ID={installation_text!r} is not a number")
+    if token and (app_id or app_key):
+        problems.append("both GITHUB_TOKEN and a GitHub App are set: use one")
+    elif bool(app_id) != bool(app_key):
+        problems.append("a GitHub App needs both GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY (or _FILE)")
+    elif not token and not app_id and not dry_run:
+        problems.append("no GitHub credentials: set GITHUB_TOKEN (or GH_TOKEN) or a GitHub App "
+                        "(GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY), or DRY_RUN=1 to record without sending")
+    github_ca_file = get("GITHUB_CA_FILE")
+    if github_ca_file and not Path(github_ca_file).is_file():
+        problems.append(f"GITHUB_CA_FILE={github_ca_file}: no such file")
 
     api_url = (get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
     parts = urlsplit(api_url)
@@ -172,6 +191,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     settings = Settings(
         routes=routes,
         github_token=token,
+        github_app_id=app_id,
+        github_app_private_key=app_key,
+        github_app_installation_id=int(installation_text) if (installation_text or "").isdigit() else None,
+        github_ca_file=github_ca_file,
         github_api_url=api_url,
         quay_hostnames=hostnames or ("quay.io",),
         quay_ca_file=ca_file,
@@ -195,6 +218,33 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if problems:
         raise ConfigError("configuration error:\n" + "\n".join(f"  - {p}" for p in problems))
     return settings
+
+
+def _app_private_key(env: Mapping[str, str], problems: list[str]) -> str | None:
+    """The GitHub App's private key, from GITHUB_APP_PRIVATE_KEY (PEM text) or its _FILE; never repeated."""
+    text, path = env.get("GITHUB_APP_PRIVATE_KEY", "").strip(), env.get("GITHUB_APP_PRIVATE_KEY_FILE", "").strip()
+    if text and path:
+        problems.append("both GITHUB_APP_PRIVATE_KEY and GITHUB_APP_PRIVATE_KEY_FILE are set: use one")
+        return None
+    if path:
+        try:
+            text = Path(path).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"GITHUB_APP_PRIVATE_KEY_FILE={path}: cannot be read ({type(exc).__name__})")
+            return None
+    if not text:
+        return None
+    # A PaaS often keeps a multi-line value with literal \n: accept that too.
+    text = text.replace("\\n", "\n")
+    try:
+        key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
+    except (ValueError, TypeError, UnicodeEncodeError):
+        problems.append("the GitHub App private key is not an unencrypted PEM private key")
+        return None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        problems.append("the GitHub App private key must be an RSA key (GitHub signs App JWTs with RS256)")
+        return None
+    return text
 
 
 def _check_database_url(url: str, problems: list[str]) -> None:

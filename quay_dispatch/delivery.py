@@ -8,12 +8,14 @@ any other 4xx fails at once with GitHub's message kept.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
 
 from . import github, metrics
+from .dispatch import WORKFLOW_DISPATCH, canonical_json
 from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
@@ -96,8 +98,10 @@ class Deliverer:
         if delivery is None:
             return False
         started = time.monotonic()
-        log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, delivery.body)
-        outcome = self.client.post(delivery.path, delivery.body)
+        body, outcome = self._complete_body(delivery)
+        if outcome is None:
+            log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, body)
+            outcome = self.client.post(delivery.path, body, delivery.target)
         status, next_at = self._decide(delivery, outcome)
         rate_limited = outcome.retry_at is not None
         self.outbox.record(
@@ -118,6 +122,18 @@ class Deliverer:
             extra={"delivery_id": delivery.id, "duration_ms": round((time.monotonic() - started) * 1000)},
         )
         return True
+
+    def _complete_body(self, delivery: Delivery) -> tuple[str, github.Outcome | None]:
+        """The body to send: a workflow_dispatch without a ref runs on the repository's default branch."""
+        if delivery.kind != WORKFLOW_DISPATCH:
+            return delivery.body, None
+        body = json.loads(delivery.body)
+        if body.get("ref") is not None:
+            return delivery.body, None
+        branch, outcome = self.client.default_branch(delivery.target)
+        if outcome is not None:
+            return delivery.body, outcome
+        return canonical_json(body | {"ref": branch}), None
 
     def _decide(self, delivery: Delivery, outcome: github.Outcome) -> tuple[str, float | None]:
         """The delivery's new status, and when to try again if it stays pending."""

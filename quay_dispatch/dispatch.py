@@ -7,9 +7,10 @@ import json
 from dataclasses import dataclass
 
 from .quay import QuayEvent
-from .routes import Route
+from .routes import Route, template_fields
 
 REPOSITORY_DISPATCH = "repository_dispatch"
+WORKFLOW_DISPATCH = "workflow_dispatch"
 # Quay retries a call whose answer it missed within minutes; an identical body
 # for the same target within this window is the same notification.
 BODY_DEDUP_WINDOW = 600.0
@@ -22,6 +23,7 @@ class DispatchRequest:
     target: str
     kind: str
     event_type: str
+    workflow: str | None
     path: str
     body: dict
     dedup_key: str
@@ -45,30 +47,55 @@ def client_payload(event: QuayEvent) -> dict:
 
 
 def plan_dispatches(event: QuayEvent, routes: tuple[Route, ...], body: bytes) -> list[DispatchRequest]:
-    """One request per distinct target among `routes` (already selected for `event`)."""
-    requests: dict[str, DispatchRequest] = {}
+    """One request per distinct target and workflow among `routes` (already selected for `event`)."""
+    requests: dict[tuple, DispatchRequest] = {}
     payload = client_payload(event)
     body_hash = hashlib.sha256(body).hexdigest()
+    if event.is_build and not event.is_test:
+        identity, window = f"build|{event.event}|{event.build_id}", None
+    else:
+        identity, window = f"body|{event.event}|{body_hash}", BODY_DEDUP_WINDOW
     for route in routes:
         target = route.target(event)
-        if target in requests:
+        kind = WORKFLOW_DISPATCH if route.workflow else REPOSITORY_DISPATCH
+        if (target, kind, route.workflow) in requests:
             continue
         event_type = route.event_type_for(event)
-        if event.is_build and not event.is_test:
-            identity, window = f"build|{event.event}|{event.build_id}", None
+        if route.workflow:
+            path = f"/repos/{target}/actions/workflows/{route.workflow}/dispatches"
+            request_body = workflow_body(route, payload)
         else:
-            identity, window = f"body|{event.event}|{body_hash}", BODY_DEDUP_WINDOW
-        key_source = f"{identity}|{target}|{REPOSITORY_DISPATCH}|"
-        requests[target] = DispatchRequest(
+            path = f"/repos/{target}/dispatches"
+            request_body = {"event_type": event_type, "client_payload": payload}
+        key_source = f"{identity}|{target}|{kind}|{route.workflow or ''}"
+        requests[(target, kind, route.workflow)] = DispatchRequest(
             target=target,
-            kind=REPOSITORY_DISPATCH,
+            kind=kind,
             event_type=event_type,
-            path=f"/repos/{target}/dispatches",
-            body={"event_type": event_type, "client_payload": payload},
+            workflow=route.workflow,
+            path=path,
+            body=request_body,
             dedup_key=hashlib.sha256(key_source.encode()).hexdigest(),
             dedup_window=window,
         )
     return list(requests.values())
+
+
+def workflow_body(route: Route, payload: dict) -> dict:
+    """A workflow_dispatch body: the route's ref and inputs, from the client_payload's values.
+
+    A ref whose values are unknown (a manual build has no branch) is left null, for the
+    deliverer to fill with the repository's default branch. Inputs are strings (lists
+    comma-joined); an unknown value is left out, so that the workflow's default applies.
+    """
+    fields = template_fields(route.ref)
+    ref = None if any(payload[f] is None for f in fields) else route.ref.format(**payload)
+    inputs = {}
+    for name in route.inputs:
+        value = payload[name]
+        if value is not None:
+            inputs[name] = ",".join(value) if isinstance(value, list) else str(value)
+    return {"ref": ref, "inputs": inputs} if inputs else {"ref": ref}
 
 
 def canonical_json(body: dict) -> str:

@@ -36,48 +36,112 @@ def host_of(api_url: str) -> str:
     return urlsplit(api_url).netloc.lower()
 
 
-class GitHubClient:
-    """Sends dispatch requests to one GitHub API with one token."""
+class Transport:
+    """One GitHub API: its URL, CA, timeouts and headers. Network trouble becomes an Outcome, never an exception."""
 
-    def __init__(self, api_url: str, token: str, timeout: float = 10.0):
+    def __init__(self, api_url: str, timeout: float = 10.0, ca_file: str | None = None):
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
+        self._session.verify = ca_file or True  # GITHUB_CA_FILE: a GitHub Enterprise Server's private CA
         self._session.headers.update({
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
             "User-Agent": USER_AGENT,
-            "Content-Type": "application/json",
         })
-        self._token = token
 
     def __repr__(self) -> str:
-        return f"GitHubClient({self.api_url!r})"
+        return f"Transport({self.api_url!r})"
 
-    def post(self, path: str, body: str) -> Outcome:
-        """POST `body` (JSON text) to `path`; classify the result, never raise for network trouble."""
+    def send(self, method: str, path: str, authorization: str, body: str | None = None) -> requests.Response | Outcome:
+        """The response to one request, or a RETRY Outcome when GitHub could not be reached in time."""
+        headers = {"Authorization": authorization}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            response = self._session.post(
-                self.api_url + path,
-                data=body.encode("utf-8"),
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=(CONNECT_TIMEOUT, self.timeout),
-                allow_redirects=False,
+            return self._session.request(
+                method, self.api_url + path, data=None if body is None else body.encode("utf-8"), headers=headers,
+                timeout=(CONNECT_TIMEOUT, self.timeout), allow_redirects=False,
             )
         except requests.Timeout:
             return Outcome(RETRY, error=f"GitHub did not answer within {self.timeout:g} s")
         except requests.RequestException as exc:
-            return Outcome(RETRY, error=f"cannot reach GitHub: {type(exc).__name__}")
-        return classify(response)
+            return Outcome(RETRY, error=f"cannot reach GitHub: {_cause(exc)}")
 
+
+class AuthError(Exception):
+    """No credentials for a repository: `result` says whether to retry (RETRY) or give up (FAILED)."""
+
+    def __init__(self, result: str, message: str):
+        super().__init__(message)
+        self.result = result
+
+
+class TokenAuth:
+    """A personal access token (GITHUB_TOKEN): the same for every repository, nothing to refresh."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "TokenAuth()"
+
+    def authorization(self, repo: str) -> str:
+        return f"Bearer {self._token}"
+
+    def refresh(self, repo: str) -> bool:
+        """Whether new credentials could be had after a 401: not for a fixed token."""
+        return False
+
+
+class GitHubClient:
+    """Dispatches to one GitHub API with one kind of credentials; knows what each answer means."""
+
+    def __init__(self, transport: Transport, auth):
+        self.transport = transport
+        self.api_url = transport.api_url
+        self.timeout = transport.timeout
+        self.auth = auth
+        self._default_branches: dict[str, tuple[str, float]] = {}
+
+    def __repr__(self) -> str:
+        return f"GitHubClient({self.api_url!r})"
+
+    def post(self, path: str, body: str, repo: str) -> Outcome:
+        """POST `body` (JSON text) to `path` for `repo`; a 401 is retried once with fresh credentials."""
+        response = self._request("POST", path, repo, body)
+        if isinstance(response, requests.Response) and response.status_code == 401 and self.auth.refresh(repo):
+            response = self._request("POST", path, repo, body)
+        return response if isinstance(response, Outcome) else classify(response)
+
+    def _request(self, method: str, path: str, repo: str, body: str | None = None) -> requests.Response | Outcome:
+        try:
+            authorization = self.auth.authorization(repo)
+        except AuthError as exc:
+            return Outcome(exc.result, error=str(exc))
+        return self.transport.send(method, path, authorization, body)
+
+    def default_branch(self, repo: str) -> tuple[str | None, Outcome | None]:
+        """The repository's default branch (cached for an hour), or why it could not be read."""
+        cached = self._default_branches.get(repo)
+        if cached and cached[1] > time.monotonic():
+            return cached[0], None
+        response = self._request("GET", f"/repos/{repo}", repo)
+        if isinstance(response, Outcome):
+            return None, response
+        if response.status_code != 200:
+            outcome = classify(response)
+            return None, Outcome(outcome.result, outcome.http_status, outcome.request_id,
+                                 "reading the default branch: " + (outcome.error or ""), outcome.retry_at)
+        branch = response.json().get("default_branch")
+        self._default_branches[repo] = (branch, time.monotonic() + 3600)
+        return branch, None
 
     def check_repository(self, target: str) -> tuple[bool, str]:
-        """Whether the token can read `target` ("owner/name"), and what GitHub said of its rights."""
-        try:
-            response = self._session.get(f"{self.api_url}/repos/{target}", timeout=(CONNECT_TIMEOUT, self.timeout),
-                                         headers={"Authorization": f"Bearer {self._token}"}, allow_redirects=False)
-        except requests.RequestException as exc:
-            return False, f"cannot reach GitHub: {type(exc).__name__}"
+        """Whether the credentials can read `target` ("owner/name"), and what GitHub said of its rights."""
+        response = self._request("GET", f"/repos/{target}", target)
+        if isinstance(response, Outcome):
+            return False, response.error or "cannot reach GitHub"
         if response.status_code != 200:
             return False, f"GitHub answered {response.status_code}: {_message(response)}"
         try:
@@ -87,6 +151,13 @@ class GitHubClient:
         if push is False:
             return False, "readable, but the token cannot write to it (a dispatch needs Contents: write)"
         return True, "readable" + (", writable" if push else "")
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a requests error, short (a TLS verification failure, a refused connection)."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
 
 
 def classify(response: requests.Response, now: float | None = None) -> Outcome:

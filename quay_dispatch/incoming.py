@@ -81,7 +81,8 @@ def incoming(event: str):
         return answer(200, "duplicate", reason=f"already accepted for {', '.join(duplicates)}")
     svc.deliverer.wake()
     return answer(202, "accepted", deliveries=[
-        {"id": a.id, "target": a.target, "event_type": a.event_type} for a in accepted
+        {"id": a.id, "target": a.target, "event_type": a.event_type} | ({"workflow": a.workflow} if a.workflow else {})
+        for a in accepted
     ])
 
 

@@ -82,6 +82,7 @@ class Accepted:
     id: int
     target: str
     event_type: str
+    workflow: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class Outbox:
                     None if req.dedup_window is None else now + req.dedup_window,
                     DRY_RUN if dry_run else PENDING, now,
                 ).fetchone()
-                accepted.append(Accepted(row["id"], req.target, req.event_type))
+                accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
         return accepted, duplicates
 
     def claim(self, host: str, lease_seconds: float) -> Delivery | None:

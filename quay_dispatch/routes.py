@@ -16,7 +16,16 @@ from .quay import EVENTS, QuayEvent
 MAX_EVENT_TYPE_LENGTH = 100  # GitHub's limit for repository_dispatch
 _GITHUB_REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
-_KNOWN_KEYS = {"quay", "github", "events", "event_type", "branches", "tags"}
+_KNOWN_KEYS = {"quay", "github", "events", "event_type", "branches", "tags", "workflow", "ref", "inputs"}
+_WORKFLOW = re.compile(r"^([A-Za-z0-9._-]+\.ya?ml|\d+)$")  # a file in .github/workflows, or its id
+# What a workflow input or a ref template may name: the client_payload's keys (dispatch.py).
+PAYLOAD_FIELDS = ("text", "sha", "ref", "branch", "tags", "image", "build_id", "quay_repository", "event", "url")
+MAX_WORKFLOW_INPUTS = 10  # GitHub allows 25, GitHub Enterprise Server 10
+
+
+def template_fields(template: str) -> list[str]:
+    """The {names} a template uses."""
+    return _TEMPLATE_FIELDS.findall(template)
 
 
 class RouteError(Exception):
@@ -33,6 +42,9 @@ class Route:
     event_type: str | None = None
     branches: tuple[str, ...] | None = None
     tags: tuple[str, ...] | None = None
+    workflow: str | None = None  # workflow_dispatch of this workflow instead of repository_dispatch
+    ref: str = "{branch}"  # with workflow; falls back to the repository's default branch
+    inputs: tuple[str, ...] = ()  # with workflow: client_payload keys sent as inputs
 
     def target(self, event: QuayEvent) -> str:
         """The GitHub repository "owner/name" this route sends `event` to."""
@@ -137,6 +149,22 @@ def _route_from_table(table: dict, where: str) -> Route:
     event_type = _text(table, "event_type", where)
     if event_type is not None and not 0 < len(event_type) <= MAX_EVENT_TYPE_LENGTH:
         raise RouteError(f"{where}: event_type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters")
+    workflow = _text(table, "workflow", where)
+    if workflow is not None and not _WORKFLOW.match(workflow):
+        raise RouteError(f"{where}: workflow = {workflow!r} must be a file name such as 'deploy.yml', or a workflow id")
+    ref = _text(table, "ref", where) or "{branch}"
+    inputs = _list(table, "inputs", where) or ()
+    if workflow is None and ("ref" in table or "inputs" in table):
+        raise RouteError(f"{where}: ref and inputs go with workflow = '...' (workflow_dispatch)")
+    ref_fields = set(PAYLOAD_FIELDS) - {"tags"}
+    if not set(_TEMPLATE_FIELDS.findall(ref)) <= ref_fields:
+        allowed = ", ".join("{" + f + "}" for f in sorted(ref_fields))
+        raise RouteError(f"{where}: ref = {ref!r} may only use {allowed}")
+    for name in inputs:
+        if name not in PAYLOAD_FIELDS:
+            raise RouteError(f"{where}: input {name!r} is not one of {', '.join(PAYLOAD_FIELDS)}")
+    if len(set(inputs)) > MAX_WORKFLOW_INPUTS:
+        raise RouteError(f"{where}: at most {MAX_WORKFLOW_INPUTS} inputs (GitHub Enterprise Server's limit)")
     return Route(
         quay=quay,
         github=github,
@@ -144,6 +172,9 @@ def _route_from_table(table: dict, where: str) -> Route:
         event_type=event_type,
         branches=_list(table, "branches", where),
         tags=_list(table, "tags", where),
+        workflow=workflow,
+        ref=ref,
+        inputs=tuple(dict.fromkeys(inputs)),
     )
 
 

@@ -15,7 +15,8 @@ from flask import Flask, current_app
 from . import logs
 from .config import Settings, load_settings
 from .delivery import Deliverer
-from .github import GitHubClient, host_of
+from .github import GitHubClient, TokenAuth, Transport, host_of
+from .github_app import AppAuth
 from .identity import QuayVerifier, load_certificates, load_roots
 from .outbox import Outbox, open_outbox
 
@@ -53,8 +54,14 @@ def build(settings: Settings) -> Services:
                 intermediates = load_certificates(f.read(), settings.quay_intermediates_file)
         verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file), intermediates)
     outbox = open_outbox(settings.database_url)
-    # In dry-run mode there is no token and nothing pending; the deliverer only prunes.
-    client = GitHubClient(settings.github_api_url, settings.github_token or "", settings.github_timeout)
+    # In dry-run mode there may be no credentials and nothing is pending; the deliverer only prunes.
+    transport = Transport(settings.github_api_url, settings.github_timeout, settings.github_ca_file)
+    if settings.github_app_id and settings.github_app_private_key:
+        auth = AppAuth(transport, settings.github_app_id, settings.github_app_private_key,
+                       settings.github_app_installation_id)
+    else:
+        auth = TokenAuth(settings.github_token or "")
+    client = GitHubClient(transport, auth)
     deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
     return Services(settings, verifier, outbox, deliverer)
 

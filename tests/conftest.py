@@ -7,9 +7,13 @@ import datetime
 import glob
 import json
 import os
+import random
+import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ INCOMING_TOKEN = "incoming-token-for-tests-0123456789"
 # What must never appear in any log line of a test run (checked when the session ends).
 SECRETS = (GITHUB_TOKEN, LEGACY_GITHUB_TOKEN, INCOMING_TOKEN, "PRIVATE KEY")
 ALL_LOGS: list[Path] = []
+ISSUED_TOKENS: list[str] = []  # installation tokens the loopback GitHub issued: never to be logged either
 
 
 @dataclass
@@ -58,7 +63,8 @@ def no_secret_in_any_log():
     """After the whole run: no token, incoming token or key in any line any service logged."""
     yield
     leaks = [f"{path.name}: {line.strip()[:200]}" for path in ALL_LOGS if path.exists()
-             for line in path.read_text(errors="replace").splitlines() if any(s in line for s in SECRETS)]
+             for line in path.read_text(errors="replace").splitlines()
+             if any(s in line for s in (*SECRETS, *ISSUED_TOKENS))]
     if leaks:
         pytest.fail("secrets in the logs:\n" + "\n".join(leaks), pytrace=False)
 
@@ -104,13 +110,77 @@ class Captured:
         return json.loads(self.body)
 
 
-class FakeGitHub:
-    """A loopback HTTP server standing in for GitHub's REST API; answers follow a script."""
+class FakeApp:
+    """The GitHub App side of the loopback GitHub: checks JWTs with the App's public key, issues tokens.
 
-    def __init__(self):
+    Tokens claim to last `claimed_ttl` seconds, but each one works for `uses` requests
+    only (None: any number), as a token revoked or expired early would.
+    """
+
+    def __init__(self, app_id: str, public_key, installations: dict[str, int], permissions: dict | None = None,
+                 claimed_ttl: int = 3600, uses: int | None = None):
+        self.app_id, self.public_key, self.installations = app_id, public_key, installations
+        self.permissions = permissions or {"contents": "write", "actions": "write", "metadata": "read"}
+        self.claimed_ttl, self.uses = claimed_ttl, uses
+        self.tokens: dict[str, list] = {}  # token -> [installation, uses left]
+
+    def jwt_problem(self, authorization: str) -> str | None:
+        """Why the bearer is not a JWT of this App, as GitHub would check it; None when it is."""
+        import jwt
+
+        try:
+            claims = jwt.decode(authorization.removeprefix("Bearer "), self.public_key, algorithms=["RS256"],
+                                options={"require": ["iat", "exp", "iss"]})
+        except jwt.PyJWTError as exc:
+            return f"A JSON web token could not be decoded: {exc}"
+        if str(claims["iss"]) != self.app_id:
+            return "'Issuer' claim ('iss') must be an Integer"
+        if claims["exp"] - time.time() > 600 or claims["iat"] > time.time():
+            return "'Expiration time' claim ('exp') is too far in the future"
+        return None
+
+    def handle(self, method: str, path: str, authorization: str) -> tuple[int, dict] | None:
+        """The answer to an App endpoint, a 401 for a bad installation token, or None to go on."""
+        if match := re.fullmatch(r"/app/installations/(\d+)/access_tokens", path):
+            if problem := self.jwt_problem(authorization):
+                return 401, {"message": problem}
+            if int(match[1]) not in self.installations.values():
+                return 404, {"message": "Not Found"}
+            token = "ghs_" + secrets.token_urlsafe(random.randint(16, 60))  # no fixed length
+            self.tokens[token] = [int(match[1]), self.uses]
+            ISSUED_TOKENS.append(token)
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.claimed_ttl)
+            return 201, {"token": token, "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if match := re.fullmatch(r"/repos/([^/]+/[^/]+)/installation", path):
+            if problem := self.jwt_problem(authorization):
+                return 401, {"message": problem}
+            if match[1] not in self.installations:
+                return 404, {"message": "Not Found"}
+            return 200, {"id": self.installations[match[1]], "permissions": self.permissions}
+        repo = re.match(r"/repos/([^/]+/[^/]+)", path)
+        entry = self.tokens.get(authorization.removeprefix("Bearer "))
+        if repo is None or entry is None or entry[1] == 0 or self.installations.get(repo[1]) != entry[0]:
+            return 401, {"message": "Bad credentials"}
+        if entry[1] is not None:
+            entry[1] -= 1
+        return None
+
+
+class FakeGitHub:
+    """A loopback HTTP server standing in for GitHub's REST API; answers follow a script.
+
+    POSTs get the scripted answers, then 204; GET /repos/{owner}/{repo} answers from
+    `repos`. With `app` set, GitHub App endpoints work and other requests need an
+    installation token. `prefix` ("/api/v3") and `tls` (a certificate pair) make it a
+    GitHub Enterprise Server.
+    """
+
+    def __init__(self, prefix: str = "", tls: tuple[str, str] | None = None):
         self.requests: list[Captured] = []
         self.script: list[tuple[int, dict, bytes]] = []
         self.repos: dict[str, tuple[int, dict]] = {}  # "owner/name" -> answer to GET /repos/owner/name
+        self.app: FakeApp | None = None
+        self.prefix = prefix
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -121,14 +191,19 @@ class FakeGitHub:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length)
+                self._serve("POST")
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def _serve(self, method):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with fake._lock:
-                    status, headers, payload = fake.script.pop(0) if fake.script else (204, {}, b"")
-                    fake.requests.append(
-                        Captured("POST", self.path, dict(self.headers.items()), body, status, time.time()))
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    status, headers, payload = fake._answer(method, self.path, self.headers.get("Authorization", ""))
+                    fake.requests.append(
+                        Captured(method, self.path, dict(self.headers.items()), body, status, time.time()))
                 try:
                     time.sleep(fake.delay)
                 finally:
@@ -142,24 +217,35 @@ class FakeGitHub:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def do_GET(self):
-                # A read of a repository, as GET /repos/{owner}/{repo}: answered from `fake.repos`.
-                with fake._lock:
-                    fake.requests.append(Captured("GET", self.path, dict(self.headers.items()), b"", 0, time.time()))
-                status, body = fake.repos.get(self.path.removeprefix("/repos/"), (404, {"message": "Not Found"}))
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
             def log_message(self, *args):
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}{prefix}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _answer(self, method: str, raw_path: str, authorization: str) -> tuple[int, dict, bytes]:
+        def as_json(status, body):
+            return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+        if not raw_path.startswith(self.prefix):
+            return as_json(404, {"message": "Not Found"})
+        path = raw_path[len(self.prefix):]
+        if self.app and (answer := self.app.handle(method, path, authorization)) is not None:
+            return as_json(*answer)
+        if method == "GET":
+            return as_json(*self.repos.get(path.removeprefix("/repos/"), (404, {"message": "Not Found"})))
+        return self.script.pop(0) if self.script else (204, {}, b"")
+
+    def dispatches(self) -> list[Captured]:
+        """The dispatch requests received (repository_dispatch and workflow_dispatch), in order."""
+        return [r for r in list(self.requests) if r.method == "POST" and r.path.endswith("/dispatches")]
 
     def answer(self, status: int, body: dict | None = None, headers: dict | None = None, times: int = 1):
         """Queue `times` answers of `status` before the default 204."""
@@ -177,6 +263,7 @@ class FakeGitHub:
             self.requests.clear()
             self.script.clear()
             self.repos.clear()
+            self.app = None
             self.delay = 0.0
             self.max_in_flight = 0
 

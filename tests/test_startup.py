@@ -31,7 +31,7 @@ def test_defaults():
 def test_every_problem_is_listed_at_once():
     message = problems({"CLIENT_CERT_SOURCE": "none", "PORT": "http", "DRY_RUN": "maybe"})
 
-    assert "no GitHub credentials: set GITHUB_TOKEN (or GH_TOKEN), or DRY_RUN=1" in message
+    assert "no GitHub credentials: set GITHUB_TOKEN (or GH_TOKEN) or a GitHub App" in message
     assert "no routes: set ROUTES" in message
     assert "CLIENT_CERT_SOURCE=none without INCOMING_TOKEN would let anyone trigger your workflows" in message
     assert "PORT='http' is not a TCP port number" in message
