@@ -25,8 +25,18 @@ run: $(BIN)/.installed
 
 # The suite runs against SQLite and a private PostgreSQL server it starts itself
 # (or QUAY_TEST_POSTGRESQL_URL's); Debian's server package is installed when missing.
-test: $(BIN)/.installed postgresql
+# GitHub's OpenAPI description (npm's @octokit/openapi) checks the requests the tests capture.
+OPENAPI := var/openapi/node_modules/@octokit/openapi/package.json
+
+test: $(BIN)/.installed postgresql $(OPENAPI)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(OPENAPI):
+	@if command -v npm >/dev/null; then \
+		npm install --silent --no-audit --no-fund --prefix var/openapi @octokit/openapi@23.0.2; \
+	else \
+		echo "npm is missing: the OpenAPI checks will be skipped"; \
+	fi
 
 postgresql:
 	@if [ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \

@@ -12,6 +12,8 @@ import requests
 from flask import Flask
 
 from .config import ConfigError
+from .github import AuthError
+from .github_app import AppAuth
 from .outbox import STATUSES, StoreUnavailable
 from .pki import make_dev_pki
 from .quay import EVENTS
@@ -77,7 +79,12 @@ def check_config(online: bool) -> None:
     except StoreUnavailable as exc:
         store = f"NOT WRITABLE: {exc}"
     click.echo(f"  outbox:         {svc.outbox.description} ({store})")
-    sending = "DRY RUN, nothing is sent" if settings.dry_run else "with GITHUB_TOKEN"
+    if settings.dry_run:
+        sending = "DRY RUN, nothing is sent"
+    elif settings.github_app_id:
+        sending = f"as GitHub App {settings.github_app_id}"
+    else:
+        sending = "with GITHUB_TOKEN"
     click.echo(f"  GitHub:         {settings.github_api_url} ({sending})")
     click.echo("  routes:")
     for route in settings.routes:
@@ -116,10 +123,25 @@ def _check_online(svc) -> bool:
         if target is None:
             click.echo(f"    {route.github}: not checked, it depends on the Quay repository's name")
             continue
-        ok, detail = svc.deliverer.client.check_repository(target)
+        if isinstance(svc.deliverer.client.auth, AppAuth):
+            ok, detail = _check_installation(svc.deliverer.client.auth, target, route)
+        else:
+            ok, detail = svc.deliverer.client.check_repository(target)
         problems |= not ok
         click.echo(f"    {target}: {'ok' if ok else 'PROBLEM'}, {detail}")
     return problems
+
+
+def _check_installation(auth: AppAuth, target: str, route) -> tuple[bool, str]:
+    """Whether the App is installed on `target` with the permission its route's dispatch needs."""
+    try:
+        installation, permissions = auth.installation(target)
+    except AuthError as exc:
+        return False, str(exc)
+    needed = "actions" if route.workflow else "contents"
+    if auth.fixed_installation is None and permissions.get(needed) != "write":
+        return False, f"the App's installation {installation} lacks {needed}: write"
+    return True, f"the App's installation {installation} may write {needed}"
 
 
 @click.command("redeliver")

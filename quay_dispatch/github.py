@@ -43,7 +43,9 @@ class Transport:
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
-        self._session.verify = ca_file or True  # GITHUB_CA_FILE: a GitHub Enterprise Server's private CA
+        # GITHUB_CA_FILE: a GitHub Enterprise Server's private CA. Given with each request, not on
+        # the session, where REQUESTS_CA_BUNDLE in the environment would override it.
+        self._verify = ca_file or True
         self._session.headers.update({
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
@@ -61,7 +63,7 @@ class Transport:
         try:
             return self._session.request(
                 method, self.api_url + path, data=None if body is None else body.encode("utf-8"), headers=headers,
-                timeout=(CONNECT_TIMEOUT, self.timeout), allow_redirects=False,
+                timeout=(CONNECT_TIMEOUT, self.timeout), allow_redirects=False, verify=self._verify,
             )
         except requests.Timeout:
             return Outcome(RETRY, error=f"GitHub did not answer within {self.timeout:g} s")

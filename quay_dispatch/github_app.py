@@ -30,7 +30,7 @@ class AppAuth:
         self._transport = transport
         self.app_id = app_id
         self._key = private_key
-        self._fixed_installation = installation_id
+        self.fixed_installation = installation_id
         self._installations: dict[str, tuple[int, dict, float]] = {}  # repo -> (id, permissions, until)
         self._tokens: dict[int, tuple[str, float]] = {}  # installation -> (token, refresh after)
         self._lock = threading.Lock()
@@ -63,13 +63,13 @@ class AppAuth:
         """Forget what GitHub refused for `repo` (its token and installation); the next request starts afresh."""
         with self._lock:
             cached = self._installations.pop(repo, None)
-            self._tokens.pop(cached[0] if cached else self._fixed_installation, None)
+            self._tokens.pop(cached[0] if cached else self.fixed_installation, None)
         return True
 
     def installation(self, repo: str) -> tuple[int, dict]:
         """The installation (id, permissions) that covers `repo`, cached for an hour."""
-        if self._fixed_installation is not None:
-            return self._fixed_installation, {}
+        if self.fixed_installation is not None:
+            return self.fixed_installation, {}
         with self._lock:
             cached = self._installations.get(repo)
         if cached and cached[2] > time.monotonic():
