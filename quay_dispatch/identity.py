@@ -11,8 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import hashlib
 import re
+import threading
+import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -25,6 +29,11 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
+CACHE_ENTRIES = 1024
+SUCCESS_CACHE_SECONDS = 3600.0
+REFUSAL_CACHE_SECONDS = 60.0
+
+
 class IdentityError(Exception):
     """The caller is not Quay; the message says why, for the 403 answer and the log."""
 
@@ -35,6 +44,7 @@ class Caller:
 
     hostname: str
     subject: str
+    valid_until: float  # seconds since the epoch: when the chain stops being valid
 
 
 def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
@@ -92,11 +102,45 @@ class QuayVerifier:
         # QUAY_INTERMEDIATES_FILE: for a proxy that forwards the leaf alone. Offered as
         # intermediates only, never trusted as roots.
         self._extra_intermediates = intermediates or []
+        self._cache: OrderedDict[bytes, tuple[Caller | str, float]] = OrderedDict()  # result or refusal
+        self._lock = threading.Lock()
 
     def verify(self, chain_pems: list[str | bytes]) -> Caller:
-        """Verify a chain (leaf first, as PEM); return the caller or raise IdentityError."""
+        """Verify a chain (leaf first, as PEM); return the caller or raise IdentityError.
+
+        Quay presents the same chain on every call, so results are cached per chain:
+        a success until the first certificate of the chain expires (an hour at most),
+        a refusal for a minute (a flood of one forged chain costs one verification a
+        minute, and a chain refused as not yet valid is looked at again soon).
+        """
         if not chain_pems:
             raise IdentityError("no client certificate was presented")
+        key = hashlib.sha256(b"\0".join(_as_bytes(p) for p in chain_pems)).digest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[1] > now:
+                self._cache.move_to_end(key)
+                result = cached[0]
+            else:
+                result = None
+        if result is None:
+            try:
+                result, lifetime = self._verify(chain_pems), None
+            except IdentityError as exc:
+                result, lifetime = str(exc), REFUSAL_CACHE_SECONDS
+            if lifetime is None:
+                lifetime = min(SUCCESS_CACHE_SECONDS, result.valid_until - time.time())
+            with self._lock:
+                self._cache[key] = (result, now + lifetime)
+                self._cache.move_to_end(key)
+                while len(self._cache) > CACHE_ENTRIES:
+                    self._cache.popitem(last=False)
+        if isinstance(result, str):
+            raise IdentityError(result)
+        return result
+
+    def _verify(self, chain_pems: list[str | bytes]) -> Caller:
         try:
             chain = [load_certificates(_as_bytes(p), "client certificate")[0] for p in chain_pems]
         except (ValueError, IndexError):
@@ -113,7 +157,8 @@ class QuayVerifier:
             except VerificationError as exc:
                 reasons.append(str(exc))
                 continue
-            return Caller(hostname=hostname, subject=leaf.subject.rfc4514_string())
+            expiry = min(cert.not_valid_after_utc for cert in chain).timestamp()
+            return Caller(hostname=hostname, subject=leaf.subject.rfc4514_string(), valid_until=expiry)
         return self._refuse(leaf, now, reasons)
 
     def _refuse(self, leaf: x509.Certificate, now: datetime.datetime, reasons: list[str]):

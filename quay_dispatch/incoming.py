@@ -192,6 +192,9 @@ def _unexpected(exc: Exception):
 
 
 def init_app(app: Flask) -> None:
+    # Otherwise werkzeug answers /incoming/build_success with a 308 to /incoming (the same
+    # view with its default): an extra round trip for Quay instead of the promised answer.
+    app.url_map.redirect_defaults = False
     app.register_blueprint(bp)
     app.register_error_handler(Refusal, _refusal)
     app.register_error_handler(HTTPException, _http_error)

@@ -127,6 +127,7 @@ def test_every_quay_event_has_its_url(relay, test_pki, event):
 
     expected = 202 if event == "build_success" else 200
     assert response.status_code == expected, response.text
+    assert not response.history  # answered at that URL, not redirected
 
 
 @pytest.mark.parametrize("cert, reason", [
