@@ -12,13 +12,17 @@ pinned in requirements.txt; tests/test_tls_worker.py starts it for real):
 
 - init_process: builds the TLS context once per worker from gunicorn's own
   settings (certfile, keyfile, cert_reqs, ciphers).
-- accept: a new connection waits for its first bytes in the poller, not in a
-  thread, so a client that connects and says nothing holds no thread; its
-  whole handshake has a deadline. At most once a second, accept also looks
-  whether certfile or keyfile changed (a renewal) and, if the new pair loads,
-  serves it to new connections; open connections keep theirs.
-- handle: serves requests that OpenSSL has already decrypted and buffered,
-  which would otherwise wait for a raw-socket readiness that never comes.
+- accept, on_client_socket_readable: the handshake and the reading of each
+  request happen in the worker's event loop, never waiting, and a request goes
+  to a thread only once it is whole. A client that says nothing, or dribbles
+  its handshake or its headers, holds no thread; murder_pending() closes it at
+  its deadline. At most once a second, accept also looks whether certfile or
+  keyfile changed (a renewal) and, if the new pair loads, serves it to new
+  connections; open connections keep theirs.
+- handle: hands the buffered request to gunicorn's parser, bounds what the
+  thread may still read by the request's deadline, and serves requests that
+  OpenSSL has already decrypted, which would otherwise wait for a raw-socket
+  readiness that never comes.
 - load_wsgi: wraps the application to add SSL_CLIENT_CERT and
   SSL_CLIENT_CERT_CHAIN_n to the environ.
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import select
 import selectors
 import socket
@@ -43,7 +48,10 @@ from gunicorn import http
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from OpenSSL import SSL
 
-HANDSHAKE_TIMEOUT = 5.0  # seconds from accept() to a finished handshake
+HANDSHAKE_TIMEOUT = 5.0  # seconds from accept() to a finished handshake and a whole first request
+REQUEST_TIMEOUT = 5.0  # seconds from a kept-alive connection's next bytes to its whole request
+MAX_HEADER_BYTES = 16 * 1024  # more before the end of the headers: handed to gunicorn's parser to refuse
+MAX_BUFFERED = MAX_HEADER_BYTES + 64 * 1024  # headers and the largest body the service accepts
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
 log = logging.getLogger("gunicorn.error")
 
@@ -84,10 +92,11 @@ class TLSSocket:
         self._tls = tls
         self._io_timeout = io_timeout
         self._timeout: float | None = io_timeout
+        self.request_deadline: float | None = None  # set by the worker for each request it serves
         self.environ: dict[str, str] = {}
 
-    def handshake(self, deadline: float) -> None:
-        self._until(deadline, self._tls.do_handshake)
+    def read_peer_chain(self) -> None:
+        """After the handshake: the presented chain, under mod_ssl's environ names."""
         leaf = self._tls.get_peer_certificate(as_cryptography=True)
         if leaf is not None:
             # On the server side, get_peer_cert_chain() omits the leaf.
@@ -114,9 +123,11 @@ class TLSSocket:
                 raise TimeoutError("TLS peer too slow")
 
     def _deadline(self) -> float | None:
-        if self._timeout is None:
-            return None
-        return time.monotonic() + self._timeout
+        """When the current read or write must be done: its timeout, and the request's deadline."""
+        limits = [d for d in (self.request_deadline,) if d is not None]
+        if self._timeout is not None:
+            limits.append(time.monotonic() + self._timeout)
+        return min(limits) if limits else None
 
     def recv(self, size: int) -> bytes:
         try:
@@ -197,41 +208,88 @@ class TLSSocket:
 
 
 class TLSConn(TConn):
-    """A gthread connection whose socket becomes a TLSSocket after a bounded handshake."""
+    """A gthread connection that handshakes and buffers its request in the worker's event loop.
+
+    Nothing here ever waits: advance() does what the bytes already received allow,
+    so a client that dribbles its handshake or its request holds no thread, only a
+    place in the poller until its deadline.
+    """
 
     def __init__(self, cfg, sock, client, server, context: SSL.Context):
-        super().__init__(cfg, sock, client, server)
-        self.context = context
-        self.handshake_deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-        self.failed = False
+        super().__init__(cfg, sock, client, server)  # leaves the socket non-blocking
+        self.tls = SSL.Connection(context, sock)
+        self.tls.set_accept_state()
+        self.handshaken = False
+        self.received = bytearray()
+
+    def advance(self) -> bool:
+        """Handshake, then read what has arrived; True once a whole request is buffered.
+
+        Raises SSL.Error or OSError when the connection is to be dropped.
+        """
+        if not self.handshaken:
+            try:
+                self.tls.do_handshake()
+            except (SSL.WantReadError, SSL.WantWriteError):
+                # WantWrite would mean the socket's send buffer cannot take our
+                # handshake flight (a few kB): waiting for the next read is enough.
+                return False
+            self.handshaken = True
+            self.sock = TLSSocket(self.sock, self.tls, io_timeout=float(self.cfg.timeout) or None)
+            self.sock.read_peer_chain()
+        while len(self.received) <= MAX_BUFFERED:
+            try:
+                data = self.tls.recv(65536)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                data = b""
+            except SSL.SysCallError as exc:
+                raise ConnectionResetError(errno.ECONNRESET, str(exc)) from exc
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
+            self.received += data
+        return request_is_whole(self.received)
 
     def init(self):
         if self.initialized:
             return
         self.initialized = True
-        raw = self.sock
-        raw.setblocking(False)
-        tls = SSL.Connection(self.context, raw)
-        tls.set_accept_state()
-        wrapped = TLSSocket(raw, tls, io_timeout=float(self.cfg.timeout) or None)
-        try:
-            wrapped.handshake(self.handshake_deadline)
-        except (SSL.Error, OSError) as exc:
-            self.failed = True
-            log.info("TLS handshake with %s failed: %s", _peer(self.client), _handshake_reason(exc))
-            raw.close()  # at once: no response is owed to a failed handshake
-            # ENOTCONN is what gthread treats as a quiet, expected disconnect.
-            raise OSError(errno.ENOTCONN, "TLS handshake failed") from None
-        self.sock = wrapped
         self.parser = http.get_parser(self.cfg, self.sock, self.client)
 
+    def hand_over(self) -> None:
+        """Give the bytes buffered in the event loop to the HTTP parser (in a worker thread)."""
+        self.init()
+        if self.received:
+            self.parser.unreader.unread(bytes(self.received))
+            self.received.clear()
+
     def close(self, graceful=False):
-        if self.failed:
-            return
         if isinstance(self.sock, TLSSocket):
             self.sock.close_now()
         else:
-            super().close(graceful=False)
+            super().close(graceful=False)  # no response is owed to a failed handshake
+
+
+_HEADERS_END = b"\r\n\r\n"
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")
+
+
+def request_is_whole(data: bytes | bytearray) -> bool:
+    """Whether `data` holds a whole request, or as much as the event loop should buffer of it.
+
+    A request with a chunked body, or one that asks for 100-continue, is handed on once
+    its headers are in; its body is then read in the thread, within the request's deadline.
+    """
+    end = data.find(_HEADERS_END)
+    if end < 0:
+        return len(data) > MAX_HEADER_BYTES  # the HTTP parser will refuse it
+    head = bytes(data[:end]).lower()
+    if b"transfer-encoding" in head or b"100-continue" in head:
+        return True
+    match = _CONTENT_LENGTH.search(head)
+    length = int(match[1]) if match else 0
+    return len(data) >= end + len(_HEADERS_END) + length or length > MAX_BUFFERED
 
 
 class TLSWorker(ThreadWorker):
@@ -301,18 +359,69 @@ class TLSWorker(ThreadWorker):
             return
         self.nr_conns += 1
         conn = TLSConn(self.cfg, client_sock, client_addr, listener.getsockname(), self.tls_context)
-        # The ClientHello is awaited in the poller; murder_pending() closes the
-        # connection if it has not come by the handshake deadline.
-        conn.timeout = conn.handshake_deadline
-        self.pending_conns.append(conn)
-        self.poller.register(client_sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+        self._await_request(conn, HANDSHAKE_TIMEOUT)
+
+    def _await_request(self, conn: TLSConn, deadline: float) -> None:
+        """Let the event loop handshake and read the request; murder_pending() ends it at the deadline."""
+        conn.timeout = time.monotonic() + deadline
+        self.pending_conns.append(conn)  # every entry has the same deadline length: the deque stays sorted
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: TLSConn, _fileobj=None) -> None:
+        handshaken = conn.handshaken
+        try:
+            whole = conn.advance()
+        except (SSL.Error, OSError) as exc:
+            if not handshaken:
+                self.log.info("TLS handshake with %s failed: %s", _peer(conn.client), _handshake_reason(exc))
+            self._drop(conn)
+            return
+        if whole:
+            self.poller.unregister(conn.sock)
+            self.pending_conns.remove(conn)
+            conn.data_ready = True
+            self.enqueue_req(conn)
+
+    def _drop(self, conn: TLSConn) -> None:
+        self.poller.unregister(conn.sock)
+        self.pending_conns.remove(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self):
+        now = time.monotonic()
+        for conn in self.pending_conns:
+            if conn.timeout > now:
+                break
+            if isinstance(conn, TLSConn) and conn.handshaken:
+                self.log.info("request from %s not whole within %.0f s: closed", _peer(conn.client), REQUEST_TIMEOUT)
+            elif isinstance(conn, TLSConn):
+                self.log.info("TLS handshake with %s failed: no handshake within %.0f s", _peer(conn.client),
+                              HANDSHAKE_TIMEOUT)
+        super().murder_pending()
+
+    def on_client_socket_readable(self, conn, client):
+        """A kept-alive connection has a new request coming: buffer it in the event loop too."""
+        if not isinstance(conn, TLSConn):
+            return super().on_client_socket_readable(conn, client)
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._await_request(conn, REQUEST_TIMEOUT)
+        self._on_readable(conn)
 
     def handle(self, conn):
-        keepalive = super().handle(conn)
-        # A pipelined request already decrypted inside OpenSSL leaves the raw
-        # socket unreadable: the poller would never wake for it.
-        while keepalive is True and self.alive and isinstance(conn.sock, TLSSocket) and conn.sock.pending():
+        if not isinstance(conn, TLSConn):
+            return super().handle(conn)
+        conn.hand_over()
+        keepalive = True
+        while keepalive is True:
+            # Whatever the thread still has to read of this request, it reads by then.
+            conn.sock.request_deadline = time.monotonic() + REQUEST_TIMEOUT
             keepalive = super().handle(conn)
+            # A pipelined request already decrypted inside OpenSSL leaves the raw
+            # socket unreadable: the poller would never wake for it.
+            if not (self.alive and conn.sock.pending()):
+                break
         return keepalive
 
 
@@ -327,8 +436,7 @@ def _peer(client) -> str:
 
 
 def _handshake_reason(exc: Exception) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s"
+    """OpenSSL's reasons for a failure, such as "peer did not return a certificate"."""
     if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
         reasons = [entry[2] for entry in exc.args[0] if len(entry) == 3]
         if reasons:
