@@ -47,3 +47,18 @@ def test_mozilla_bundle_loads_without_warnings():
     assert len(roots) > 100
     # GoDaddy's and Starfield's G2 roots (serial number 0) are kept: much of the web chains to them.
     assert any("Starfield Services Root Certificate Authority - G2" in r.subject.rfc4514_string() for r in roots)
+
+
+def test_verdicts_are_cached_per_chain(test_pki, monkeypatch):
+    verifier = QuayVerifier(("quay.io",), load_roots(test_pki.ca_file))
+    calls = []
+    original = verifier._verify
+    monkeypatch.setattr(verifier, "_verify", lambda chain: calls.append(1) or original(chain))
+    genuine, forged = chain_of(test_pki, "quay"), chain_of(test_pki, "self_signed")
+
+    for _ in range(3):
+        assert verifier.verify(genuine).hostname == "quay.io"
+        with pytest.raises(IdentityError, match="self-signed"):
+            verifier.verify(forged)
+
+    assert len(calls) == 2
