@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEV_PKI := var/dev-pki
 PYTHON ?= python3
 
-.PHONY: run test lint clean postgresql
+.PHONY: run test lint clean postgresql bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ postgresql:
 	else \
 		echo "PostgreSQL is not installed: its tests will be skipped (apt-get install postgresql, or set QUAY_TEST_POSTGRESQL_URL)"; \
 	fi
+
+# What a notification costs, beside nginx and stock gunicorn + Flask (bench/compare.py).
+bench: $(BIN)/.installed
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; }
+	$(BIN)/python -m bench.compare $(BENCH_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

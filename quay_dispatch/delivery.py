@@ -21,6 +21,10 @@ from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, Store
 log = logging.getLogger("quay_dispatch.delivery")
 
 POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody wakes us
+# After a look that found nothing to send (or GitHub's pace says wait), the next look comes
+# no sooner than this, however often new events wake the deliverer: under a burst, requests
+# then do not queue behind a claim per accepted event for the database's write lock.
+MIN_LOOK_INTERVAL = 0.2
 LEASE_MARGIN = 5.0  # a lease outlives the longest GitHub call by this much
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 600.0
@@ -81,7 +85,8 @@ class Deliverer:
                 log.exception("unexpected error in the deliverer")
                 worked = False
             if not worked:
-                self._wake.wait(POLL_INTERVAL)
+                self._stop.wait(MIN_LOOK_INTERVAL)
+                self._wake.wait(POLL_INTERVAL - MIN_LOOK_INTERVAL)
                 self._wake.clear()
 
     def _prune_when_due(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _DAY = datetime.timedelta(days=1)
@@ -25,7 +25,7 @@ class Issued:
     """A certificate with its private key."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
     @property
     def cert_pem(self) -> bytes:
@@ -59,13 +59,15 @@ def issue(
     eku: list[x509.ObjectIdentifier] | None = None,
     not_before: datetime.datetime | None = None,
     days: int = 365,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
 ) -> Issued:
     """Make a certificate: a self-signed root when `issuer` is None, else one signed by it.
 
     A leaf (ca=False) gets `names` as subject alternative names and `eku`
-    (default: serverAuth only, as public CAs issue them since 2026).
+    (default: serverAuth only, as public CAs issue them since 2026). The key is a new
+    P-256 one unless given.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     start = not_before or now - _DAY
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
