@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .dispatch import DispatchRequest, canonical_json
@@ -71,6 +71,9 @@ MIGRATIONS = [
 ]
 
 
+GROUP_COMMIT_MAX = 64  # notifications committed together at most
+
+
 class StoreUnavailable(Exception):
     """The outbox cannot store anything right now (locked, disk full, unreachable)."""
 
@@ -112,6 +115,17 @@ class Delivery:
 Run = Callable[..., object]  # run(sql, *params) -> cursor, inside a transaction
 
 
+@dataclass
+class _PendingAdd:
+    """One request's notification, waiting for the group commit that will hold it."""
+
+    requests: list[DispatchRequest]
+    event: dict
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple[list[Accepted], list[str]] | None = None
+    error: Exception | None = None
+
+
 class Outbox:
     """The durable store of deliveries; subclasses say how to open a serialised transaction."""
 
@@ -133,32 +147,38 @@ class Outbox:
                     run(statement.format(**self.ddl))
                 run("INSERT INTO schema_version (version) VALUES (?)", version)
 
-    def add(
-        self, requests: list[DispatchRequest], *, event: str, quay_repository: str,
+    def add(self, requests: list[DispatchRequest], **event: object) -> tuple[list[Accepted], list[str]]:
+        """Store the requests that are not duplicates; return them, and the targets that were.
+
+        `event` names the notification: event, quay_repository, build_id, host, dry_run.
+        """
+        with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
+            return self._insert(run, requests, **event)
+
+    def _insert(
+        self, run: Run, requests: list[DispatchRequest], *, event: str, quay_repository: str,
         build_id: str | None, host: str, dry_run: bool,
     ) -> tuple[list[Accepted], list[str]]:
-        """Store the requests that are not duplicates; return them, and the targets that were."""
         now = time.time()
         accepted, duplicates = [], []
-        with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
-            for req in requests:
-                seen = run(
-                    "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
-                    req.dedup_key, now,
-                ).fetchone()
-                if seen:
-                    duplicates.append(req.target)
-                    continue
-                row = run(
-                    """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
-                           host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                    now, now, now, event, quay_repository, build_id, host, req.target, req.kind, req.event_type,
-                    req.path, canonical_json(req.body), req.dedup_key,
-                    None if req.dedup_window is None else now + req.dedup_window,
-                    DRY_RUN if dry_run else PENDING, now,
-                ).fetchone()
-                accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
+        for req in requests:
+            seen = run(
+                "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
+                req.dedup_key, now,
+            ).fetchone()
+            if seen:
+                duplicates.append(req.target)
+                continue
+            row = run(
+                """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
+                       host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                now, now, now, event, quay_repository, build_id, host, req.target, req.kind, req.event_type,
+                req.path, canonical_json(req.body), req.dedup_key,
+                None if req.dedup_window is None else now + req.dedup_window,
+                DRY_RUN if dry_run else PENDING, now,
+            ).fetchone()
+            accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
         return accepted, duplicates
 
     def claim(self, host: str, lease_seconds: float) -> Delivery | None:
@@ -295,6 +315,48 @@ class SQLiteOutbox(Outbox):
         self.path = path
         self.description = f"SQLite {path}"
         self._local = threading.local()
+        self._queue: list[_PendingAdd] = []
+        self._queued = threading.Condition()
+        self._committer: threading.Thread | None = None
+
+    def add(self, requests: list[DispatchRequest], **event: object) -> tuple[list[Accepted], list[str]]:
+        """As Outbox.add, committed together with whatever other threads add meanwhile (group commit).
+
+        One thread per process writes: concurrent requests then share one transaction and
+        one fsync instead of queueing, each with its own, for the database's single lock.
+        The answer still comes only after the commit that holds it.
+        """
+        pending = _PendingAdd(requests, event)
+        with self._queued:
+            self._queue.append(pending)
+            if self._committer is None or not self._committer.is_alive():
+                self._committer = threading.Thread(target=self._commit_forever, name="outbox-committer",
+                                                   daemon=True)
+                self._committer.start()
+            self._queued.notify()
+        if not pending.done.wait(2 * BUSY_TIMEOUT + 1):
+            raise StoreUnavailable("the outbox did not commit in time")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _commit_forever(self) -> None:
+        while True:
+            with self._queued:
+                while not self._queue:
+                    self._queued.wait()
+                batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
+            try:
+                with self._transaction() as run:
+                    results = [self._insert(run, p.requests, **p.event) for p in batch]
+            except Exception as exc:  # every waiting request learns of it: 503, or a logged 500
+                for pending in batch:
+                    pending.error = StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc
+                    pending.done.set()
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                pending.result = result
+                pending.done.set()
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
