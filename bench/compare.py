@@ -83,6 +83,14 @@ class Keys:
     quay: tuple[str, str]  # serverAuth only, as Quay's
     client: tuple[str, str]  # the same key, serverAuth+clientAuth, for the baselines
 
+    @property
+    def ca_file(self) -> str:
+        return self.ca
+
+    def pair(self, name: str) -> tuple[str, str]:
+        """A (certificate, key) pair by role, as the tests' PKI names them."""
+        return getattr(self, name)
+
 
 def make_keys(directory: Path, kind: str) -> Keys:
     def key():
@@ -259,14 +267,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def run_ours(keys: Keys, workdir: Path, args) -> dict:
     github = FakeGitHub()
-
-    class BenchPKI:
-        ca_file = keys.ca
-
-        def pair(self, name):
-            return {"server": keys.server, "quay": keys.quay}[name]
-
-    service = Service(base_env(BenchPKI(), github, f"sqlite:///{workdir / 'outbox.sqlite3'}"),
+    service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"),
                       ["--workers", "2"], workdir)
     try:
         service.wait_ready(keys.server, keys.ca)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import requests
 
-from bench.relay_bench import make_pki, run_phase
+from bench.compare import make_keys
+from bench.relay_bench import run_phase
 from quay_dispatch.sample import sample_body, send_like_quay
 from tests.conftest import FakeGitHub, Service, base_env, create_database, find_initdb, private_postgresql
 
@@ -43,20 +44,15 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="quay-bench-"))
-    ca_file, pairs = make_pki(workdir)
+    keys = make_keys(workdir, "ecdsa")
+    ca_file, pairs = keys.ca_file, {"server": keys.server, "quay": keys.quay}
     github = FakeGitHub()
     with contextlib.ExitStack() as stack:
         if args.database == "postgresql":
             database_url = create_database(stack.enter_context(private_postgresql(find_initdb())))
         else:
             database_url = f"sqlite:///{workdir / 'outbox.sqlite3'}"
-
-        class BenchPKI:
-            def pair(self, name):
-                return pairs[name]
-
-        BenchPKI.ca_file = ca_file
-        service = Service(base_env(BenchPKI(), github, database_url), ["--workers", "2"], workdir)
+        service = Service(base_env(keys, github, database_url), ["--workers", "2"], workdir)
         stack.callback(service.stop)
         service.wait_ready(pairs["server"], ca_file)
         build_ids = []

@@ -24,24 +24,11 @@ from pathlib import Path
 
 import requests
 
-from quay_dispatch import pki
+from bench.compare import make_keys
 from quay_dispatch.sample import sample_body, send_like_quay
 from tests.conftest import FakeGitHub, Service, base_env
 
 MAX_SECONDS_PER_PHASE = 120.0
-
-
-def make_pki(directory: Path):
-    """Root, intermediate, server pair and a serverAuth-only Quay pair, like the tests'."""
-    root = pki.issue("Bench Root CA", ca=True)
-    intermediate = pki.issue("Bench Intermediate CA", issuer=root, ca=True)
-    (directory / "ca.pem").write_bytes(root.cert_pem)
-    pairs = {}
-    for name, names in (("server", ["localhost", "127.0.0.1"]), ("quay", ["quay.io", "*.quay.io"])):
-        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-        pki.write_pair(pki.issue(names[0], issuer=intermediate, names=names), cert, key, intermediate)
-        pairs[name] = (str(cert), str(key))
-    return str(directory / "ca.pem"), pairs
 
 
 def run_phase(name: str, count: int, concurrency: int, call) -> dict:
@@ -84,15 +71,10 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="quay-bench-"))
-    ca_file, pairs = make_pki(workdir)
+    keys = make_keys(workdir, "ecdsa")
+    ca_file, pairs = keys.ca_file, {"server": keys.server, "quay": keys.quay}
     github = FakeGitHub()
-
-    class BenchPKI:
-        def pair(self, name):
-            return pairs[name]
-
-    BenchPKI.ca_file = ca_file
-    env = base_env(BenchPKI(), github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
+    env = base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
     service = Service(env, ["--workers", str(args.workers)], workdir)
     try:
         service.wait_ready(pairs["server"], ca_file)

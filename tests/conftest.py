@@ -279,6 +279,16 @@ def github():
     server.close()
 
 
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Whether `predicate()` comes true within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

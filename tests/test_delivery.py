@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 
 def accept(service, test_pki, count, repository="acme/widget"):
@@ -26,15 +26,6 @@ def accept(service, test_pki, count, repository="acme/widget"):
 def delivered_builds(github) -> Counter:
     """How many times GitHub answered 2xx for each build id."""
     return Counter(r.json()["client_payload"]["build_id"] for r in github.requests if 200 <= r.status < 300)
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def cli(service, *args) -> subprocess.CompletedProcess:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import FakeApp, FakeGitHub, base_env
+from tests.conftest import FakeApp, FakeGitHub, base_env, wait_until
 
 APP_ID = "123456"
 
@@ -34,15 +33,6 @@ def accept(service, test_pki, repository="acme/widget", **kwargs) -> dict:
     response = send_like_quay(service.url + "/incoming", body, test_pki.pair("quay"), verify=test_pki.ca_file)
     assert response.status_code == 202, response.text
     return body
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def succeeded(github) -> list:

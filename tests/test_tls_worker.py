@@ -16,6 +16,7 @@ from gunicorn.config import Config
 from quay_dispatch import pki
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls_worker import HANDSHAKE_TIMEOUT
+from tests.conftest import wait_until
 
 
 def client_context(test_pki, cert="quay", **kwargs) -> ssl.SSLContext:
@@ -245,15 +246,6 @@ def test_a_renewed_certificate_is_served_without_restart_or_dropped_connections(
     kept.close()
     assert wait_for_log(service, "do not load as a pair, keeping the current ones")
     assert wait_for_log(service, "TLS certificate reloaded")
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def test_gunicorn_certfile_and_keyfile_flags_win_over_the_environment(start_service, test_pki, tmp_path):
