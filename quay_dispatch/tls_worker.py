@@ -16,7 +16,7 @@ pinned in requirements.txt; tests/test_tls_worker.py starts it for real):
   request happen in the worker's event loop, never waiting, and a request goes
   to a thread only once it is whole. A client that says nothing, or dribbles
   its handshake or its headers, holds no thread; murder_pending() closes it at
-  its deadline. At most once a second, accept also looks whether certfile or
+  its deadline, and says so in the log. At most once a second, accept also looks whether certfile or
   keyfile changed (a renewal) and, if the new pair loads, serves it to new
   connections; open connections keep theirs.
 - handle: hands the buffered request to gunicorn's parser, bounds what the
@@ -33,7 +33,6 @@ terminates TLS).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import select
@@ -53,7 +52,6 @@ REQUEST_TIMEOUT = 5.0  # seconds from a kept-alive connection's next bytes to it
 MAX_HEADER_BYTES = 16 * 1024  # more before the end of the headers: handed to gunicorn's parser to refuse
 MAX_BUFFERED = MAX_HEADER_BYTES + 64 * 1024  # headers and the largest body the service accepts
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
-log = logging.getLogger("gunicorn.error")
 
 
 def build_context(cfg) -> SSL.Context:
