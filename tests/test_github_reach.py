@@ -187,3 +187,9 @@ def test_check_config_online_checks_the_apps_installation_and_permissions(test_p
     assert "acme/api: ok, the App's installation 5 may write contents" in result.stdout
     assert "acme/deploy: PROBLEM, the App's installation 6 lacks actions: write" in result.stdout
     assert "acme/gone: PROBLEM, the GitHub App is not installed on acme/gone" in result.stdout
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    """What this module tests does not depend on the outbox's database: SQLite is enough."""
+    return "sqlite"

@@ -122,3 +122,9 @@ def test_health_needs_no_token_in_token_mode(start_service):
 
     assert requests.get(service.url + "/healthz", timeout=5).status_code == 200
     assert requests.get(service.url + "/readyz", timeout=5).json()["status"] == "ready"
+
+
+@pytest.fixture(scope="session")
+def backend() -> str:
+    """What this module tests does not depend on the outbox's database: SQLite is enough."""
+    return "sqlite"
