@@ -364,7 +364,8 @@ class SQLiteOutbox(Outbox):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                _enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -436,6 +437,20 @@ class PostgresOutbox(Outbox):
             if conn is not None and conn.broken:
                 self._local.conn = None
             raise StoreUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Put a new database in WAL mode (which then stays). Retried: SQLite answers a concurrent
+    switch, from another worker opening the same new file, "locked" without waiting."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def open_outbox(database_url: str) -> Outbox:
