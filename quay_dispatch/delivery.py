@@ -50,7 +50,6 @@ class Deliverer:
         # killed mid-send delays the others by this much at most.
         self.lease_seconds = github.CONNECT_TIMEOUT + client.timeout + LEASE_MARGIN
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_prune = 0.0
 
@@ -58,12 +57,6 @@ class Deliverer:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
             self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def wake(self) -> None:
         """A new delivery was stored: look at once instead of at the next poll."""
@@ -74,7 +67,9 @@ class Deliverer:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        # A daemon thread: it ends with its worker. A send cut short by that is sent
+        # again once its lease expires (delivery is at least once).
+        while True:
             try:
                 self._prune_when_due()
                 worked = self.deliver_one()
@@ -85,7 +80,7 @@ class Deliverer:
                 log.exception("unexpected error in the deliverer")
                 worked = False
             if not worked:
-                self._stop.wait(MIN_LOOK_INTERVAL)
+                time.sleep(MIN_LOOK_INTERVAL)
                 self._wake.wait(POLL_INTERVAL - MIN_LOOK_INTERVAL)
                 self._wake.clear()
 
@@ -108,10 +103,10 @@ class Deliverer:
             log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, body)
             outcome = self.client.post(delivery.path, body, delivery.target)
         status, next_at = self._decide(delivery, outcome)
-        rate_limited = outcome.retry_at is not None
+        # retry_at is set for rate limits only: they hold every delivery to the host.
         self.outbox.record(
             delivery, status=status, http_status=outcome.http_status, request_id=outcome.request_id,
-            error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at if rate_limited else None,
+            error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at,
         )
         metrics.ATTEMPTS.labels("retry" if status == PENDING else status).inc()
         if status == DELIVERED:

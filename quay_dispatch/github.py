@@ -135,7 +135,13 @@ class GitHubClient:
             outcome = classify(response)
             return None, Outcome(outcome.result, outcome.http_status, outcome.request_id,
                                  "reading the default branch: " + (outcome.error or ""), outcome.retry_at)
-        branch = response.json().get("default_branch")
+        try:
+            branch = response.json().get("default_branch")
+        except (ValueError, AttributeError):
+            branch = None
+        if not isinstance(branch, str) or not branch:
+            return None, Outcome(RETRY, 200, response.headers.get("X-GitHub-Request-Id"),
+                                 "reading the default branch: GitHub's answer did not name one")
         self._default_branches[repo] = (branch, time.monotonic() + 3600)
         return branch, None
 
