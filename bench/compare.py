@@ -78,14 +78,10 @@ def incoming():
 class Keys:
     """The certificates of one key type."""
 
-    ca: str
+    ca_file: str
     server: tuple[str, str]
     quay: tuple[str, str]  # serverAuth only, as Quay's
     client: tuple[str, str]  # the same key, serverAuth+clientAuth, for the baselines
-
-    @property
-    def ca_file(self) -> str:
-        return self.ca
 
     def pair(self, name: str) -> tuple[str, str]:
         """A (certificate, key) pair by role, as the tests' PKI names them."""
@@ -270,8 +266,8 @@ def run_ours(keys: Keys, workdir: Path, args) -> dict:
     service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"),
                       ["--workers", "2"], workdir)
     try:
-        service.wait_ready(keys.server, keys.ca)
-        context = client_context(keys.ca, keys.quay)
+        service.wait_ready(keys.server, keys.ca_file)
+        context = client_context(keys.ca_file, keys.quay)
         return {
             "new connection": best_of(args.runs, service.proc.pid, service.port, context, False, args.seconds),
             "keep-alive": best_of(args.runs, service.proc.pid, service.port, context, True, args.seconds),
@@ -288,21 +284,21 @@ def run_baseline(name: str, keys: Keys, workdir: Path, args) -> dict:
     if name == "nginx":
         conf = workdir / "nginx.conf"
         conf.write_text(NGINX_CONF.format(dir=workdir, port=port, cert=keys.server[0], key=keys.server[1],
-                                          ca=keys.ca))
+                                          ca=keys.ca_file))
         command = ["nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
         cwd = workdir
     else:
         (workdir / "flask204.py").write_text(FLASK_APP)
         command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "8",
                    "--bind", f"127.0.0.1:{port}", "--certfile", keys.server[0], "--keyfile", keys.server[1],
-                   "--ca-certs", keys.ca, "--cert-reqs", "1", "--no-control-socket", "flask204:app"]
+                   "--ca-certs", keys.ca_file, "--cert-reqs", "1", "--no-control-socket", "flask204:app"]
         cwd = workdir
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         wait_port(port)
         time.sleep(0.5)
-        context = client_context(keys.ca, keys.client)
+        context = client_context(keys.ca_file, keys.client)
         return {
             "new connection": best_of(args.runs, proc.pid, port, context, False, args.seconds),
             "keep-alive": best_of(args.runs, proc.pid, port, context, True, args.seconds),

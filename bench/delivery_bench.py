@@ -45,7 +45,6 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="quay-bench-"))
     keys = make_keys(workdir, "ecdsa")
-    ca_file, pairs = keys.ca_file, {"server": keys.server, "quay": keys.quay}
     github = FakeGitHub()
     with contextlib.ExitStack() as stack:
         if args.database == "postgresql":
@@ -54,17 +53,17 @@ def main() -> None:
             database_url = f"sqlite:///{workdir / 'outbox.sqlite3'}"
         service = Service(base_env(keys, github, database_url), ["--workers", "2"], workdir)
         stack.callback(service.stop)
-        service.wait_ready(pairs["server"], ca_file)
+        service.wait_ready(keys.server, keys.ca_file)
         build_ids = []
 
         def healthz():
-            return requests.get(service.url + "/healthz", cert=pairs["quay"], verify=ca_file, timeout=10).status_code
+            return requests.get(service.url + "/healthz", cert=keys.quay, verify=keys.ca_file, timeout=10).status_code
 
         def incoming():
             build_id = str(uuid.uuid4())
             build_ids.append(build_id)
             body = sample_body("build_success", "acme/widget", build_id=build_id)
-            return send_like_quay(service.url + "/incoming", body, pairs["quay"], verify=ca_file).status_code
+            return send_like_quay(service.url + "/incoming", body, keys.quay, verify=keys.ca_file).status_code
 
         run_phase("warm-up", 20, args.concurrency, healthz)
         baseline = run_phase("baseline GET /healthz", args.events, args.concurrency, healthz)

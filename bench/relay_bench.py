@@ -72,19 +72,18 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="quay-bench-"))
     keys = make_keys(workdir, "ecdsa")
-    ca_file, pairs = keys.ca_file, {"server": keys.server, "quay": keys.quay}
     github = FakeGitHub()
     env = base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
     service = Service(env, ["--workers", str(args.workers)], workdir)
     try:
-        service.wait_ready(pairs["server"], ca_file)
+        service.wait_ready(keys.server, keys.ca_file)
 
         def healthz():
-            return requests.get(service.url + "/healthz", cert=pairs["quay"], verify=ca_file, timeout=10).status_code
+            return requests.get(service.url + "/healthz", cert=keys.quay, verify=keys.ca_file, timeout=10).status_code
 
         def incoming():
             body = sample_body("build_success", "acme/widget", build_id=str(uuid.uuid4()))
-            return send_like_quay(service.url + "/incoming", body, pairs["quay"], verify=ca_file).status_code
+            return send_like_quay(service.url + "/incoming", body, keys.quay, verify=keys.ca_file).status_code
 
         run_phase("warm-up", 20, args.concurrency, healthz)
         results = [run_phase("baseline GET /healthz", args.requests, args.concurrency, healthz),
