@@ -34,14 +34,9 @@ def sample_body(
             "docker_tags": list(tags),
             "trigger_kind": "github",
             "trigger_id": "1245634",
-            "trigger_metadata": {
-                "default_branch": "main",
-                "ref": f"refs/heads/{branch}",
-                "commit": commit,
-            } if commit else None,
         })
-        if not commit:
-            del body["trigger_metadata"]
+        if commit:  # a manual build (no commit) has no trigger_metadata at all
+            body["trigger_metadata"] = {"default_branch": "main", "ref": f"refs/heads/{branch}", "commit": commit}
         body["homepage"] += f"/build/{build_id}"
     elif event == "repo_push":
         body["updated_tags"] = list(tags)
