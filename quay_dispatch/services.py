@@ -77,6 +77,9 @@ def services(app: Flask | None = None) -> Services:
     Raises config.ConfigError when the environment is not a usable configuration.
     """
     app = app or current_app._get_current_object()
+    value = app.extensions[_EXTENSION]
+    if isinstance(value, Services):  # every request after the first: no lock on the hot path
+        return value
     with _lock:
         value = app.extensions[_EXTENSION]
         if not isinstance(value, Services):
