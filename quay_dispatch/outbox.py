@@ -121,7 +121,8 @@ class _PendingAdd:
 
     requests: list[DispatchRequest]
     event: dict
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # set when committed, or to lead
+    leads: bool = False  # this request's thread commits the queue
     result: tuple[list[Accepted], list[str]] | None = None
     error: Exception | None = None
 
@@ -316,46 +317,56 @@ class SQLiteOutbox(Outbox):
         self.description = f"SQLite {path}"
         self._local = threading.local()
         self._queue: list[_PendingAdd] = []
-        self._queued = threading.Condition()
-        self._committer: threading.Thread | None = None
+        self._queue_lock = threading.Lock()
+        self._committing = False  # a thread is committing; others queue for the next commit
 
     def add(self, requests: list[DispatchRequest], **event: object) -> tuple[list[Accepted], list[str]]:
         """As Outbox.add, committed together with whatever other threads add meanwhile (group commit).
 
-        One thread per process writes: concurrent requests then share one transaction and
-        one fsync instead of queueing, each with its own, for the database's single lock.
-        The answer still comes only after the commit that holds it.
+        The first thread to come commits its own notification; those that come while it
+        does wait, and the first of them then commits them all in one transaction and one
+        fsync, instead of each queueing with its own for the database's single lock. The
+        answer still comes only after the commit that holds it. A lone caller, such as the
+        worker's event loop, never waits for another thread.
         """
         pending = _PendingAdd(requests, event)
-        with self._queued:
+        with self._queue_lock:
             self._queue.append(pending)
-            if self._committer is None or not self._committer.is_alive():
-                self._committer = threading.Thread(target=self._commit_forever, name="outbox-committer",
-                                                   daemon=True)
-                self._committer.start()
-            self._queued.notify()
-        if not pending.done.wait(2 * BUSY_TIMEOUT + 1):
-            raise StoreUnavailable("the outbox did not commit in time")
+            pending.leads = not self._committing
+            self._committing = True
+        if not pending.leads and not pending.done.wait(2 * BUSY_TIMEOUT + 1):
+            with self._queue_lock:
+                if not pending.leads and pending in self._queue:
+                    self._queue.remove(pending)  # else a commit holds it, or it leads the next one
+            if not pending.leads:
+                raise StoreUnavailable("the outbox did not commit in time")
+        if pending.leads:
+            self._commit_queue()
         if pending.error is not None:
             raise pending.error
         return pending.result
 
-    def _commit_forever(self) -> None:
-        while True:
-            with self._queued:
-                while not self._queue:
-                    self._queued.wait()
-                batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
-            try:
-                with self._transaction() as run:
-                    results = [self._insert(run, p.requests, **p.event) for p in batch]
-            except Exception as exc:  # every waiting request learns of it: 503, or a logged 500
-                for pending in batch:
-                    pending.error = StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc
-                    pending.done.set()
-                continue
+    def _commit_queue(self) -> None:
+        """Commit what is queued, then hand the lead to the first request queued meanwhile."""
+        with self._queue_lock:
+            batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
+        try:
+            with self._transaction() as run:
+                results = [self._insert(run, p.requests, **p.event) for p in batch]
+        except Exception as exc:  # every waiting request learns of it: 503, or a logged 500
+            for pending in batch:
+                pending.error = StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc
+        else:
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].leads = True
+                    self._queue[0].done.set()
+                else:
+                    self._committing = False
+            for pending in batch:
                 pending.done.set()
 
     def _connection(self) -> sqlite3.Connection:
