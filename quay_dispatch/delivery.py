@@ -60,7 +60,8 @@ class Deliverer:
 
     def wake(self) -> None:
         """A new delivery was stored: look at once instead of at the next poll."""
-        self._wake.set()
+        if not self._wake.is_set():  # set() costs a lock even when the flag is already up
+            self._wake.set()
 
     @property
     def alive(self) -> bool:
