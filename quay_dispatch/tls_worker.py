@@ -13,13 +13,20 @@ pinned in requirements.txt; tests/test_tls_worker.py starts it for real):
 - init_process: builds the TLS context once per worker from gunicorn's own
   settings (certfile, keyfile, cert_reqs, ciphers).
 - accept, on_client_socket_readable: the handshake and the reading of each
-  request happen in the worker's event loop, never waiting, and a request goes
-  to a thread only once it is whole. A client that says nothing, or dribbles
-  its handshake or its headers, holds no thread; murder_pending() closes it at
-  its deadline, and says so in the log. At most once a second, accept also looks whether certfile or
-  keyfile changed (a renewal) and, if the new pair loads, serves it to new
+  request happen in the worker's event loop, never waiting. A client that says
+  nothing, or dribbles its handshake or its headers, holds nothing but a place
+  in the poller; murder_pending() closes it at its deadline, and says so in the
+  log. At most once a second, accept also looks whether certfile or keyfile
+  changed (a renewal) and, if the new pair loads, serves it to new
   connections; open connections keep theirs.
-- handle: hands the buffered request to gunicorn's parser, bounds what the
+- A request whose body is all buffered (every request Quay sends) is served
+  right there, in the event loop: a trip through the thread pool and back
+  cost more than the application itself. Its reads and writes never wait: a
+  read past the buffer drops the connection, and what the socket cannot take
+  at once is kept and sent as the client reads, until the request's deadline.
+  A request with a chunked or larger body, or that expects 100-continue, goes
+  to a thread, which may read the rest until the request's deadline.
+- handle: hands the buffered request to gunicorn's parser, bounds what a
   thread may still read by the request's deadline, and serves requests that
   OpenSSL has already decrypted, which would otherwise wait for a raw-socket
   readiness that never comes.
@@ -40,12 +47,12 @@ import selectors
 import socket
 import ssl
 import time
+from concurrent.futures import Future
 from functools import partial
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from gunicorn import http
 from gunicorn.workers.gthread import TConn, ThreadWorker
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds from accept() to a finished handshake and a whole first request
 REQUEST_TIMEOUT = 5.0  # seconds from a kept-alive connection's next bytes to its whole request
@@ -92,16 +99,18 @@ class TLSSocket:
         self._timeout: float | None = io_timeout
         self.request_deadline: float | None = None  # set by the worker for each request it serves
         self.environ: dict[str, str] = {}
+        self.in_event_loop = False  # then reads and writes never wait (see send and recv)
+        self.unsent = b""  # what the event loop still has to send of its response
 
     def read_peer_chain(self) -> None:
         """After the handshake: the presented chain, under mod_ssl's environ names."""
-        leaf = self._tls.get_peer_certificate(as_cryptography=True)
+        leaf = self._tls.get_peer_certificate()
         if leaf is not None:
             # On the server side, get_peer_cert_chain() omits the leaf.
-            rest = self._tls.get_peer_cert_chain(as_cryptography=True) or []
-            self.environ["SSL_CLIENT_CERT"] = leaf.public_bytes(Encoding.PEM).decode("ascii")
+            rest = self._tls.get_peer_cert_chain() or []
+            self.environ["SSL_CLIENT_CERT"] = _pem(leaf)
             for i, cert in enumerate(rest):
-                self.environ[f"SSL_CLIENT_CERT_CHAIN_{i}"] = cert.public_bytes(Encoding.PEM).decode("ascii")
+                self.environ[f"SSL_CLIENT_CERT_CHAIN_{i}"] = _pem(cert)
 
     def _until(self, deadline: float | None, operation, *args):
         """Run a pyOpenSSL operation on the non-blocking raw socket, waiting as it asks, until `deadline`."""
@@ -129,7 +138,8 @@ class TLSSocket:
 
     def recv(self, size: int) -> bytes:
         try:
-            return self._until(self._deadline(), self._tls.recv, size)
+            deadline = time.monotonic() if self.in_event_loop else self._deadline()
+            return self._until(deadline, self._tls.recv, size)
         except TimeoutError:
             raise _too_slow(self._timeout) from None
         except SSL.ZeroReturnError:
@@ -142,12 +152,43 @@ class TLSSocket:
             raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS error: {exc}") from exc
 
     def send(self, data) -> int:
+        if self.in_event_loop:
+            return self._send_or_keep(data)
         try:
             return self._until(self._deadline(), self._tls.send, data)
         except TimeoutError:
             raise _too_slow(self._timeout) from None
         except SSL.Error as exc:
             raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
+
+    def _send_or_keep(self, data) -> int:
+        """Send what the socket takes now, keep the rest in `unsent` for the event loop."""
+        if not self.unsent:
+            try:
+                sent = self._tls.send(data)
+                if sent == len(data):
+                    return sent
+                data = data[sent:]
+            except (SSL.WantReadError, SSL.WantWriteError):
+                pass
+            except SSL.Error as exc:
+                raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
+        # OpenSSL may hold the start of a write it asked to retry: later bytes are
+        # appended, never put in front (pyOpenSSL allows a moving write buffer).
+        self.unsent += bytes(data)
+        return len(data)
+
+    def send_unsent(self) -> bool:
+        """Send more of `unsent` without waiting; True once it is all sent."""
+        while self.unsent:
+            try:
+                sent = self._tls.send(self.unsent)
+            except (SSL.WantReadError, SSL.WantWriteError):
+                return False
+            except SSL.Error as exc:
+                raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
+            self.unsent = self.unsent[sent:]
+        return True
 
     def sendall(self, data) -> None:
         view = memoryview(data)
@@ -219,9 +260,11 @@ class TLSConn(TConn):
         self.tls.set_accept_state()
         self.handshaken = False
         self.received = bytearray()
+        self.buffered = False  # the whole request is in `received`: it can be served in the event loop
+        self.awaiting = False  # the event loop is reading its next request
 
     def advance(self) -> bool:
-        """Handshake, then read what has arrived; True once a whole request is buffered.
+        """Handshake, then read what has arrived; True once the request can be handed on.
 
         Raises SSL.Error or OSError when the connection is to be dropped.
         """
@@ -247,7 +290,9 @@ class TLSConn(TConn):
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
             self.received += data
-        return request_is_whole(self.received)
+        state = buffered_request(self.received)
+        self.buffered = state == WHOLE
+        return state is not None
 
     def init(self):
         if self.initialized:
@@ -273,21 +318,28 @@ _HEADERS_END = b"\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")
 
 
-def request_is_whole(data: bytes | bytearray) -> bool:
-    """Whether `data` holds a whole request, or as much as the event loop should buffer of it.
+WHOLE, HEADERS = "whole", "headers"
 
-    A request with a chunked body, or one that asks for 100-continue, is handed on once
-    its headers are in; its body is then read in the thread, within the request's deadline.
+
+def buffered_request(data: bytes | bytearray) -> str | None:
+    """How much of a request `data` holds: None while the event loop should read on,
+    WHOLE for a whole request, HEADERS for as much as the event loop buffers of it.
+
+    A request with a chunked body, one that asks for 100-continue, or one with a body
+    larger than the service takes is handed on once its headers are in: a thread reads
+    the rest (or gunicorn's parser refuses it) within the request's deadline.
     """
     end = data.find(_HEADERS_END)
     if end < 0:
-        return len(data) > MAX_HEADER_BYTES  # the HTTP parser will refuse it
+        return HEADERS if len(data) > MAX_HEADER_BYTES else None  # the HTTP parser will refuse it
     head = bytes(data[:end]).lower()
     if b"transfer-encoding" in head or b"100-continue" in head:
-        return True
+        return HEADERS
     match = _CONTENT_LENGTH.search(head)
     length = int(match[1]) if match else 0
-    return len(data) >= end + len(_HEADERS_END) + length or length > MAX_BUFFERED
+    if len(data) >= end + len(_HEADERS_END) + length:
+        return WHOLE
+    return HEADERS if length > MAX_BUFFERED else None
 
 
 class TLSWorker(ThreadWorker):
@@ -364,25 +416,81 @@ class TLSWorker(ThreadWorker):
         conn.timeout = time.monotonic() + deadline
         self.pending_conns.append(conn)  # every entry has the same deadline length: the deque stays sorted
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        conn.awaiting = True
+
+    def _stop_awaiting(self, conn: TLSConn) -> None:
+        self.poller.unregister(conn.sock)
+        self.pending_conns.remove(conn)
+        conn.awaiting = False
 
     def _on_readable(self, conn: TLSConn, _fileobj=None) -> None:
         handshaken = conn.handshaken
         try:
-            whole = conn.advance()
+            ready = conn.advance()
         except (SSL.Error, OSError) as exc:
             if not handshaken:
                 self.log.info("TLS handshake with %s failed: %s", _peer(conn.client), _handshake_reason(exc))
             self._drop(conn)
             return
-        if whole:
-            self.poller.unregister(conn.sock)
-            self.pending_conns.remove(conn)
-            conn.data_ready = True
+        if not ready:
+            return
+        self._stop_awaiting(conn)
+        conn.data_ready = True
+        if conn.buffered:
+            self._serve_in_loop(conn)
+        else:
             self.enqueue_req(conn)
+
+    def _serve_in_loop(self, conn: TLSConn) -> None:
+        """Serve a whole buffered request here, in the event loop."""
+        done = Future()
+        conn.sock.in_event_loop = True
+        try:
+            done.set_result(self._handle_one(conn))
+        except BaseException as exc:  # finish_request() closes the connection, as for a thread's error
+            done.set_exception(exc)
+        finally:
+            conn.sock.in_event_loop = False
+        if conn.sock.unsent:
+            # The client reads its response slowly: send the rest as it reads, by the request's deadline.
+            conn.timeout = time.monotonic() + REQUEST_TIMEOUT
+            self.pending_conns.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_WRITE, partial(self._on_writable, conn, done))
+        else:
+            self._after_response(conn, done)
+
+    def _on_writable(self, conn: TLSConn, done: Future, _fileobj=None) -> None:
+        try:
+            if not conn.sock.send_unsent():
+                return
+        except OSError:
+            self._drop(conn)
+            return
+        self.poller.unregister(conn.sock)
+        self.pending_conns.remove(conn)
+        self._after_response(conn, done)
+
+    def _after_response(self, conn: TLSConn, done: Future) -> None:
+        """The response is sent: on to a request pipelined behind it, else gunicorn keeps or closes the connection."""
+        if done.exception() is None and done.result() is True and self.alive:
+            # What the parser read past this request, or what OpenSSL already
+            # decrypted: the poller would not wake for either.
+            conn.received += conn.parser.unreader.take_buffered()
+            if conn.received or conn.sock.pending():
+                # Served on the loop's next turn, after the other connections' events.
+                self._await_request(conn, REQUEST_TIMEOUT)
+                self.method_queue.defer(self._on_pipelined, conn)
+                return
+        self.finish_request(conn, done)
+
+    def _on_pipelined(self, conn: TLSConn) -> None:
+        if conn.awaiting:  # not closed or served meanwhile
+            self._on_readable(conn)
 
     def _drop(self, conn: TLSConn) -> None:
         self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
+        conn.awaiting = False
         self.nr_conns -= 1
         conn.close()
 
@@ -391,7 +499,10 @@ class TLSWorker(ThreadWorker):
         for conn in self.pending_conns:
             if conn.timeout > now:
                 break
-            if isinstance(conn, TLSConn) and conn.handshaken:
+            conn.awaiting = False
+            if isinstance(conn, TLSConn) and conn.handshaken and conn.sock.unsent:
+                self.log.info("response to %s not read within %.0f s: closed", _peer(conn.client), REQUEST_TIMEOUT)
+            elif isinstance(conn, TLSConn) and conn.handshaken:
                 self.log.info("request from %s not whole within %.0f s: closed", _peer(conn.client), REQUEST_TIMEOUT)
             elif isinstance(conn, TLSConn):
                 self.log.info("TLS handshake with %s failed: no handshake within %.0f s", _peer(conn.client),
@@ -407,20 +518,29 @@ class TLSWorker(ThreadWorker):
         self._await_request(conn, REQUEST_TIMEOUT)
         self._on_readable(conn)
 
+    def _handle_one(self, conn: TLSConn):
+        """gunicorn's handling of the request buffered in `conn`."""
+        conn.hand_over()
+        # Whatever a thread still has to read of this request, it reads by then.
+        conn.sock.request_deadline = time.monotonic() + REQUEST_TIMEOUT
+        return super().handle(conn)
+
     def handle(self, conn):
+        """In a thread: a request the event loop could not buffer whole, and those pipelined behind it."""
         if not isinstance(conn, TLSConn):
             return super().handle(conn)
-        conn.hand_over()
         keepalive = True
         while keepalive is True:
-            # Whatever the thread still has to read of this request, it reads by then.
-            conn.sock.request_deadline = time.monotonic() + REQUEST_TIMEOUT
-            keepalive = super().handle(conn)
+            keepalive = self._handle_one(conn)
             # A pipelined request already decrypted inside OpenSSL leaves the raw
             # socket unreadable: the poller would never wake for it.
             if not (self.alive and conn.sock.pending()):
                 break
         return keepalive
+
+
+def _pem(cert: crypto.X509) -> str:
+    return crypto.dump_certificate(crypto.FILETYPE_PEM, cert).decode("ascii")
 
 
 def _too_slow(timeout: float | None) -> OSError:

@@ -57,6 +57,14 @@ def read_responses(conn: ssl.SSLSocket, count: int, timeout: float) -> list[byte
     return responses
 
 
+def timed_notification(service, test_pki):
+    """A notification sent as Quay sends it: its response, and the seconds it took."""
+    started = time.monotonic()
+    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                              test_pki.pair("quay"), verify=test_pki.ca_file)
+    return response, time.monotonic() - started
+
+
 def wait_for_log(service, text: str, count: int = 1, timeout: float = 3.0) -> bool:
     """Whether `text` appears `count` times in the service's log within `timeout` (logs lag answers)."""
     deadline = time.monotonic() + timeout
@@ -116,10 +124,7 @@ def test_silent_clients_hold_no_thread(start_service, test_pki):
     service = start_service(args=["--workers", "1", "--threads", "1"])
     silent = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(5)]
     try:
-        started = time.monotonic()
-        response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
-                                  test_pki.pair("quay"), verify=test_pki.ca_file)
-        elapsed = time.monotonic() - started
+        response, elapsed = timed_notification(service, test_pki)
     finally:
         for s in silent:
             s.close()
@@ -149,10 +154,7 @@ def test_failed_handshakes_are_closed_at_once(start_service, test_pki):
     # In TLS 1.3 the client finishes its side before the server refuses it; these
     # clients then neither read nor close, as a careless or hostile one would.
     refused = [tls_connect(service, client_context(test_pki, cert=None)) for _ in range(3)]
-    started = time.monotonic()
-    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
-                              test_pki.pair("quay"), verify=test_pki.ca_file)
-    elapsed = time.monotonic() - started
+    response, elapsed = timed_notification(service, test_pki)
     for conn in refused:
         conn.close()
 
@@ -256,3 +258,47 @@ def test_gunicorn_certfile_and_keyfile_flags_win_over_the_environment(start_serv
     service = start_service(args=["--workers", "1", "--certfile", str(cert_file), "--keyfile", str(key_file)])
 
     assert served_certificate(service, test_pki) == "CN=flagged.localhost"
+
+
+def test_a_request_buffered_whole_needs_no_thread(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--threads", "1"])
+    # A chunked body is read by a thread: this one stalls there, holding the only thread.
+    stalled = tls_connect(service, client_context(test_pki))
+    stalled.sendall(b"POST /incoming/build_success HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":")
+    time.sleep(0.3)
+    try:
+        response, elapsed = timed_notification(service, test_pki)
+    finally:
+        stalled.close()
+    assert response.status_code == 202
+    assert elapsed < 1.0  # served in the event loop, not queued behind the stalled thread
+
+
+def _unread_client(service, test_pki) -> ssl.SSLSocket:
+    """A client that pipelines requests for more responses than the sockets' buffers hold, and does not read."""
+    conn = tls_connect(service, client_context(test_pki))
+    conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINED)
+    return conn
+
+
+PIPELINED = 2500  # each response is 1.5 kB; loopback buffers take about 3 MB
+
+
+def test_responses_a_client_does_not_read_hold_up_nobody(start_service, test_pki):
+    service = start_service(args=["--workers", "1", "--threads", "1"])
+    slow, deaf = _unread_client(service, test_pki), _unread_client(service, test_pki)
+    try:
+        time.sleep(1.0)
+        response, elapsed = timed_notification(service, test_pki)
+        # What the socket could not take was kept, and is sent as the client reads.
+        responses = read_responses(slow, PIPELINED, timeout=4.0)
+    finally:
+        slow.close()
+    assert response.status_code == 202
+    assert elapsed < 1.0
+    assert len(responses) == PIPELINED
+    assert {r.split(b"\r\n")[0] for r in responses} == {b"HTTP/1.1 200 OK"}
+    # A client that never reads is closed at the request's deadline.
+    assert wait_for_log(service, "response to 127.0.0.1 not read within 5 s: closed", timeout=8.0)
+    deaf.close()
