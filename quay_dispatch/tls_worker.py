@@ -22,8 +22,9 @@ pinned in requirements.txt; tests/test_tls_worker.py starts it for real):
 - A request whose body is all buffered (every request Quay sends) is served
   right there, in the event loop: a trip through the thread pool and back
   cost more than the application itself. Its reads and writes never wait: a
-  read past the buffer drops the connection, and what the socket cannot take
-  at once is kept and sent as the client reads, until the request's deadline.
+  read past the buffer drops the connection, and the response is kept whole,
+  then sent in one go; what the socket cannot take at once is sent as the
+  client reads, until the request's deadline.
   A request with a chunked or larger body, or that expects 100-continue, goes
   to a thread, which may read the rest until the request's deadline.
 - handle: hands the buffered request to gunicorn's parser, bounds what a
@@ -99,8 +100,8 @@ class TLSSocket:
         self._timeout: float | None = io_timeout
         self.request_deadline: float | None = None  # set by the worker for each request it serves
         self.environ: dict[str, str] = {}
-        self.in_event_loop = False  # then reads and writes never wait (see send and recv)
-        self.unsent = b""  # what the event loop still has to send of its response
+        self.in_event_loop = False  # then reads never wait, and writes are kept in `unsent` (see send and recv)
+        self.unsent = b""  # what the event loop has still to send of its response
 
     def read_peer_chain(self) -> None:
         """After the handshake: the presented chain, under mod_ssl's environ names."""
@@ -153,7 +154,10 @@ class TLSSocket:
 
     def send(self, data) -> int:
         if self.in_event_loop:
-            return self._send_or_keep(data)
+            # Kept whole and sent in one go once the response is complete (send_unsent):
+            # one TLS record and one segment instead of one for the headers and one for the body.
+            self.unsent += bytes(data)
+            return len(data)
         try:
             return self._until(self._deadline(), self._tls.send, data)
         except TimeoutError:
@@ -161,25 +165,12 @@ class TLSSocket:
         except SSL.Error as exc:
             raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
 
-    def _send_or_keep(self, data) -> int:
-        """Send what the socket takes now, keep the rest in `unsent` for the event loop."""
-        if not self.unsent:
-            try:
-                sent = self._tls.send(data)
-                if sent == len(data):
-                    return sent
-                data = data[sent:]
-            except (SSL.WantReadError, SSL.WantWriteError):
-                pass
-            except SSL.Error as exc:
-                raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
-        # OpenSSL may hold the start of a write it asked to retry: later bytes are
-        # appended, never put in front (pyOpenSSL allows a moving write buffer).
-        self.unsent += bytes(data)
-        return len(data)
-
     def send_unsent(self) -> bool:
-        """Send more of `unsent` without waiting; True once it is all sent."""
+        """Send more of `unsent` without waiting; True once it is all sent.
+
+        OpenSSL may hold the start of a write it asked to retry: bytes are only ever
+        appended to `unsent`, never put in front (pyOpenSSL allows a moving write buffer).
+        """
         while self.unsent:
             try:
                 sent = self._tls.send(self.unsent)
@@ -451,13 +442,19 @@ class TLSWorker(ThreadWorker):
             done.set_exception(exc)
         finally:
             conn.sock.in_event_loop = False
-        if conn.sock.unsent:
+        try:
+            sent = conn.sock.send_unsent()
+        except OSError:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        if sent:
+            self._after_response(conn, done)
+        else:
             # The client reads its response slowly: send the rest as it reads, by the request's deadline.
             conn.timeout = time.monotonic() + REQUEST_TIMEOUT
             self.pending_conns.append(conn)
             self.poller.register(conn.sock, selectors.EVENT_WRITE, partial(self._on_writable, conn, done))
-        else:
-            self._after_response(conn, done)
 
     def _on_writable(self, conn: TLSConn, done: Future, _fileobj=None) -> None:
         try:
