@@ -25,6 +25,9 @@ STATUSES = (PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN)
 BUSY_TIMEOUT = 5.0  # seconds a write waits for a lock before the store counts as unavailable
 GITHUB_WRITES_PER_MINUTE = 80  # GitHub's limit on content-creating requests
 
+# Whether a delivery to a host is being sent (claim() looks before every send).
+LEASE_IN_FLIGHT = "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1"
+
 # Schema versions, applied in order at start-up; {id} and {real} are per database.
 MIGRATIONS = [
     [
@@ -67,6 +70,11 @@ MIGRATIONS = [
         "CREATE INDEX attempts_delivery ON attempts (delivery_id)",
         "CREATE INDEX attempts_host_at ON attempts (host, at)",
         "CREATE TABLE hosts (host TEXT PRIMARY KEY, paused_until {real} NOT NULL)",
+    ],
+    [
+        # claim() looks for a lease in flight on every look: without this index, that
+        # read every pending delivery of the host (8 ms for 10 000, with the write lock held).
+        "CREATE INDEX deliveries_leased ON deliveries (host, lease_until) WHERE lease_until IS NOT NULL",
     ],
 ]
 
@@ -191,8 +199,7 @@ class Outbox:
         """
         now = time.time()
         with self._transaction(f"host:{host}") as run:
-            if run("SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1",
-                   host, PENDING, now).fetchone():
+            if run(LEASE_IN_FLIGHT, host, PENDING, now).fetchone():
                 return None
             if run("SELECT 1 FROM hosts WHERE host = ? AND paused_until > ?", host, now).fetchone():
                 return None

@@ -168,3 +168,30 @@ def test_dry_run_deliveries_are_never_claimed(box):
 
     assert box.claim(HOST, 30) is None
     assert box.list()[0].status == DRY_RUN
+
+
+def test_a_database_of_an_older_version_is_migrated(database_url, monkeypatch):
+    monkeypatch.setattr(outbox_module, "MIGRATIONS", outbox_module.MIGRATIONS[:1])
+    old = open_outbox(database_url)
+    old.migrate()
+    add(old, "before-upgrade")
+    monkeypatch.undo()
+
+    store = open_outbox(database_url)
+    store.migrate()
+    with store._transaction() as run:
+        version = run("SELECT MAX(version) AS version FROM schema_version").fetchone()["version"]
+    assert version == len(outbox_module.MIGRATIONS)
+    assert store.counts()[PENDING] == 1
+
+
+def test_the_look_for_a_lease_in_flight_does_not_read_the_backlog(box, database_url):
+    for i in range(300):
+        add(box, f"backlog-{i}")
+    explain = "EXPLAIN QUERY PLAN " if database_url.startswith("sqlite") else "EXPLAIN "
+    with box._transaction() as run:
+        if not database_url.startswith("sqlite"):
+            run("ANALYZE deliveries")
+        rows = run(explain + outbox_module.LEASE_IN_FLIGHT, HOST, PENDING, time.time()).fetchall()
+    plan = " ".join(str(value) for row in rows for value in dict(row).values())
+    assert "deliveries_leased" in plan
