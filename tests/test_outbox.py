@@ -10,7 +10,7 @@ import pytest
 
 from quay_dispatch import outbox as outbox_module
 from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.outbox import DELIVERED, DRY_RUN, FAILED, PENDING, open_outbox
+from quay_dispatch.outbox import DELIVERED, DRY_RUN, FAILED, PENDING, StoreUnavailable, open_outbox
 from quay_dispatch.quay import QuayEvent
 from quay_dispatch.routes import parse_inline_routes
 
@@ -195,3 +195,48 @@ def test_the_look_for_a_lease_in_flight_does_not_read_the_backlog(box, database_
         rows = run(explain + outbox_module.LEASE_IN_FLIGHT, HOST, PENDING, time.time()).fetchall()
     plan = " ".join(str(value) for row in rows for value in dict(row).values())
     assert "deliveries_leased" in plan
+
+
+def test_concurrent_adds_to_one_store_are_each_committed_once(box):
+    barrier = threading.Barrier(16)
+
+    def one(i):
+        barrier.wait()
+        return add(box, f"concurrent-{i}")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+
+    ids = [accepted.id for stored, _ in results for accepted in stored]
+    assert len(ids) == len(set(ids)) == 16
+    assert box.counts()[PENDING] == 16
+
+
+def test_a_failed_group_commit_fails_its_requests_and_the_next_ones_go_on(tmp_path, monkeypatch):
+    box = open_outbox(f"sqlite:///{tmp_path / 'outbox.sqlite3'}")
+    box.migrate()
+    insert = box._insert
+    leading, release = threading.Event(), threading.Event()
+
+    def insert_or_fail(run, requests, **event):
+        if event["build_id"] == "first":
+            leading.set()
+            release.wait(5)  # holds the commit while the others queue behind it
+        if event["build_id"].startswith("doomed"):
+            raise StoreUnavailable("disk I/O error")
+        return insert(run, requests, **event)
+
+    monkeypatch.setattr(box, "_insert", insert_or_fail)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(add, box, "first")
+        assert leading.wait(5)
+        doomed = [pool.submit(add, box, f"doomed-{i}") for i in range(3)]
+        time.sleep(0.2)
+        release.set()
+        assert first.result(5)[0]
+        for future in doomed:
+            with pytest.raises(StoreUnavailable, match="disk I/O error"):
+                future.result(5)
+    # The lead was handed on: nobody is left waiting for a commit that never comes.
+    assert add(box, "after")[0]
+    assert box.counts()[PENDING] == 2
