@@ -251,11 +251,10 @@ class TLSConn(TConn):
         self.tls.set_accept_state()
         self.handshaken = False
         self.received = bytearray()
-        self.buffered = False  # the whole request is in `received`: it can be served in the event loop
         self.awaiting = False  # the event loop is reading its next request
 
-    def advance(self) -> bool:
-        """Handshake, then read what has arrived; True once the request can be handed on.
+    def advance(self) -> str | None:
+        """Handshake, then read what has arrived; how much of the request is buffered (see buffered_request).
 
         Raises SSL.Error or OSError when the connection is to be dropped.
         """
@@ -265,7 +264,7 @@ class TLSConn(TConn):
             except (SSL.WantReadError, SSL.WantWriteError):
                 # WantWrite would mean the socket's send buffer cannot take our
                 # handshake flight (a few kB): waiting for the next read is enough.
-                return False
+                return None
             self.handshaken = True
             self.sock = TLSSocket(self.sock, self.tls, io_timeout=float(self.cfg.timeout) or None)
             self.sock.read_peer_chain()
@@ -281,9 +280,7 @@ class TLSConn(TConn):
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
             self.received += data
-        state = buffered_request(self.received)
-        self.buffered = state == WHOLE
-        return state is not None
+        return buffered_request(self.received)
 
     def init(self):
         if self.initialized:
@@ -410,6 +407,7 @@ class TLSWorker(ThreadWorker):
         conn.awaiting = True
 
     def _stop_awaiting(self, conn: TLSConn) -> None:
+        """Out of the poller and the deadline queue (it was waiting to be read or written)."""
         self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
         conn.awaiting = False
@@ -417,17 +415,17 @@ class TLSWorker(ThreadWorker):
     def _on_readable(self, conn: TLSConn, _fileobj=None) -> None:
         handshaken = conn.handshaken
         try:
-            ready = conn.advance()
+            buffered = conn.advance()
         except (SSL.Error, OSError) as exc:
             if not handshaken:
                 self.log.info("TLS handshake with %s failed: %s", _peer(conn.client), _handshake_reason(exc))
             self._drop(conn)
             return
-        if not ready:
+        if buffered is None:
             return
         self._stop_awaiting(conn)
         conn.data_ready = True
-        if conn.buffered:
+        if buffered == WHOLE:
             self._serve_in_loop(conn)
         else:
             self.enqueue_req(conn)
@@ -463,8 +461,7 @@ class TLSWorker(ThreadWorker):
         except OSError:
             self._drop(conn)
             return
-        self.poller.unregister(conn.sock)
-        self.pending_conns.remove(conn)
+        self._stop_awaiting(conn)
         self._after_response(conn, done)
 
     def _after_response(self, conn: TLSConn, done: Future) -> None:
@@ -485,9 +482,7 @@ class TLSWorker(ThreadWorker):
             self._on_readable(conn)
 
     def _drop(self, conn: TLSConn) -> None:
-        self.poller.unregister(conn.sock)
-        self.pending_conns.remove(conn)
-        conn.awaiting = False
+        self._stop_awaiting(conn)
         self.nr_conns -= 1
         conn.close()
 

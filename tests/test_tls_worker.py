@@ -275,14 +275,14 @@ def test_a_request_buffered_whole_needs_no_thread(start_service, test_pki):
     assert elapsed < 1.0  # served in the event loop, not queued behind the stalled thread
 
 
+PIPELINED = 2500  # each response is 1.5 kB; loopback buffers take about 3 MB
+
+
 def _unread_client(service, test_pki) -> ssl.SSLSocket:
     """A client that pipelines requests for more responses than the sockets' buffers hold, and does not read."""
     conn = tls_connect(service, client_context(test_pki))
     conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINED)
     return conn
-
-
-PIPELINED = 2500  # each response is 1.5 kB; loopback buffers take about 3 MB
 
 
 def test_responses_a_client_does_not_read_hold_up_nobody(start_service, test_pki):
