@@ -27,6 +27,9 @@ certfile = _settings.tls_cert_file
 keyfile = _settings.tls_key_file
 cert_reqs = ssl.CERT_REQUIRED  # Quay always presents its certificate
 keepalive = 5
+# The event loop buffers a request's headers up to what these allow (about 260 kB), then
+# gunicorn refuses more with 414 or 431; a Quay call has a few hundred bytes of them.
+limit_request_fields = 32
 timeout = 30
 graceful_timeout = 20
 preload_app = False  # each worker imports wsgi.py and starts its own deliverer

@@ -12,13 +12,12 @@ from werkzeug.exceptions import HTTPException
 from .config import Settings
 from .dispatch import plan_dispatches
 from .identity import IdentityError, chain_from_header
+from .limits import MAX_BODY
 from .outbox import StoreUnavailable
 from .quay import EVENTS, PayloadError, parse_event
 from .routes import select_routes
 from .services import Services, services
-
-MAX_BODY = 64 * 1024
-CHAIN_ENVIRON_PREFIX = "SSL_CLIENT_CERT_CHAIN_"
+from .tls import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
 
 bp = Blueprint("incoming", __name__)
 log = logging.getLogger("quay_dispatch.http")
@@ -104,11 +103,11 @@ def authenticate(svc: Services, req: Request) -> None:
 
 def _tls_chain(req: Request) -> list[str]:
     """The chain the TLS worker put in the environ, leaf first."""
-    leaf = req.environ.get("SSL_CLIENT_CERT")
+    leaf = req.environ.get(CLIENT_CERT)
     if not leaf:
         raise IdentityError("no client certificate was presented; Quay presents its TLS certificate")
     chain = [leaf]
-    while (cert := req.environ.get(f"{CHAIN_ENVIRON_PREFIX}{len(chain) - 1}")) is not None:
+    while (cert := req.environ.get(f"{CLIENT_CERT_CHAIN_PREFIX}{len(chain) - 1}")) is not None:
         chain.append(cert)
     return chain
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
+from quay_dispatch.limits import REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
-from quay_dispatch.tls_worker import REQUEST_TIMEOUT
 from tests.test_tls_worker import client_context, read_responses, tls_connect
 
 ATTACK_SECONDS = 14.0  # the hard limit of every attacker loop

@@ -1,0 +1,8 @@
+"""The service's limits on what a client may send and how long it may take: one constant each.
+
+The transport (quay_dispatch.worker) and the HTTP layer (quay_dispatch.incoming) both
+read them from here; docs/operations.md lists them.
+"""
+
+MAX_BODY = 64 * 1024  # bytes: the largest notification body taken (Quay's are a few kB)
+REQUEST_TIMEOUT = 5.0  # seconds from accept() (or a kept-alive request's first byte) to a whole request

@@ -1,0 +1,325 @@
+"""TLS with pyOpenSSL for a server that verifies its clients' chains itself; usable without gunicorn.
+
+Why not the stdlib's ssl (gunicorn's own TLS): it checks client certificates with
+OpenSSL's client-purpose rule, which refuses Quay's serverAuth-only certificate.
+Here the certificate is *requested*, any chain is let through the handshake (which
+still proves the client holds the key), and quay_dispatch.identity verifies it as
+a server certificate for Quay.
+
+- build_context: the server context, TLS 1.2 at least, no resumption.
+- ReloadingContext: the context, rebuilt when the certificate files change.
+- peer_chain_environ: the presented chain under mod_ssl's environ names.
+- Stream, TLSStream, PlainStream: a non-blocking connection that a thread can use
+  like a blocking socket, every wait bounded (what gunicorn's parser and response need).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from OpenSSL import SSL, crypto
+
+RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
+CLIENT_CERT = "SSL_CLIENT_CERT"  # mod_ssl's environ names: the leaf, then the rest of the chain
+CLIENT_CERT_CHAIN_PREFIX = "SSL_CLIENT_CERT_CHAIN_"
+
+
+def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: str | None = None) -> SSL.Context:
+    """The server TLS context; `cert_reqs` is gunicorn's (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    # No resumption: a resumed session carries no peer chain, and every call
+    # must present its certificate to be verified again.
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET
+                    | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.use_certificate_chain_file(certfile)
+    ctx.use_privatekey_file(keyfile or certfile)
+    ctx.check_privatekey()
+    if ciphers:
+        ctx.set_cipher_list(ciphers.encode("ascii"))
+    if cert_reqs != ssl.CERT_NONE:
+        mode = SSL.VERIFY_PEER
+        if cert_reqs == ssl.CERT_REQUIRED:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, _accept_any_chain)
+    return ctx
+
+
+def _accept_any_chain(conn, cert, errnum, depth, ok) -> bool:
+    # Deliberately lets every presented chain through, including OpenSSL's
+    # "unsuitable certificate purpose": the application verifies the chain.
+    return True
+
+
+class ReloadingContext:
+    """A server context that follows its files: a renewal is served to new connections, no restart.
+
+    A pair that does not load (often a renewal half-written: new certificate, old key)
+    is reported once through `warn`, and the current pair kept.
+    """
+
+    def __init__(self, certfile: str, keyfile: str | None, cert_reqs: int, ciphers: str | None,
+                 info: Callable[[str], None], warn: Callable[[str], None]):
+        self._args = (certfile, keyfile, cert_reqs, ciphers)
+        self._paths = (certfile, keyfile or certfile)
+        self._info, self._warn = info, warn
+        self._loaded = self._refused = self._signature()
+        self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
+        self.context = build_context(*self._args)
+
+    def _signature(self) -> tuple:
+        """What identifies the current files: a renewal changes it."""
+        signature = []
+        for path in self._paths:
+            try:
+                st = os.stat(path)
+                signature.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                signature.append(None)
+        return tuple(signature)
+
+    def current(self) -> SSL.Context:
+        """The context for a new connection, rebuilt first if the files changed (looked at once a second)."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + RELOAD_CHECK_INTERVAL
+            signature = self._signature()
+            if signature not in (self._loaded, self._refused):
+                try:
+                    self.context = build_context(*self._args)
+                except (SSL.Error, OSError) as exc:
+                    self._refused = signature
+                    self._warn("TLS files changed but do not load as a pair, keeping the current ones: "
+                               + handshake_reason(exc))
+                else:
+                    self._loaded = signature
+                    self._info(f"TLS certificate reloaded from {self._paths[0]}")
+        return self.context
+
+
+def peer_chain_environ(tls: SSL.Connection) -> dict[str, str]:
+    """After the handshake: the presented chain, leaf first, under mod_ssl's environ names."""
+    leaf = tls.get_peer_certificate()
+    if leaf is None:
+        return {}
+    environ = {CLIENT_CERT: _pem(leaf)}
+    # On the server side, get_peer_cert_chain() omits the leaf.
+    for i, cert in enumerate(tls.get_peer_cert_chain() or []):
+        environ[f"{CLIENT_CERT_CHAIN_PREFIX}{i}"] = _pem(cert)
+    return environ
+
+
+def _pem(cert: crypto.X509) -> str:
+    return crypto.dump_certificate(crypto.FILETYPE_PEM, cert).decode("ascii")
+
+
+def handshake_reason(exc: Exception) -> str:
+    """OpenSSL's reasons for a failure, such as "peer did not return a certificate"."""
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
+        reasons = [entry[2] for entry in exc.args[0] if len(entry) == 3]
+        if reasons:
+            return ", ".join(reasons)
+    return str(exc) or type(exc).__name__
+
+
+class WouldBlock(Exception):
+    """The operation needs the socket to be readable (POLLIN) or writable (POLLOUT) first."""
+
+    def __init__(self, events: int):
+        self.events = events
+
+
+class Stream:
+    """A non-blocking connection that behaves like the blocking socket gunicorn expects, with bounded waits.
+
+    Each read or write waits at most `io_timeout` for progress, and no read waits
+    past `deadline` (set per request by the worker). A peer too slow for either
+    gets a ConnectionResetError: to it, the same as a dropped connection.
+    """
+
+    def __init__(self, raw: socket.socket, io_timeout: float | None):
+        self.raw = raw
+        self._io_timeout = io_timeout
+        self._timeout = io_timeout
+        self.deadline: float | None = None
+        self.environ: dict[str, str] = {}  # what the transport adds to the WSGI environ
+
+    # The two primitives, which raise WouldBlock instead of waiting.
+    def recv_nowait(self, size: int) -> bytes:
+        raise NotImplementedError
+
+    def send_nowait(self, data) -> int:
+        raise NotImplementedError
+
+    def pending(self) -> int:
+        """Bytes already received and decrypted that the raw socket no longer signals."""
+        return 0
+
+    def _wait(self, events: int, deadline: float | None) -> None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise _too_slow(self._timeout)
+        poller = select.poll()
+        poller.register(self.raw, events)
+        if not poller.poll(None if remaining is None else remaining * 1000):
+            raise _too_slow(self._timeout)
+
+    def _op_deadline(self, reading: bool) -> float | None:
+        limits = [self.deadline] if reading and self.deadline is not None else []
+        if self._timeout is not None:
+            limits.append(time.monotonic() + self._timeout)
+        return min(limits) if limits else None
+
+    def recv(self, size: int) -> bytes:
+        deadline = self._op_deadline(reading=True)
+        while True:
+            try:
+                return self.recv_nowait(size)
+            except WouldBlock as wait:
+                self._wait(wait.events, deadline)
+
+    def send(self, data) -> int:
+        deadline = self._op_deadline(reading=False)
+        while True:
+            try:
+                return self.send_nowait(data)
+            except WouldBlock as wait:
+                self._wait(wait.events, deadline)
+
+    def sendall(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def writable(self) -> bool:
+        """Whether the socket's send buffer has room now."""
+        poller = select.poll()
+        poller.register(self.raw, select.POLLOUT)
+        return bool(poller.poll(0))
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = self._io_timeout if flag else 0.0
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = self._io_timeout if timeout is None else timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def getpeername(self):
+        return self.raw.getpeername()
+
+    def getsockname(self):
+        return self.raw.getsockname()
+
+    def shutdown(self, how: int) -> None:
+        self.raw.shutdown(how)
+
+    def close(self) -> None:
+        """Close without lingering: shut the write side, drain what has already arrived, close.
+
+        gunicorn's graceful close lingers up to 2 s on the worker's event loop; a
+        client has read its response when it sent its next bytes, so only bytes
+        already here can cause a reset.
+        """
+        try:
+            self.shutdown(socket.SHUT_WR)
+            self.raw.setblocking(False)
+            for _ in range(16):
+                if not self.raw.recv(4096):
+                    break
+        except OSError:
+            pass
+        finally:
+            self.raw.close()
+
+
+class PlainStream(Stream):
+    """A plain TCP connection (behind a proxy or a PaaS router that terminates TLS)."""
+
+    def recv_nowait(self, size: int) -> bytes:
+        try:
+            return self.raw.recv(size)
+        except BlockingIOError:
+            raise WouldBlock(select.POLLIN) from None
+
+    def send_nowait(self, data) -> int:
+        try:
+            return self.raw.send(data)
+        except BlockingIOError:
+            raise WouldBlock(select.POLLOUT) from None
+
+
+class TLSStream(Stream):
+    """A pyOpenSSL server connection; the handshake is done (see handshake_nowait) before any read."""
+
+    def __init__(self, raw: socket.socket, context: SSL.Context, io_timeout: float | None):
+        super().__init__(raw, io_timeout)
+        self.tls = SSL.Connection(context, raw)
+        self.tls.set_accept_state()
+
+    def handshake_nowait(self) -> bool:
+        """Advance the handshake as far as the bytes received allow; True once it is done.
+
+        Raises SSL.Error when the client is refused (no certificate, an old protocol, junk).
+        """
+        try:
+            self.tls.do_handshake()
+        except (SSL.WantReadError, SSL.WantWriteError):
+            # WantWrite would mean the send buffer cannot take our handshake flight
+            # (a few kB): waiting for the client's next bytes is enough.
+            return False
+        self.environ = peer_chain_environ(self.tls)
+        return True
+
+    def recv_nowait(self, size: int) -> bytes:
+        try:
+            return self.tls.recv(size)
+        except SSL.WantReadError:
+            raise WouldBlock(select.POLLIN) from None
+        except SSL.WantWriteError:
+            raise WouldBlock(select.POLLOUT) from None
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.SysCallError as exc:
+            if exc.args[0] in (-1, 0):  # the peer closed without close_notify
+                return b""
+            raise ConnectionResetError(errno.ECONNRESET, str(exc)) from exc
+        except SSL.Error as exc:
+            raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS error: {exc}") from exc
+
+    def send_nowait(self, data) -> int:
+        try:
+            return self.tls.send(data)
+        except SSL.WantReadError:
+            raise WouldBlock(select.POLLIN) from None
+        except SSL.WantWriteError:
+            raise WouldBlock(select.POLLOUT) from None
+        except SSL.Error as exc:
+            raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
+
+    def pending(self) -> int:
+        return self.tls.pending()
+
+    def shutdown(self, how: int) -> None:
+        try:
+            self.tls.shutdown()  # sends close_notify; does not wait for the peer's
+        except SSL.Error:
+            pass
+        self.raw.shutdown(how)
+
+
+def _too_slow(timeout: float | None) -> OSError:
+    # A reset, not a timeout: gthread logs a reset quietly and a timeout with a
+    # traceback, and to the peer it is the same, a dropped connection.
+    return ConnectionResetError(errno.ECONNRESET, f"peer made no progress in time ({timeout} s at most per step)")
