@@ -19,6 +19,7 @@ except ConfigError as _exc:
     sys.exit(f"quay-dispatch: {_exc}")
 
 TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
+STARTUP_STORE_TIMEOUT = 30.0  # seconds the schema migration at start may take (a big outbox's new index)
 
 bind = [f"0.0.0.0:{_settings.port}"]
 worker_class = TLS_WORKER
@@ -54,7 +55,7 @@ def on_starting(server):
             problems.append("CLIENT_CERT_SOURCE=tls needs --cert-reqs 2 (or 1): Quay is identified by its certificate")
         if cfg.worker_class_str != TLS_WORKER:
             problems.append(f"CLIENT_CERT_SOURCE=tls needs --worker-class {TLS_WORKER}")
-    outbox = open_outbox(_settings.database_url)
+    outbox = open_outbox(_settings.database_url, STARTUP_STORE_TIMEOUT)
     try:
         outbox.migrate()  # once, before the workers, so that a store problem is one clear message
     except StoreUnavailable as exc:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 
 MIN_INCOMING_TOKEN_LENGTH = 24
+MAX_STORE_TIMEOUT = 4.0  # seconds: what leaves a direct delivery time to answer Quay within 8 s
 DEFAULT_DATABASE_URL = "sqlite:///var/quay-dispatch.sqlite3"
 CLIENT_CERT_SOURCES = ("tls", "header", "none")
 DEFAULT_CLIENT_CERT_HEADER = "X-SSL-Client-Cert"
@@ -58,6 +59,7 @@ class Settings:
     delivery_retention: float = 14 * 86400.0
     github_timeout: float = 10.0
     forward_test_notifications: bool = False
+    store_timeout: float = 2.0
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
@@ -214,6 +216,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         delivery_retention=duration("DELIVERY_RETENTION", "14d"),
         github_timeout=duration("GITHUB_TIMEOUT", "10"),
         forward_test_notifications=flag("FORWARD_TEST_NOTIFICATIONS"),
+        store_timeout=_store_timeout(get("STORE_TIMEOUT"), problems),
     )
     if problems:
         raise ConfigError("configuration error:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -258,6 +261,19 @@ def _check_database_url(url: str, problems: list[str]) -> None:
         "DATABASE_URL is not a database URL: use sqlite:///relative/path, sqlite:////absolute/path "
         "or postgresql://user:password@host/database"
     )
+
+
+def _store_timeout(text: str | None, problems: list[str]) -> float:
+    """STORE_TIMEOUT: a few seconds at most, so that a notification the store cannot take still
+    leaves time to send it to GitHub directly within Quay's 10 s."""
+    if text is None:
+        return 2.0
+    seconds = _duration(text)
+    if seconds is None or not 0.1 <= seconds <= MAX_STORE_TIMEOUT:
+        problems.append(f"STORE_TIMEOUT={text!r}: use a duration from 0.1 to {MAX_STORE_TIMEOUT:g} seconds "
+                        "(for example 2 or 1.5s); Quay gives up after 10 s")
+        return 2.0
+    return seconds
 
 
 def _duration(text: str) -> float | None:

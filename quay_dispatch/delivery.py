@@ -8,14 +8,15 @@ any other 4xx fails at once with GitHub's message kept.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from . import github, metrics
-from .dispatch import WORKFLOW_DISPATCH, canonical_json
+from .dispatch import DispatchRequest
 from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
@@ -29,6 +30,17 @@ LEASE_MARGIN = 5.0  # a lease outlives the longest GitHub call by this much
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 600.0
 PRUNE_INTERVAL = 3600.0
+MAX_UNRECORDED = 10_000  # results and direct dispatches kept in memory while the store cannot take them
+DIRECT_DEDUP_WINDOW = 600.0  # seconds a direct dispatch is remembered, so that Quay's retry is a duplicate
+
+
+@dataclass(frozen=True)
+class DirectDispatch:
+    """Notifications sent to GitHub directly while the outbox could not take them, to record once it can."""
+
+    requests: list[DispatchRequest]
+    outcomes: list[github.Outcome]
+    event: dict  # the outbox's notification fields: event, quay_repository, build_id, host, dry_run
 
 
 def backoff(attempts: int) -> float:
@@ -52,6 +64,11 @@ class Deliverer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_prune = 0.0
+        # What happened while the store could not record it: sent directly, or a result of ours.
+        self._direct: deque[DirectDispatch] = deque(maxlen=MAX_UNRECORDED)
+        self._unrecorded: deque[tuple[Delivery, dict]] = deque(maxlen=MAX_UNRECORDED)
+        self._recent_direct: dict[str, float] = {}  # dedup key -> until (time.monotonic())
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         if self._thread is None:
@@ -63,6 +80,23 @@ class Deliverer:
         if not self._wake.is_set():  # set() costs a lock even when the flag is already up
             self._wake.set()
 
+    def sent_directly(self, direct: DirectDispatch) -> None:
+        """Remember a direct dispatch: for the outbox once the store is back, and against Quay's retries meanwhile."""
+        until = time.monotonic() + DIRECT_DEDUP_WINDOW
+        with self._lock:
+            self._direct.append(direct)
+            for req, outcome in zip(direct.requests, direct.outcomes, strict=True):
+                if outcome.result == github.DELIVERED:
+                    self._recent_direct[req.dedup_key] = until
+            if len(self._recent_direct) > MAX_UNRECORDED:
+                now = time.monotonic()
+                self._recent_direct = {k: t for k, t in self._recent_direct.items() if t > now}
+        self.wake()
+
+    def was_sent_directly(self, req: DispatchRequest) -> bool:
+        """Whether this process sent `req` directly lately (the outbox may not know yet)."""
+        return self._recent_direct.get(req.dedup_key, 0.0) > time.monotonic()
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -72,8 +106,9 @@ class Deliverer:
         # again once its lease expires (delivery is at least once).
         while True:
             try:
+                self._record_what_waits()
                 self._prune_when_due()
-                worked = self.deliver_one()
+                worked = not self._unrecorded and self.deliver_one()
             except StoreUnavailable as exc:
                 log.warning("outbox unavailable, delivery paused: %s", exc)
                 worked = False
@@ -84,6 +119,23 @@ class Deliverer:
                 time.sleep(MIN_LOOK_INTERVAL)
                 self._wake.wait(POLL_INTERVAL - MIN_LOOK_INTERVAL)
                 self._wake.clear()
+
+    def _record_what_waits(self) -> None:
+        """Write to the outbox what it could not take before: results of ours first, then direct dispatches."""
+        while self._unrecorded:
+            delivery, result = self._unrecorded[0]
+            self.outbox.record(delivery, **result)  # raises StoreUnavailable while the store is still down
+            self._unrecorded.popleft()
+            log.info("delivery %s: its result is recorded now that the outbox is back", delivery.id)
+        while self._direct:
+            direct = self._direct[0]
+            delivered = [(r, o) for r, o in zip(direct.requests, direct.outcomes, strict=True)
+                         if o.result == github.DELIVERED]
+            if delivered:
+                self.outbox.record_dispatched([r for r, _ in delivered], [o for _, o in delivered], **direct.event)
+            self._direct.popleft()
+            log.info("recorded %d direct dispatch(es) of %s %s as delivered", len(delivered), direct.event["event"],
+                     direct.event["quay_repository"])
 
     def _prune_when_due(self) -> None:
         if time.monotonic() < self._next_prune:
@@ -99,16 +151,22 @@ class Deliverer:
         if delivery is None:
             return False
         started = time.monotonic()
-        body, outcome = self._complete_body(delivery)
-        if outcome is None:
-            log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, body)
-            outcome = self.client.post(delivery.path, body, delivery.target)
+        log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, delivery.body)
+        outcome = self.client.dispatch(delivery.kind, delivery.path, delivery.body, delivery.target)
         status, next_at = self._decide(delivery, outcome)
         # retry_at is set for rate limits only: they hold every delivery to the host.
-        self.outbox.record(
-            delivery, status=status, http_status=outcome.http_status, request_id=outcome.request_id,
-            error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at,
-        )
+        result = dict(status=status, http_status=outcome.http_status, request_id=outcome.request_id,
+                      error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at)
+        try:
+            self.outbox.record(delivery, **result)
+        except StoreUnavailable as exc:
+            # Kept, and recorded first once the store is back. Until then the delivery stays leased;
+            # only another worker or replica that can write to the store after the lease ends
+            # (docs/operations.md) could send it again.
+            self._unrecorded.append((delivery, result))
+            log.error("delivery %s to %s: %s, but the outbox cannot record it (%s); it will be recorded once "
+                      "the outbox is back", delivery.id, delivery.target,
+                      f"GitHub accepted it ({outcome.http_status})" if status == DELIVERED else status, exc)
         metrics.ATTEMPTS.labels("retry" if status == PENDING else status).inc()
         if status == DELIVERED:
             metrics.LATENCY.observe(time.time() - delivery.queued_at)
@@ -123,18 +181,6 @@ class Deliverer:
             extra={"delivery_id": delivery.id, "duration_ms": round((time.monotonic() - started) * 1000)},
         )
         return True
-
-    def _complete_body(self, delivery: Delivery) -> tuple[str, github.Outcome | None]:
-        """The body to send: a workflow_dispatch without a ref runs on the repository's default branch."""
-        if delivery.kind != WORKFLOW_DISPATCH:
-            return delivery.body, None
-        body = json.loads(delivery.body)
-        if body.get("ref") is not None:
-            return delivery.body, None
-        branch, outcome = self.client.default_branch(delivery.target)
-        if outcome is not None:
-            return delivery.body, outcome
-        return canonical_json(body | {"ref": branch}), None
 
     def _decide(self, delivery: Delivery, outcome: github.Outcome) -> tuple[str, float | None]:
         """The delivery's new status, and when to try again if it stays pending."""

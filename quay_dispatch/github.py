@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
 
 from . import __version__
+from .dispatch import WORKFLOW_DISPATCH, canonical_json
 
 API_VERSION = "2022-11-28"
 CONNECT_TIMEOUT = 5.0
@@ -31,6 +36,19 @@ class Outcome:
     rate_limit_remaining: int | None = None
 
 
+_budget = threading.local()
+
+
+@contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Every GitHub call this thread makes inside the block ends by `at` (time.monotonic()), auth included."""
+    _budget.at = at
+    try:
+        yield
+    finally:
+        _budget.at = None
+
+
 def host_of(api_url: str) -> str:
     """The host that GitHub's one-write-at-a-time rule applies to."""
     return urlsplit(api_url).netloc.lower()
@@ -42,15 +60,22 @@ class Transport:
     def __init__(self, api_url: str, timeout: float = 10.0, ca_file: str | None = None):
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
-        self._session = requests.Session()
         # GITHUB_CA_FILE: a GitHub Enterprise Server's private CA. Given with each request, not on
         # the session, where REQUESTS_CA_BUNDLE in the environment would override it.
         self._verify = ca_file or True
-        self._session.headers.update({
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": API_VERSION,
-            "User-Agent": USER_AGENT,
-        })
+        self._local = threading.local()  # a session per thread: the deliverer's, and each request's
+
+    @property
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update({
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": USER_AGENT,
+            })
+        return session
 
     def __repr__(self) -> str:
         return f"Transport({self.api_url!r})"
@@ -60,13 +85,20 @@ class Transport:
         headers = {"Authorization": authorization}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        connect, read = CONNECT_TIMEOUT, self.timeout
+        at = getattr(_budget, "at", None)
+        if at is not None:
+            remaining = at - time.monotonic()
+            if remaining < 0.1:
+                return Outcome(RETRY, error="no time left to call GitHub")
+            connect, read = min(connect, remaining), min(read, remaining)
         try:
             return self._session.request(
                 method, self.api_url + path, data=None if body is None else body.encode("utf-8"), headers=headers,
-                timeout=(CONNECT_TIMEOUT, self.timeout), allow_redirects=False, verify=self._verify,
+                timeout=(connect, read), allow_redirects=False, verify=self._verify,
             )
         except requests.Timeout:
-            return Outcome(RETRY, error=f"GitHub did not answer within {self.timeout:g} s")
+            return Outcome(RETRY, error=f"GitHub did not answer within {read:g} s")
         except requests.RequestException as exc:
             return Outcome(RETRY, error=f"cannot reach GitHub: {_cause(exc)}")
 
@@ -115,6 +147,17 @@ class GitHubClient:
         if isinstance(response, requests.Response) and response.status_code == 401 and self.auth.refresh(repo):
             response = self._request("POST", path, repo, body)
         return response if isinstance(response, Outcome) else classify(response)
+
+    def dispatch(self, kind: str, path: str, body: str, repo: str) -> Outcome:
+        """Send one stored dispatch; a workflow_dispatch without a ref runs on the repository's default branch."""
+        if kind == WORKFLOW_DISPATCH:
+            fields = json.loads(body)
+            if fields.get("ref") is None:
+                branch, outcome = self.default_branch(repo)
+                if outcome is not None:
+                    return outcome
+                body = canonical_json(fields | {"ref": branch})
+        return self.post(path, body, repo)
 
     def _request(self, method: str, path: str, repo: str, body: str | None = None) -> requests.Response | Outcome:
         try:

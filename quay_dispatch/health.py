@@ -26,8 +26,9 @@ def readyz():
     problems = []
     try:
         svc.outbox.check_writable()
-    except StoreUnavailable:
-        problems.append("the outbox is not writable")
+    except StoreUnavailable as exc:
+        problems.append("the outbox cannot commit a write right now")
+        g.error_detail = f"the outbox ({svc.outbox.description}) cannot commit: {exc}"  # the log line, not the answer
     if not svc.deliverer.alive:
         problems.append("the deliverer is not running")
     g.outcome = "not ready" if problems else "ready"
@@ -40,11 +41,7 @@ def readyz():
 def prometheus_metrics():
     """Prometheus text format."""
     g.outcome = "ok"
-    try:
-        return Response(metrics.exposition(services().outbox), mimetype=metrics.MEDIA_TYPE)
-    except StoreUnavailable:
-        g.outcome = "error"
-        return jsonify({"status": "error", "error": "the outbox cannot be read right now"}), 503
+    return Response(metrics.exposition(services().outbox), mimetype=metrics.MEDIA_TYPE)
 
 
 def _count_incoming(response):

@@ -9,8 +9,10 @@ import logging
 from flask import Blueprint, Flask, Request, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import github, metrics
 from .config import Settings
-from .dispatch import plan_dispatches
+from .delivery import DirectDispatch
+from .dispatch import DispatchRequest, canonical_json, plan_dispatches
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
 from .outbox import StoreUnavailable
@@ -18,6 +20,9 @@ from .quay import EVENTS, PayloadError, parse_event
 from .routes import select_routes
 from .services import Services, services
 from .tls import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
+
+# Quay gives up after 10 s; what the service does for a notification ends by then, with room to answer.
+ANSWER_WITHIN = 7.5
 
 bp = Blueprint("incoming", __name__)
 log = logging.getLogger("quay_dispatch.http")
@@ -66,16 +71,13 @@ def incoming(event: str):
             "not forwarded (set FORWARD_TEST_NOTIFICATIONS=1 to forward it)"
         ))
 
-    requests = plan_dispatches(quay_event, selection.routes, body)
+    planned = plan_dispatches(quay_event, selection.routes, body)
+    notification = dict(event=event, quay_repository=quay_event.repository, build_id=quay_event.build_id,
+                        host=svc.github_host, dry_run=svc.settings.dry_run)
     try:
-        accepted, duplicates = svc.outbox.add(
-            requests, event=event, quay_repository=quay_event.repository, build_id=quay_event.build_id,
-            host=svc.github_host, dry_run=svc.settings.dry_run,
-        )
+        accepted, duplicates = svc.outbox.add(planned, **notification)
     except StoreUnavailable as exc:
-        g.error_detail = str(exc)
-        raise Refusal(503, "the event cannot be stored right now; Quay will retry",
-                      headers={"Retry-After": "30"}) from None
+        return dispatch_directly(svc, planned, notification, str(exc))
     if not accepted:
         return answer(200, "duplicate", reason=f"already accepted for {', '.join(duplicates)}")
     svc.deliverer.wake()
@@ -83,6 +85,46 @@ def incoming(event: str):
         {"id": a.id, "target": a.target, "event_type": a.event_type} | ({"workflow": a.workflow} if a.workflow else {})
         for a in accepted
     ])
+
+
+def dispatch_directly(svc: Services, planned: list[DispatchRequest], notification: dict, reason: str):
+    """The outbox cannot take the event: send it to GitHub now, so that Quay's call still succeeds.
+
+    Answered 202 "dispatched" when GitHub accepts every request; else 503, and Quay
+    retries (what GitHub did accept is remembered, and not sent again by this process).
+    GitHub's calls end in time for Quay to have its answer within ANSWER_WITHIN seconds.
+    """
+    g.error_detail = f"the outbox cannot take the event: {reason}"
+    if svc.settings.dry_run:
+        metrics.STORE_BYPASS.labels("unavailable").inc()
+        raise Refusal(503, "the event cannot be recorded right now (DRY_RUN: nothing is sent); Quay will retry",
+                      headers={"Retry-After": "30"})
+    fresh = [req for req in planned if not svc.deliverer.was_sent_directly(req)]
+    if not fresh:
+        return answer(200, "duplicate", reason=f"already dispatched for {', '.join(r.target for r in planned)}")
+    outcomes = []
+    with github.deadline(g.started + ANSWER_WITHIN):
+        for req in fresh:
+            outcomes.append(svc.deliverer.client.dispatch(req.kind, req.path, canonical_json(req.body), req.target))
+    svc.deliverer.sent_directly(DirectDispatch(fresh, outcomes, notification))
+    refused = [(req, o) for req, o in zip(fresh, outcomes, strict=True) if o.result != github.DELIVERED]
+    if refused:
+        metrics.STORE_BYPASS.labels("unavailable").inc()
+        g.error_detail += "; GitHub did not take it either: " + "; ".join(f"{r.target}: {o.error}" for r, o in refused)
+        log.warning("%s %s: the outbox cannot take it (%s) and GitHub did not either: answered 503",
+                    notification["event"], notification["quay_repository"], reason)
+        raise Refusal(503, "the event can neither be stored nor sent to GitHub right now; Quay will retry",
+                      headers={"Retry-After": "30"})
+    metrics.STORE_BYPASS.labels("dispatched").inc()
+    log.warning("%s %s: the outbox cannot take it (%s): sent to GitHub directly, to %s",
+                notification["event"], notification["quay_repository"], reason,
+                ", ".join(req.target for req in fresh))
+    return answer(202, "dispatched", reason=f"the outbox cannot take the event right now ({reason}); "
+                  "it was sent to GitHub directly", deliveries=[_described(req) for req in fresh])
+
+
+def _described(req: DispatchRequest) -> dict:
+    return {"target": req.target, "event_type": req.event_type} | ({"workflow": req.workflow} if req.workflow else {})
 
 
 def authenticate(svc: Services, req: Request) -> None:

@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from .outbox import Outbox
+from .outbox import Outbox, StoreUnavailable
 
 MEDIA_TYPE = CONTENT_TYPE_LATEST
 
@@ -32,22 +32,34 @@ ATTEMPTS = Counter("quay_dispatch_delivery_attempts_total",
                    "Dispatch attempts, by what came of the delivery: delivered, retry, failed, expired", ["result"])
 LATENCY = Histogram("quay_dispatch_delivery_latency_seconds", "From acceptance (or redelivery) to GitHub's 2xx",
                     buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400))
+STORE_BYPASS = Counter("quay_dispatch_store_bypass_total",
+                       "Notifications the outbox could not take, by what came of them: dispatched (sent to "
+                       "GitHub directly, answered 202) or unavailable (GitHub refused too, answered 503)", ["result"])
 RATE_LIMIT_REMAINING = Gauge("quay_dispatch_github_rate_limit_remaining",
                              "GitHub's x-ratelimit-remaining in its latest answer", ["host"],
                              multiprocess_mode="mostrecent")
 
+
 class OutboxCollector:
-    """Deliveries by status, counted in the store at scrape time."""
+    """Deliveries by status, counted in the store at scrape time; left out while the store cannot be read."""
 
     def __init__(self, outbox: Outbox):
         self.outbox = outbox
 
     def collect(self):
-        family = GaugeMetricFamily("quay_dispatch_deliveries", "Deliveries in the outbox, by status",
-                                   labels=["status"])
-        for status, count in sorted(self.outbox.counts().items()):
-            family.add_metric([status], count)
-        yield family
+        try:
+            counts = self.outbox.counts()
+        except StoreUnavailable:
+            counts = None
+        yield GaugeMetricFamily("quay_dispatch_outbox_readable",
+                                "1 if the outbox answered this scrape, 0 if not (its counts are then left out)",
+                                value=0 if counts is None else 1)
+        if counts is not None:
+            family = GaugeMetricFamily("quay_dispatch_deliveries", "Deliveries in the outbox, by status",
+                                       labels=["status"])
+            for status, count in sorted(counts.items()):
+                family.add_metric([status], count)
+            yield family
 
 
 def exposition(outbox: Outbox) -> bytes:

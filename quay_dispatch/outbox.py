@@ -6,23 +6,36 @@ replicas). Writes that must not interleave across processes are serialised
 on a key: SQLite's BEGIN IMMEDIATE takes the database lock, PostgreSQL takes
 a transaction-scoped advisory lock on that key, and rows are claimed with
 FOR UPDATE SKIP LOCKED.
+
+Every transaction ends within the outbox's `timeout` (STORE_TIMEOUT), whatever the
+store does: a watchdog interrupts it at its deadline (SQLite's interrupt; for
+PostgreSQL, the connection's socket is shut, since a server that stops answering
+never fires its own timeouts). Any failure of the store is a StoreUnavailable
+with the store's reason.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 from .dispatch import DispatchRequest, canonical_json
 
 PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN = "pending", "delivered", "failed", "expired", "dry_run"
 STATUSES = (PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN)
-BUSY_TIMEOUT = 5.0  # seconds a write waits for a lock before the store counts as unavailable
+DEFAULT_TIMEOUT = 2.0  # seconds a transaction may take, locks included (STORE_TIMEOUT)
+SLOW = 1.0  # seconds: a transaction slower than this is logged as a warning, with its cause
+WATCHDOG_TICK = 0.1  # seconds between the watchdog's looks at transactions in flight
 GITHUB_WRITES_PER_MINUTE = 80  # GitHub's limit on content-creating requests
 
 # Whether a delivery to a host is being sent (claim() looks before every send).
@@ -81,6 +94,8 @@ MIGRATIONS = [
 
 GROUP_COMMIT_MAX = 64  # notifications committed together at most
 
+log = logging.getLogger("quay_dispatch.outbox")
+
 
 class StoreUnavailable(Exception):
     """The outbox cannot store anything right now (locked, disk full, unreachable)."""
@@ -133,6 +148,44 @@ class _PendingAdd:
     leads: bool = False  # this request's thread commits the queue
     result: tuple[list[Accepted], list[str]] | None = None
     error: Exception | None = None
+
+
+class _Watchdog:
+    """Interrupts transactions still running at their deadline; one thread per outbox, started on first use.
+
+    It looks every WATCHDOG_TICK instead of being woken per transaction: nothing
+    to do on the request path but two dictionary writes.
+    """
+
+    def __init__(self):
+        self._running: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def guard(self, deadline: float, interrupt: Callable[[], None]) -> Iterator[None]:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="outbox-watchdog", daemon=True)
+                    self._thread.start()
+        key = threading.get_ident()
+        self._running[key] = (deadline, interrupt)
+        try:
+            yield
+        finally:
+            self._running.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_TICK)
+            now = time.monotonic()
+            for key, (deadline, interrupt) in list(self._running.items()):
+                if deadline <= now and self._running.pop(key, None) is not None:
+                    try:
+                        interrupt()
+                    except Exception:  # the connection may be gone already
+                        log.debug("interrupting a transaction failed", exc_info=True)
 
 
 class Outbox:
@@ -311,18 +364,54 @@ class Outbox:
             conn.close()
 
     def check_writable(self) -> None:
-        """Raise StoreUnavailable unless a write transaction can be opened and committed now."""
-        with self._transaction("schema") as run:
-            run("UPDATE schema_version SET version = version WHERE version < 0")
+        """Raise StoreUnavailable unless a notification could be committed now.
+
+        A real write of the pages a notification writes: a delivery row inserted and
+        deleted in one transaction, which leaves nothing behind.
+        """
+        with self._transaction() as run:
+            row = run("""INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, host,
+                             target, kind, event_type, path, body, dedup_key, status, next_attempt_at)
+                         VALUES (0, 0, 0, '', '', '', '', '', '', '', '', '', 'probe', 0) RETURNING id""").fetchone()
+            run("DELETE FROM deliveries WHERE id = ?", row["id"])
+
+    def record_dispatched(self, requests: list[DispatchRequest], outcomes: list, **event: object) -> None:
+        """Record requests that were sent to GitHub directly, while the outbox could not take them, as delivered.
+
+        `outcomes` are GitHub's answers (github.Outcome), one per request. A request the
+        outbox holds already (its commit landed after all) is marked delivered unless
+        it was delivered meanwhile; so a retry from Quay is a duplicate, and nothing is sent twice.
+        """
+        now = time.time()
+        with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
+            for req, outcome in zip(requests, outcomes, strict=True):
+                row = run("SELECT id, status FROM deliveries WHERE dedup_key = ? ORDER BY id DESC LIMIT 1",
+                          req.dedup_key).fetchone()
+                if row is None:
+                    [accepted], _ = self._insert(run, [req], **event)
+                    delivery_id = accepted.id
+                elif row["status"] == PENDING:
+                    delivery_id = row["id"]
+                else:
+                    continue
+                run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
+                       VALUES (?, ?, ?, ?, ?, ?)""", delivery_id, event["host"], now, outcome.http_status,
+                    outcome.request_id, "sent directly: the outbox could not take it")
+                run("""UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
+                           last_status = ?, last_error = NULL, last_request_id = ?, delivered_at = ?
+                       WHERE id = ?""",
+                    DELIVERED, now, outcome.http_status, outcome.request_id, now, delivery_id)
 
 
 class SQLiteOutbox(Outbox):
     """The outbox in one SQLite file: one connection per thread, the database lock per write."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT):
         self.path = path
+        self.timeout = timeout
         self.description = f"SQLite {path}"
         self._local = threading.local()
+        self._watchdog = _Watchdog()
         self._queue: list[_PendingAdd] = []
         self._queue_lock = threading.Lock()
         self._committing = False  # a thread is committing; others queue for the next commit
@@ -333,15 +422,15 @@ class SQLiteOutbox(Outbox):
         The first thread to come commits its own notification; those that come while it
         does wait, and the first of them then commits them all in one transaction and one
         fsync, instead of each queueing with its own for the database's single lock. The
-        answer still comes only after the commit that holds it. A lone caller, such as the
-        worker's event loop, never waits for another thread.
+        answer still comes only after the commit that holds it. A lone caller never waits
+        for another thread; a waiting one, no longer than the outbox's timeout.
         """
         pending = _PendingAdd(requests, event)
         with self._queue_lock:
             self._queue.append(pending)
             pending.leads = not self._committing
             self._committing = True
-        if not pending.leads and not pending.done.wait(2 * BUSY_TIMEOUT + 1):
+        if not pending.leads and not pending.done.wait(self.timeout + 2 * WATCHDOG_TICK):
             with self._queue_lock:
                 if not pending.leads and pending in self._queue:
                     self._queue.remove(pending)  # else a commit holds it, or it leads the next one
@@ -360,9 +449,9 @@ class SQLiteOutbox(Outbox):
         try:
             with self._transaction() as run:
                 results = [self._insert(run, p.requests, **p.event) for p in batch]
-        except Exception as exc:  # every waiting request learns of it: 503, or a logged 500
+        except Exception as exc:  # every waiting request learns of it
             for pending in batch:
-                pending.error = StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc
+                pending.error = exc
         else:
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
@@ -377,35 +466,75 @@ class SQLiteOutbox(Outbox):
                 pending.done.set()
 
     def _connection(self) -> sqlite3.Connection:
+        """This thread's connection to the file at `path` now: a file replaced (a restore) is opened anew."""
         conn = getattr(self._local, "conn", None)
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if conn is not None and inode != self._local.inode:
+            self.close()
+            conn = None
         if conn is None:
+            if inode is None and getattr(self, "_created", False):
+                raise StoreUnavailable(f"the database file {self.path} is missing")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                _enable_wal(conn)
+                _enable_wal(conn, self.timeout)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
+            self._local.conn, self._local.inode = conn, os.stat(self.path).st_ino
+            self._created = True
         return conn
 
     @contextmanager
     def _transaction(self, *lock_keys: str) -> Iterator[Run]:
         # BEGIN IMMEDIATE takes the database's write lock: every key at once.
+        started = time.monotonic()
+        conn = None
         try:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-        except (sqlite3.OperationalError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        try:
-            yield lambda sql, *params: conn.execute(sql, params)
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            conn.execute("ROLLBACK")
-            raise StoreUnavailable(str(exc)) from exc
+            with self._watchdog.guard(started + self.timeout, conn.interrupt):
+                conn.execute("BEGIN IMMEDIATE")
+                yield lambda sql, *params: conn.execute(sql, params)
+                conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._abandon(conn)
+            raise StoreUnavailable(_sqlite_reason(exc, time.monotonic() - started, self.timeout)) from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._abandon(conn)
             raise
+        finally:
+            _warn_if_slow(self.description, started)
+
+    def _abandon(self, conn: sqlite3.Connection | None) -> None:
+        """After a failure: roll back what is open (a failed COMMIT may have closed it), drop the connection."""
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.close()
+
+
+def _sqlite_reason(exc: BaseException, elapsed: float, timeout: float) -> str:
+    """What went wrong, for the log and the answer: "database is locked (for 2.0 s)", "database or disk is full"."""
+    if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+        return f"no answer within STORE_TIMEOUT ({timeout:g} s)"
+    reason = str(exc) or type(exc).__name__
+    if "locked" in reason or "busy" in reason:
+        reason += f" (waited {elapsed:.1f} s)"
+    return reason
+
+
+def _warn_if_slow(description: str, started: float) -> None:
+    elapsed = time.monotonic() - started
+    if elapsed > SLOW:
+        log.warning("the outbox (%s) took %.1f s for one transaction", description, elapsed)
 
 
 class PostgresOutbox(Outbox):
@@ -414,13 +543,15 @@ class PostgresOutbox(Outbox):
     ddl = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION"}
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT):
         import psycopg  # only deployments that use PostgreSQL need the driver loaded
 
         self._psycopg = psycopg
         self._url = url
+        self.timeout = timeout
         self.description = "PostgreSQL"
         self._local = threading.local()
+        self._watchdog = _Watchdog()
 
     def __repr__(self) -> str:
         return "PostgresOutbox()"  # the URL may hold a password
@@ -430,37 +561,51 @@ class PostgresOutbox(Outbox):
         if conn is None or conn.closed:
             from psycopg.rows import dict_row
 
-            timeout_ms = int(BUSY_TIMEOUT * 1000)
+            # libpq bounds connecting (whole seconds, 2 at least); the server bounds locks and
+            # statements; the watchdog bounds the rest, a server that stopped answering included.
+            timeout_ms = int(self.timeout * 1000)
             conn = self._psycopg.connect(
-                self._url, autocommit=True, row_factory=dict_row, connect_timeout=int(BUSY_TIMEOUT),
-                options=f"-c lock_timeout={timeout_ms} -c statement_timeout={2 * timeout_ms}",
+                self._url, autocommit=True, row_factory=dict_row, connect_timeout=max(2, math.ceil(self.timeout)),
+                options=f"-c lock_timeout={timeout_ms} -c statement_timeout={timeout_ms}",
             )
             self._local.conn = conn
         return conn
 
     @contextmanager
     def _transaction(self, *lock_keys: str) -> Iterator[Run]:
-        errors = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
+        started = time.monotonic()
         try:
             conn = self._connection()
-            with conn.transaction():
+            with self._watchdog.guard(started + self.timeout, partial(_shut_socket, conn)), conn.transaction():
                 def run(sql, *params):
                     return conn.execute(sql.replace("?", "%s"), params)
 
                 for key in lock_keys:
                     run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", key)
                 yield run
-        except errors as exc:
+        except self._psycopg.Error as exc:
             conn = getattr(self._local, "conn", None)
-            if conn is not None and conn.broken:
+            if conn is not None and (conn.broken or conn.closed):
                 self._local.conn = None
-            raise StoreUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+            elapsed = time.monotonic() - started
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if elapsed >= self.timeout:
+                reason = f"no answer within STORE_TIMEOUT ({self.timeout:g} s): {reason}"
+            raise StoreUnavailable(reason) from exc
+        finally:
+            _warn_if_slow(self.description, started)
 
 
-def _enable_wal(conn: sqlite3.Connection) -> None:
+def _shut_socket(conn) -> None:
+    """Make a query waiting on a server that stopped answering fail now: shut its socket (the fd stays psycopg's)."""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Put a new database in WAL mode (which then stays). Retried: SQLite answers a concurrent
     switch, from another worker opening the same new file, "locked" without waiting."""
-    deadline = time.monotonic() + BUSY_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -471,11 +616,11 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.05)
 
 
-def open_outbox(database_url: str) -> Outbox:
-    """The outbox named by DATABASE_URL (validated by config)."""
+def open_outbox(database_url: str, timeout: float = DEFAULT_TIMEOUT) -> Outbox:
+    """The outbox named by DATABASE_URL (validated by config); each transaction ends within `timeout` seconds."""
     if database_url.startswith(("postgresql://", "postgres://")):
-        return PostgresOutbox(database_url)
-    return SQLiteOutbox(Path(database_url[len("sqlite:///"):]))
+        return PostgresOutbox(database_url, timeout)
+    return SQLiteOutbox(Path(database_url[len("sqlite:///"):]), timeout)
 
 
 def _delivery(row) -> Delivery:

@@ -53,7 +53,7 @@ def build(settings: Settings) -> Services:
             with open(settings.quay_intermediates_file, "rb") as f:
                 intermediates = load_certificates(f.read(), settings.quay_intermediates_file)
         verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file), intermediates)
-    outbox = open_outbox(settings.database_url)
+    outbox = open_outbox(settings.database_url, settings.store_timeout)
     # In dry-run mode there may be no credentials and nothing is pending; the deliverer only prunes.
     transport = Transport(settings.github_api_url, settings.github_timeout, settings.github_ca_file)
     if settings.github_app_id and settings.github_app_private_key:

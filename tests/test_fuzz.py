@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -17,6 +18,7 @@ from quay_dispatch.quay import EVENTS, PayloadError, QuayEvent, parse_event
 from quay_dispatch.routes import parse_inline_routes, select_routes
 from quay_dispatch.sample import sample_body
 from quay_dispatch.services import services
+from tests.bad_bodies import VALID_TEXT
 from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN
 
 json_values = st.recursive(
@@ -34,38 +36,86 @@ quay_like = st.builds(
                                      "tags", "namespace", "docker_url", "homepage"]), json_values, max_size=3),
 )
 
+# Strict JSON the parser must take, and hazards it must refuse: each kind of text json.loads would let through.
+strict_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**63)
+                  | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+strict_fragments = (strict_scalars | st.lists(strict_scalars, max_size=3) | st.dictionaries(
+    st.text(max_size=5), strict_scalars, max_size=3)).map(json.dumps)
+hazard_fragments = st.one_of(
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999999", "-1e400", "1.5e309"]),
+    st.integers(101, 10_000).map(lambda digits: "7" * digits),
+    st.integers(0xD800, 0xDFFF).map(lambda code: f'"x\\u{code:04x}"'),
+    st.text(max_size=5).map(lambda key: f"{{{json.dumps(key)}: 1, {json.dumps(key)}: 2}}"),
+)
+foreign_encodings = st.sampled_from([  # (codec, prefix): everything but the UTF-8 without a BOM that Quay sends
+    ("utf-8", codecs.BOM_UTF8), ("utf-16-le", b""), ("utf-16-le", codecs.BOM_UTF16_LE),
+    ("utf-16-be", codecs.BOM_UTF16_BE), ("utf-32-le", codecs.BOM_UTF32_LE), ("utf-32-be", b""),
+])
+
+
+@st.composite
+def hazard_bodies(draw) -> tuple[bytes, bool]:
+    """A valid build_success body with strict JSON in an "extra" list and any set of hazards; and whether it has any."""
+    hazards = draw(st.sets(st.sampled_from(["fragment", "nesting", "duplicate key", "encoding"])))
+    fragments = draw(st.lists(strict_fragments, max_size=3))
+    if "fragment" in hazards:
+        fragments.insert(draw(st.integers(0, len(fragments))), draw(hazard_fragments))
+    # Strict nesting stays well inside the 64-level limit with the body's own levels; hazardous is well past it.
+    depth = draw(st.integers(100, 100_000) if "nesting" in hazards else st.integers(0, 40))
+    codec, prefix = draw(foreign_encodings) if "encoding" in hazards else ("utf-8", b"")
+    members = ('"repository": "evil/x", ' if "duplicate key" in hazards else "") + VALID_TEXT[1:-1]
+    extra = "[" * depth + ", ".join(fragments) + "]" * depth
+    return prefix + f'{{{members}, "extra": [{extra}]}}'.encode(codec), bool(hazards)
+
+
+def parse_outcome(event: str, body: bytes) -> QuayEvent | PayloadError:
+    """The event parsed from `body`, or the PayloadError naming the field or the JSON; any other exception fails."""
+    try:
+        parsed = parse_event(event, body)
+    except PayloadError as exc:
+        assert exc.field or "JSON" in exc.reason, exc
+        return exc
+    assert parsed.event == event
+    return parsed
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(EVENTS), json_values)
 def test_any_json_value_is_an_event_or_a_payload_error(event, value):
-    try:
-        parsed = parse_event(event, json.dumps(value).encode())
-    except PayloadError as exc:
-        assert str(exc)
-    else:
-        assert isinstance(parsed, QuayEvent) and parsed.event == event
+    outcome = parse_outcome(event, json.dumps(value).encode())
+
+    assert isinstance(outcome, PayloadError) or isinstance(value, dict)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(EVENTS), st.binary(max_size=300))
 def test_any_bytes_are_an_event_or_a_payload_error(event, body):
-    try:
-        parse_event(event, body)
-    except PayloadError:
-        pass
+    outcome = parse_outcome(event, body)
+
+    if isinstance(outcome, QuayEvent):  # only a UTF-8 JSON object can be an event
+        assert isinstance(json.loads(body.decode("utf-8")), dict)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(EVENTS), hazard_bodies())
+def test_a_body_with_a_json_hazard_is_a_payload_error_and_one_without_is_an_event(event, case):
+    body, hazardous = case
+
+    outcome = parse_outcome(event, body)
+
+    assert isinstance(outcome, PayloadError if hazardous else QuayEvent), outcome
 
 
 @settings(max_examples=300, deadline=None)
 @given(quay_like)
 def test_quay_like_bodies_with_strange_fields_parse_or_name_the_field(case):
     event, body = case
-    try:
-        parsed = parse_event(event, json.dumps(body).encode())
-    except PayloadError as exc:
-        assert exc.field or "JSON" in exc.reason
-    else:
-        namespace, _, name = parsed.repository.partition("/")
-        assert (parsed.namespace, parsed.name) == (namespace, name)
+
+    outcome = parse_outcome(event, json.dumps(body).encode())
+
+    if isinstance(outcome, QuayEvent):
+        namespace, _, name = outcome.repository.partition("/")
+        assert (outcome.namespace, outcome.name) == (namespace, name)
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,11 +1,14 @@
 """The Quay event parser: accepts what Quay sends, refuses what it never sends, naming the field."""
 
+import codecs
 import json
 
 import pytest
 
+from quay_dispatch.limits import MAX_BODY
 from quay_dispatch.quay import PayloadError, parse_event
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body
+from tests.bad_bodies import BAD_BODIES, VALID_TEXT, with_extra
 
 
 def parse(event, body):
@@ -88,3 +91,53 @@ def test_bodies_quay_never_sends_name_the_field(event, body, field):
         parse(event, body)
 
     assert raised.value.field == field
+
+
+@pytest.mark.parametrize("body, reason", [
+    pytest.param(with_extra("[" * 100_000 + "]" * 100_000), "the JSON is nested deeper than 64 levels",
+                 id="nested-100000-deep"),
+    pytest.param(with_extra("[" * 64 + "]" * 64), "the JSON is nested deeper than 64 levels", id="nested-65-deep"),
+    pytest.param(with_extra("1e999999"), "a JSON number is out of range: 1e999999", id="float-overflow"),
+    pytest.param(with_extra("1" + "0" * 9_999), "a JSON number is 10000 characters long", id="10000-digits"),
+    pytest.param(with_extra("NaN"), "NaN and Infinity are not JSON (the body has NaN)", id="nan"),
+    pytest.param(with_extra("-Infinity"), "NaN and Infinity are not JSON (the body has -Infinity)", id="infinity"),
+    pytest.param(with_extra(r'"\ud800"'), "a JSON string holds a lone UTF-16 surrogate", id="lone-surrogate"),
+    pytest.param(with_extra(r'{"\udfff": 1}'), "a JSON string holds a lone UTF-16 surrogate", id="surrogate-key"),
+    pytest.param(f'{{"repository": "evil/x", {VALID_TEXT[1:]}'.encode(), "duplicate key 'repository'",
+                 id="duplicate-key"),
+    pytest.param(codecs.BOM_UTF8 + VALID_TEXT.encode(), "not UTF-8 JSON: it starts with a UTF-8 byte order mark",
+                 id="utf8-bom"),
+    pytest.param(codecs.BOM_UTF16_LE + VALID_TEXT.encode("utf-16-le"), "it looks like UTF-16 or UTF-32",
+                 id="utf16-le-bom"),
+    pytest.param(VALID_TEXT.encode("utf-16-be"), "it looks like UTF-16 or UTF-32", id="utf16-be"),
+    pytest.param(VALID_TEXT.encode("utf-32"), "it looks like UTF-16 or UTF-32", id="utf32"),
+    pytest.param(VALID_TEXT.encode()[:-1] + b"\xed\xa0\x80}", "byte 0xed at offset", id="encoded-surrogate"),
+])
+def test_bodies_that_are_not_strict_utf8_json_are_refused_as_a_whole(body, reason):
+    with pytest.raises(PayloadError) as raised:
+        parse_event("build_success", body)
+
+    assert raised.value.field == ""
+    assert reason in raised.value.reason
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param("[" * 63 + "]" * 63, id="64-levels"),
+    pytest.param(r'"\ud83d\ude00 caf\u00e9"', id="surrogate-pair"),
+    pytest.param("1.7976931348623157e308", id="largest-float"),
+    pytest.param("-" + "9" * 99, id="100-characters"),
+    pytest.param('{"a": 1, "b": {"a": 2}}', id="same-key-in-two-objects"),
+])
+def test_strict_json_at_the_edges_of_the_limits_is_accepted(value):
+    event = parse_event("build_success", with_extra(value))
+
+    assert event.repository == "acme/widget"
+
+
+@pytest.mark.parametrize("name, body, message", BAD_BODIES, ids=[name for name, _, _ in BAD_BODIES])
+def test_bad_bodies_for_the_live_test_reach_the_parser_and_get_their_message(name, body, message):
+    assert len(body) <= MAX_BODY, f"{name} is {len(body)} bytes: the service answers 413 before parsing"
+    with pytest.raises(PayloadError) as raised:
+        parse_event("build_success", body)
+
+    assert message in str(raised.value)

@@ -16,6 +16,7 @@ import requests
 
 from quay_dispatch.quay import EVENTS
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
+from tests.bad_bodies import BAD_BODIES
 from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN, ROOT
 
 
@@ -195,14 +196,25 @@ def test_a_body_quay_never_sends_is_a_400_naming_the_field(relay, test_pki, muta
 @pytest.mark.parametrize("data, words", [
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "must be a JSON object, not a list"),
-    (b"\xff\xfe", "not valid JSON"),
-])
-def test_invalid_json_is_a_400(relay, test_pki, data, words):
+    (b"\xff\xfe", "not UTF-8"),
+    *[(body, words) for _, body, words in BAD_BODIES],
+], ids=["not json", "a list", "not utf-8", *[name for name, _, _ in BAD_BODIES]])
+def test_a_body_that_is_not_strict_json_is_a_400_naming_the_problem(relay, test_pki, data, words):
     response = requests.post(relay.url + "/incoming", data=data, headers={"Content-type": "application/json"},
                              cert=test_pki.pair("quay"), verify=test_pki.ca_file, timeout=10)
 
-    assert response.status_code == 400
+    assert response.status_code == 400, response.text
     assert words in response.json()["error"]
+    assert "Traceback" not in relay.log()
+
+
+def test_json_nested_100000_deep_is_refused_for_its_size_before_it_is_parsed(relay, test_pki):
+    data = b'{"repository": "acme/widget", "build_id": "b", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = requests.post(relay.url + "/incoming", data=data, headers={"Content-type": "application/json"},
+                             cert=test_pki.pair("quay"), verify=test_pki.ca_file, timeout=10)
+
+    assert response.status_code == 413
+    assert "the limit is 65536" in response.json()["error"]
 
 
 def test_repo_push_updated_tags_as_a_list_or_a_map_both_parse(relay, test_pki):
@@ -394,18 +406,37 @@ def store_locked(database_url):
             yield
 
 
-def test_store_that_cannot_write_answers_503_so_quay_retries(start_service, test_pki, database_url):
-    service = start_service()
+def test_a_locked_store_sends_directly_workflows_included_and_records_it_once_unlocked(
+        start_service, test_pki, github, database_url, tmp_path):
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\nquay = "acme/*"\n\n[[routes]]\nquay = "acme/deploy"\nworkflow = "deploy.yml"\n'
+                      'ref = "{branch}"\n')
+    service = start_service({"ROUTES": None, "ROUTES_FILE": str(routes), "STORE_TIMEOUT": "1"})
+    github.repos["acme/deploy"] = (200, {"default_branch": "trunk"})
+    body = sample_body("build_success", "acme/deploy", commit=None)  # a manual build: no branch
     with store_locked(database_url):
-        response = post(service, test_pki, sample_body("build_success", "acme/widget"))
+        response = post(service, test_pki, body)
         ready = requests.get(service.url + "/readyz", cert=test_pki.pair("server"), verify=test_pki.ca_file,
                              timeout=15)
 
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "30"
-    assert response.json()["error"] == "the event cannot be stored right now; Quay will retry"
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "dispatched"
+    assert sorted(d.get("workflow", "") for d in response.json()["deliveries"]) == ["", "deploy.yml"]
     assert ready.status_code == 503
-    assert post(service, test_pki, sample_body("build_success", "acme/widget")).status_code == 202
+    sent = dispatches_for(github, body["build_id"], count=1)
+    [workflow] = [r for r in github.dispatches() if "/actions/workflows/" in r.path]
+    assert workflow.path == "/repos/acme/deploy/actions/workflows/deploy.yml/dispatches"
+    assert workflow.json() == {"ref": "trunk"}
+    assert [r.path for r in sent] == ["/repos/acme/deploy/dispatches"]
+    # Unlocked, the outbox learns of both; Quay's retry is then a duplicate, and nothing is sent again.
+    retry = None
+    for _ in range(50):
+        retry = post(service, test_pki, body)
+        if retry.json()["status"] == "duplicate" and "already accepted" in retry.json()["reason"]:
+            break
+        time.sleep(0.2)
+    assert retry.json() == {"status": "duplicate", "reason": "already accepted for acme/deploy, acme/deploy"}
+    assert len(github.dispatches()) == 2
 
 
 def test_json_logs_carry_one_object_per_request_with_its_id(start_service, test_pki):

@@ -1,0 +1,206 @@
+"""The request path under store faults: a locked SQLite, a frozen PostgreSQL, a full disk, GitHub down too.
+
+Quay disables a notification after 3 failed calls: whatever the relay can handle must
+reach Quay as a 2xx within its 10 s (8 s here, the contract), every event must reach
+GitHub exactly once, and the health check must answer within 1 s throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from quay_dispatch.sample import sample_body, send_like_quay
+from tests.conftest import ROOT, wait_until
+from tests.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
+
+ANSWER_WITHIN = 8.0  # seconds: what DESIGN.md promises Quay
+HEALTH_WITHIN = 1.0  # seconds: what a platform's health check allows
+
+
+def notify(service, test_pki, build_id: str) -> tuple[requests.Response, float]:
+    """A build_success as Quay sends it: the answer, and the seconds it took."""
+    started = time.monotonic()
+    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget", build_id=build_id),
+                              test_pki.pair("quay"), verify=test_pki.ca_file)
+    return response, time.monotonic() - started
+
+
+def notify_all(service, test_pki, build_ids: list[str]) -> list[tuple[requests.Response, float]]:
+    """Concurrent notifications, as Quay's workers send them."""
+    with ThreadPoolExecutor(len(build_ids)) as pool:
+        return list(pool.map(lambda b: notify(service, test_pki, b), build_ids))
+
+
+class HealthProbe:
+    """GET /healthz every 0.25 s in the background, as a platform does; the slowest answer is kept."""
+
+    def __init__(self, service, test_pki):
+        self.times: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+
+        def probe():
+            while not self._stop.wait(0.25):
+                started = time.monotonic()
+                try:
+                    status = requests.get(service.url + "/healthz", cert=test_pki.pair("quay"),
+                                          verify=test_pki.ca_file, timeout=5).status_code
+                    if status != 200:
+                        self.failures.append(f"status {status}")
+                except requests.RequestException as exc:
+                    self.failures.append(str(exc))
+                self.times.append(time.monotonic() - started)
+
+        self._thread = threading.Thread(target=probe, daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def deliveries(service) -> list[dict]:
+    """What `flask --app app deliveries --json` shows for the service's outbox."""
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "deliveries", "--json", "--limit", "100"],
+                            cwd=ROOT, env=service.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def delivered_builds(service) -> set[str]:
+    return {json.loads(d["body"])["client_payload"]["build_id"] for d in deliveries(service)
+            if d["status"] == "delivered"}
+
+
+def sent_builds(github) -> list[str]:
+    return [r.json()["client_payload"]["build_id"] for r in github.dispatches()]
+
+
+def assert_answered_in_time(answers, status: str) -> None:
+    for response, seconds in answers:
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == status, response.text
+        assert seconds < ANSWER_WITHIN
+
+
+def assert_healthy(probe: HealthProbe) -> None:
+    assert probe.times, "the health probe never ran"
+    assert not probe.failures
+    assert max(probe.times) < HEALTH_WITHIN, f"slowest /healthz {max(probe.times):.2f} s, median " \
+                                             f"{statistics.median(probe.times):.2f} s"
+
+
+def test_a_locked_sqlite_outbox_neither_stalls_the_service_nor_fails_quay(start_service, test_pki, github, backend,
+                                                                          database_url):
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    service = start_service()
+    builds = [str(uuid.uuid4()) for _ in range(3)]
+
+    with HealthProbe(service, test_pki) as probe, hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=8):
+        answers = notify_all(service, test_pki, builds)
+        time.sleep(1.0)  # the health probe goes on a while with the lock still held
+    assert_answered_in_time(answers, "dispatched")
+    assert "database is locked" in answers[0][0].json()["reason"]
+    assert_healthy(probe)
+
+    # Once the lock is gone, the direct dispatches are recorded: Quay's retry is a duplicate.
+    assert wait_until(lambda: delivered_builds(service) >= set(builds), timeout=15)
+    retry, _ = notify(service, test_pki, builds[0])
+    assert retry.status_code == 200 and retry.json()["status"] == "duplicate"
+    assert sorted(sent_builds(github)) == sorted(builds)
+    assert "the outbox cannot take it (database is locked" in service.log()
+    assert "Traceback" not in service.log()
+
+
+def test_a_frozen_postgresql_neither_stalls_the_service_nor_fails_quay(start_service, test_pki, github, backend,
+                                                                        database_url):
+    if backend != "postgresql":
+        pytest.skip("a PostgreSQL server that stops answering")
+    address = urlsplit(database_url)
+    with FreezableProxy(address.hostname, address.port) as proxy:
+        service = start_service({"DATABASE_URL": proxy.url_for(database_url)})
+        builds = [str(uuid.uuid4()) for _ in range(3)]
+        with HealthProbe(service, test_pki) as probe:
+            proxy.freeze()
+            try:
+                answers = notify_all(service, test_pki, builds)
+                time.sleep(15 - sum(seconds for _, seconds in answers) / len(answers))
+            finally:
+                proxy.thaw()
+            later = str(uuid.uuid4())
+            after, seconds = notify(service, test_pki, later)
+        assert_answered_in_time(answers, "dispatched")
+        assert_healthy(probe)
+        assert after.status_code == 202 and after.json()["status"] == "accepted", after.text
+        assert seconds < ANSWER_WITHIN
+
+        assert wait_until(lambda: delivered_builds(service) >= {*builds, later}, timeout=20)
+        assert sorted(sent_builds(github)) == sorted([*builds, later])
+        assert "Traceback" not in service.log()
+
+
+def test_a_full_disk_is_answered_by_dispatching_directly(start_service, test_pki, github, backend):
+    if backend != "sqlite":
+        pytest.skip("SQLite on a full disk")
+    with small_tmpfs(2048) as disk:
+        service = start_service({"DATABASE_URL": f"sqlite:///{disk / 'outbox.sqlite3'}"})
+        first, _ = notify(service, test_pki, str(uuid.uuid4()))
+        assert first.json()["status"] == "accepted"
+        filler = fill_disk(disk)
+        full = [str(uuid.uuid4()) for _ in range(3)]
+        answers = [notify(service, test_pki, build) for build in full]
+        ready = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=test_pki.ca_file, timeout=10)
+        filler.unlink()
+        freed, _ = notify(service, test_pki, str(uuid.uuid4()))
+
+        for response, seconds in answers:
+            assert response.status_code == 202, response.text
+            assert seconds < ANSWER_WITHIN
+        assert "dispatched" in {response.json()["status"] for response, _ in answers}
+        assert ready.status_code == 503
+        assert ready.json()["reasons"] == ["the outbox cannot commit a write right now"]
+        assert freed.status_code == 202 and freed.json()["status"] == "accepted"
+        assert wait_until(lambda: set(full) <= set(sent_builds(github)), timeout=10)
+        assert "database or disk is full" in service.log()
+        assert "Traceback" not in service.log()
+        service.stop()
+
+
+def test_with_the_store_and_github_both_down_quay_is_told_to_retry_and_nothing_is_lost(
+        start_service, test_pki, github, backend, database_url):
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    service = start_service()
+    builds = [str(uuid.uuid4()) for _ in range(2)]
+    github.answer(503, {"message": "Service Unavailable"}, times=2)
+
+    with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=15):  # released once answered
+        answers = notify_all(service, test_pki, builds)
+    for response, seconds in answers:
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "30"
+        assert seconds < ANSWER_WITHIN
+    assert not sent_builds(github) or set(sent_builds(github)) <= set(builds)
+    assert [r.status for r in github.dispatches()] == [503, 503]
+
+    # Quay retries once both are back: each event then reaches GitHub once.
+    retries = notify_all(service, test_pki, builds)
+    assert_answered_in_time(retries, "accepted")
+    assert wait_until(lambda: sorted(b for b, r in zip(sent_builds(github), github.dispatches(), strict=True)
+                                     if r.status == 204) == sorted(builds), timeout=10)
+    assert "Traceback" not in service.log()
