@@ -6,7 +6,7 @@ import hmac
 import ipaddress
 import logging
 
-from flask import Blueprint, Flask, Request, g, jsonify, request
+from flask import Blueprint, Flask, Request, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import github, metrics
@@ -212,6 +212,17 @@ def _refusal(exc: Refusal):
     return response
 
 
+def _options():
+    """OPTIONS on any URL the service serves: the methods it allows, as JSON (Flask's own is an empty page)."""
+    if request.method != "OPTIONS" or request.routing_exception is not None:
+        return None
+    allowed = sorted(current_app.url_map.bind_to_environ(request.environ).allowed_methods())
+    g.outcome = "options"
+    response = jsonify({"status": "ok", "allow": allowed})
+    response.headers["Allow"] = ", ".join(allowed)
+    return response
+
+
 def _http_error(exc: HTTPException):
     """Flask's own errors (404, 405, 413 while reading) as JSON, like every other answer."""
     messages = {
@@ -237,6 +248,7 @@ def init_app(app: Flask) -> None:
     # view with its default): an extra round trip for Quay instead of the promised answer.
     app.url_map.redirect_defaults = False
     app.register_blueprint(bp)
+    app.before_request(_options)
     app.register_error_handler(Refusal, _refusal)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

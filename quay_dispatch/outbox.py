@@ -432,10 +432,13 @@ class SQLiteOutbox(Outbox):
             self._committing = True
         if not pending.leads and not pending.done.wait(self.timeout + 2 * WATCHDOG_TICK):
             with self._queue_lock:
-                if not pending.leads and pending in self._queue:
-                    self._queue.remove(pending)  # else a commit holds it, or it leads the next one
-            if not pending.leads:
-                raise StoreUnavailable("the outbox did not commit in time")
+                waiting = pending in self._queue and not pending.leads
+                if waiting:
+                    self._queue.remove(pending)
+            if waiting:
+                raise StoreUnavailable(f"no turn to commit within STORE_TIMEOUT ({self.timeout:g} s)")
+            # A commit holds it, or it was just handed the lead: that commit ends within its own deadline.
+            pending.done.wait()
         if pending.leads:
             self._commit_queue()
         if pending.error is not None:
@@ -443,14 +446,22 @@ class SQLiteOutbox(Outbox):
         return pending.result
 
     def _commit_queue(self) -> None:
-        """Commit what is queued, then hand the lead to the first request queued meanwhile."""
+        """Commit what is queued, then hand the lead to the first request queued meanwhile.
+
+        When the store cannot commit, those queued meanwhile learn it at once, rather
+        than each waiting out another deadline: their requests send them directly.
+        """
         with self._queue_lock:
             batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
+        settled = batch
         try:
             with self._transaction() as run:
                 results = [self._insert(run, p.requests, **p.event) for p in batch]
-        except Exception as exc:  # every waiting request learns of it
-            for pending in batch:
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                with self._queue_lock:
+                    settled, self._queue = batch + self._queue, []
+            for pending in settled:
                 pending.error = exc
         else:
             for pending, result in zip(batch, results, strict=True):
@@ -462,7 +473,7 @@ class SQLiteOutbox(Outbox):
                     self._queue[0].done.set()
                 else:
                     self._committing = False
-            for pending in batch:
+            for pending in settled:
                 pending.done.set()
 
     def _connection(self) -> sqlite3.Connection:

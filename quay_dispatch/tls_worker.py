@@ -18,6 +18,8 @@ tests/test_tls_worker.py starts it for real):
 - enqueue_req, get_thread_pool: a whole request goes to a thread through one queue;
   the thread runs gunicorn's own handle() and hands the connection back.
 - murder_pending: says in the log why a connection was closed.
+- handle_error: gunicorn's own refusals (414, 431, a malformed request's 400) as the
+  service's JSON error with X-Request-Id, instead of gunicorn's HTML page.
 - load_wsgi: adds the client's chain (SSL_CLIENT_CERT, SSL_CLIENT_CERT_CHAIN_n) to
   the environ.
 
@@ -30,7 +32,10 @@ quay_dispatch.limits.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import re
+import secrets
 import selectors
 import ssl
 import threading
@@ -39,6 +44,7 @@ from functools import partial
 from queue import SimpleQueue
 
 from gunicorn import http
+from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from OpenSSL import SSL
 
@@ -50,6 +56,17 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})[ \t]*(;[^\r\n]*)?")
 READ_SIZE = 65536
 WHOLE, HEADERS = "whole", "headers"
+# gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
+_REFUSALS = (
+    (http_errors.LimitRequestLine, 414, "URI Too Long"),
+    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large"),
+    (http_errors.UnsupportedTransferCoding, 501, "Not Implemented"),
+    (http_errors.ExpectationFailed, 417, "Expectation Failed"),
+    (http_errors.ForbiddenProxyRequest, 403, "Forbidden"),
+)
+_NOT_REFUSALS = (http_errors.ConfigurationProblem, http_errors.InvalidResponseHeader,
+                 http_errors.InvalidResponseHeaderName)  # the service's faults: gunicorn's 500 and traceback
+http_log = logging.getLogger("quay_dispatch.http")
 
 
 def max_head(cfg) -> int:
@@ -313,6 +330,24 @@ class TLSWorker(ThreadWorker):
         super().murder_pending()
 
     # In a thread -------------------------------------------------------------------------
+
+    def handle_error(self, req, client, addr, exc):
+        """A request gunicorn's parser refused: answered as every other refusal, a JSON error with X-Request-Id."""
+        if not isinstance(exc, http_errors.ParseException) or isinstance(exc, _NOT_REFUSALS):
+            return super().handle_error(req, client, addr, exc)
+        status, reason = next(((s, r) for kind, s, r in _REFUSALS if isinstance(exc, kind)), (400, "Bad Request"))
+        request_id = secrets.token_hex(6)
+        message = f"the request was refused before it reached the service: {exc}"
+        peer = _peer(addr)
+        http_log.info("%d error from %s: %s", status, peer, ascii(message)[1:-1], extra={
+            "request_id": request_id, "status": status, "outcome": "error", "remote_addr": peer, "detail": message})
+        body = json.dumps({"status": "error", "error": message}).encode()
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"X-Request-Id: {request_id}\r\nConnection: close\r\n\r\n").encode("ascii")
+        try:
+            client.sendall(head + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
 
     def _serve(self, conn: Conn) -> None:
         """Serve the whole request buffered in `conn` with gunicorn's own handling, then hand it back."""

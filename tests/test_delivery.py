@@ -9,9 +9,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from urllib.parse import urlsplit
+
+import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
 from tests.conftest import ROOT, wait_until
+from tests.faults import hold_sqlite_lock
 
 
 def accept(service, test_pki, count, repository="acme/widget"):
@@ -170,3 +174,21 @@ def test_non_build_events_are_deduplicated_by_body_within_the_window(start_servi
     assert answers[1].json()["status"] == "duplicate"
     assert wait_until(lambda: len(github.requests) == 2, timeout=10)
     assert sorted(r.json()["client_payload"]["tags"][0] for r in github.requests) == ["v1", "v2"]
+
+
+def test_a_result_the_outbox_cannot_record_is_logged_kept_and_recorded_without_a_second_send(
+        start_service, test_pki, github, backend, database_url):
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock, taken while GitHub answers")
+    github.delay = 1.0
+    service = start_service()
+    [body] = accept(service, test_pki, 1)
+    assert wait_until(lambda: github.in_flight == 1, timeout=10)
+
+    with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=4):  # over STORE_TIMEOUT
+        assert wait_until(lambda: "but the outbox cannot record it" in service.log(), timeout=10)
+
+    assert wait_until(lambda: [d["status"] for d in deliveries(service)] == ["delivered"], timeout=15)
+    assert delivered_builds(github) == Counter({body["build_id"]: 1})
+    assert "GitHub accepted it (204), but the outbox cannot record it (database is locked" in service.log()
+    assert "its result is recorded now that the outbox is back" in service.log()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -451,3 +454,47 @@ def test_json_logs_carry_one_object_per_request_with_its_id(start_service, test_
     [line] = [json.loads(line) for line in service.log().splitlines() if request_id in line]
     assert line["status"] == 403 and line["path"] == "/incoming" and line["method"] == "POST"
     assert line["detail"] == "no route allows Quay repository 'nobody/app'"
+
+
+def raw_exchange(service, test_pki, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send `request` as it is over TLS; the status line, headers and body of the answer."""
+    context = ssl.create_default_context(cafile=test_pki.ca_file)
+    context.load_cert_chain(*test_pki.pair("quay"))
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}, body
+
+
+@pytest.mark.parametrize("request_bytes, status, words", [
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "414 URI Too Long", "Request Line is too large"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(40)) + b"\r\n",
+     "431 Request Header Fields Too Large", "headers"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"y" * 9000 + b"\r\n\r\n",
+     "431 Request Header Fields Too Large", "headers"),
+    (b"GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n", "400 Bad Request", "Invalid HTTP header name"),
+], ids=["request line too long", "too many headers", "header too large", "malformed header"])
+def test_gunicorns_own_refusals_are_json_with_a_request_id(relay, test_pki, request_bytes, status, words):
+    line, headers, body = raw_exchange(relay, test_pki, request_bytes)
+
+    assert line == f"HTTP/1.1 {status}"
+    assert headers["content-type"] == "application/json"
+    assert re.fullmatch(r"[0-9a-f]{12}", headers["x-request-id"])
+    answer = json.loads(body)
+    assert answer["status"] == "error"
+    assert words in answer["error"]
+
+
+def test_options_is_answered_with_the_allowed_methods_as_json(relay, test_pki):
+    response = requests.options(relay.url + "/incoming", cert=test_pki.pair("quay"), verify=test_pki.ca_file,
+                                timeout=10)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "allow": ["OPTIONS", "POST"]}
+    assert response.headers["Allow"] == "OPTIONS, POST"
+    assert response.headers["X-Request-Id"]
