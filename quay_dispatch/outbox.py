@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 from .dispatch import DispatchRequest, canonical_json
 
@@ -411,6 +412,9 @@ class SQLiteOutbox(Outbox):
         self.timeout = timeout
         self.description = f"SQLite {path}"
         self._local = threading.local()
+        # The group commit's connection, used by whichever request thread leads (one at a time):
+        # its page cache stays warm, where eight threads' own connections would each reload it.
+        self._group = SimpleNamespace(conn=None, inode=None)
         self._watchdog = _Watchdog()
         self._queue: list[_PendingAdd] = []
         self._queue_lock = threading.Lock()
@@ -455,7 +459,7 @@ class SQLiteOutbox(Outbox):
             batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
         settled = batch
         try:
-            with self._transaction() as run:
+            with self._transaction(slot=self._group) as run:
                 results = [self._insert(run, p.requests, **p.event) for p in batch]
         except Exception as exc:
             if isinstance(exc, StoreUnavailable):
@@ -476,15 +480,18 @@ class SQLiteOutbox(Outbox):
             for pending in settled:
                 pending.done.set()
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection to the file at `path` now: a file replaced (a restore) is opened anew."""
-        conn = getattr(self._local, "conn", None)
+    def _connection(self, slot) -> sqlite3.Connection:
+        """The connection in `slot` (this thread's, or the group commit's) to the file at `path` now.
+
+        A file replaced (a restore) is opened anew.
+        """
+        conn = getattr(slot, "conn", None)
         try:
             inode = os.stat(self.path).st_ino
         except FileNotFoundError:
             inode = None
-        if conn is not None and inode != self._local.inode:
-            self.close()
+        if conn is not None and inode != slot.inode:
+            self._close(slot)
             conn = None
         if conn is None:
             if inode is None and getattr(self, "_created", False):
@@ -496,31 +503,40 @@ class SQLiteOutbox(Outbox):
                 _enable_wal(conn, self.timeout)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn, self._local.inode = conn, os.stat(self.path).st_ino
+            slot.conn, slot.inode = conn, os.stat(self.path).st_ino
             self._created = True
         return conn
 
+    def close(self) -> None:
+        self._close(self._local)
+
+    def _close(self, slot) -> None:
+        conn, slot.conn = getattr(slot, "conn", None), None
+        if conn is not None:
+            conn.close()
+
     @contextmanager
-    def _transaction(self, *lock_keys: str) -> Iterator[Run]:
+    def _transaction(self, *lock_keys: str, slot=None) -> Iterator[Run]:
         # BEGIN IMMEDIATE takes the database's write lock: every key at once.
         started = time.monotonic()
+        slot = slot or self._local
         conn = None
         try:
-            conn = self._connection()
+            conn = self._connection(slot)
             with self._watchdog.guard(started + self.timeout, conn.interrupt):
                 conn.execute("BEGIN IMMEDIATE")
                 yield lambda sql, *params: conn.execute(sql, params)
                 conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
-            self._abandon(conn)
+            self._abandon(conn, slot)
             raise StoreUnavailable(_sqlite_reason(exc, time.monotonic() - started, self.timeout)) from exc
         except BaseException:
-            self._abandon(conn)
+            self._abandon(conn, slot)
             raise
         finally:
             _warn_if_slow(self.description, started)
 
-    def _abandon(self, conn: sqlite3.Connection | None) -> None:
+    def _abandon(self, conn: sqlite3.Connection | None, slot) -> None:
         """After a failure: roll back what is open (a failed COMMIT may have closed it), drop the connection."""
         if conn is None:
             return
@@ -529,7 +545,7 @@ class SQLiteOutbox(Outbox):
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        self.close()
+        self._close(slot)
 
 
 def _sqlite_reason(exc: BaseException, elapsed: float, timeout: float) -> str:

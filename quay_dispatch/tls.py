@@ -26,6 +26,7 @@ from collections.abc import Callable
 from OpenSSL import SSL, crypto
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
+CORK_LIMIT = 64 * 1024  # bytes of a response kept to be sent in one write
 CLIENT_CERT = "SSL_CLIENT_CERT"  # mod_ssl's environ names: the leaf, then the rest of the chain
 CLIENT_CERT_CHAIN_PREFIX = "SSL_CLIENT_CERT_CHAIN_"
 
@@ -150,6 +151,7 @@ class Stream:
         self._timeout = io_timeout
         self.deadline: float | None = None
         self.environ: dict[str, str] = {}  # what the transport adds to the WSGI environ
+        self._corked: bytearray | None = None
 
     # The two primitives, which raise WouldBlock instead of waiting.
     def recv_nowait(self, size: int) -> bytes:
@@ -194,9 +196,27 @@ class Stream:
                 self._wait(wait.events, deadline)
 
     def sendall(self, data) -> None:
+        if self._corked is not None and len(self._corked) + len(data) <= CORK_LIMIT:
+            self._corked += data
+            return
+        self.uncork()
+        self._send_all(data)
+
+    def _send_all(self, data) -> None:
         view = memoryview(data)
         while view:
             view = view[self.send(view):]
+
+    def cork(self) -> None:
+        """Keep what sendall() is given until uncork(): a response's headers and body then go in one
+        write (one TLS record, one segment) instead of one each."""
+        self._corked = bytearray()
+
+    def uncork(self) -> None:
+        """Send what was kept since cork()."""
+        corked, self._corked = self._corked, None
+        if corked:
+            self._send_all(corked)
 
     def writable(self) -> bool:
         """Whether the socket's send buffer has room now."""

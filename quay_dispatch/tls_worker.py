@@ -40,8 +40,8 @@ import selectors
 import ssl
 import threading
 import time
+from collections import deque
 from functools import partial
-from queue import SimpleQueue
 
 from gunicorn import http
 from gunicorn.http import errors as http_errors
@@ -138,6 +138,7 @@ class Conn(TConn):
         self.received = bytearray()
         self.served = 0  # requests answered on this connection
         self.awaiting_room = False  # a pipelined request waits for the client to read earlier answers
+        self.awaiting = False  # the loop reads it (in pending_conns and the poller)
         self.waiting_since = 0.0  # when it was queued for a thread
 
     def advance(self, head_limit: int) -> str | None:
@@ -186,25 +187,54 @@ class Conn(TConn):
 
 
 class _Threads:
-    """The threads that serve whole requests, fed through one queue (leaner than an executor's futures)."""
+    """The threads that serve whole requests. A request goes to the thread idle most recently:
+    its caches are warm, and under light load one thread serves nearly everything."""
 
     def __init__(self, count: int, serve):
-        self._queue: SimpleQueue = SimpleQueue()
         self._serve = serve
-        self._threads = [threading.Thread(target=self._run, name=f"request-{i}", daemon=True) for i in range(count)]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._idle: list[_Slot] = []  # a stack: the last one idle is woken first
+        self._backlog: deque[Conn] = deque()  # when every thread is busy
+        self._slots = [_Slot() for _ in range(count)]
+        for i, slot in enumerate(self._slots):
+            threading.Thread(target=self._run, args=(slot,), name=f"request-{i}", daemon=True).start()
 
-    def put(self, conn: Conn) -> None:
-        self._queue.put(conn)
+    def put(self, conn: Conn | None) -> None:
+        with self._lock:
+            if not self._idle:
+                self._backlog.append(conn)
+                return
+            slot = self._idle.pop()
+        slot.conn = conn
+        slot.wake.release()
 
-    def _run(self) -> None:
-        while (conn := self._queue.get()) is not None:
+    def _run(self, slot: _Slot) -> None:
+        while True:
+            with self._lock:
+                queued = bool(self._backlog)
+                if queued:
+                    conn = self._backlog.popleft()
+                else:
+                    self._idle.append(slot)
+            if not queued:
+                slot.wake.acquire()
+                conn, slot.conn = slot.conn, None
+            if conn is None:  # shutdown
+                return
             self._serve(conn)
 
     def shutdown(self, wait: bool = False) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
+        for _ in self._slots:
+            self.put(None)
+
+
+class _Slot:
+    """One thread's mailbox: the connection to serve next, and a lock released to wake it."""
+
+    def __init__(self):
+        self.conn: Conn | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class TLSWorker(ThreadWorker):
@@ -252,6 +282,7 @@ class TLSWorker(ThreadWorker):
     def _await_request(self, conn: Conn) -> None:
         """Let the loop read the request; murder_pending() ends it at its deadline."""
         conn.timeout = time.monotonic() + REQUEST_TIMEOUT
+        conn.awaiting = True
         self.pending_conns.append(conn)  # every entry has the same deadline length: the deque stays sorted
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
@@ -281,6 +312,7 @@ class TLSWorker(ThreadWorker):
         self.enqueue_req(conn)
 
     def _stop_awaiting(self, conn: Conn) -> None:
+        conn.awaiting = False
         self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
 
@@ -299,13 +331,18 @@ class TLSWorker(ThreadWorker):
             self.nr_conns -= 1
             conn.close()
         elif conn.take_back():
-            # Bytes the poller would not wake for (already read, or decrypted inside OpenSSL).
+            # Bytes the poller would not wake for (already read, or decrypted inside OpenSSL):
+            # read on the loop's next turn, after the other connections' events.
             self._await_request(conn)
-            self._on_readable(conn)
+            self.method_queue.defer(self._on_pipelined, conn)
         else:
             conn.set_timeout()
             self.keepalived_conns.append(conn)
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+
+    def _on_pipelined(self, conn: Conn) -> None:
+        if conn.awaiting:  # not closed at its deadline meanwhile
+            self._on_readable(conn)
 
     def on_client_socket_readable(self, conn, client):
         """A kept-alive connection has a request coming: the loop reads it too."""
@@ -319,6 +356,7 @@ class TLSWorker(ThreadWorker):
         for conn in self.pending_conns:
             if conn.timeout > now:
                 break
+            conn.awaiting = False
             if not conn.handshaken:
                 self.log.info("TLS handshake with %s failed: no handshake within %.0f s", _peer(conn.client),
                               REQUEST_TIMEOUT)
@@ -357,8 +395,10 @@ class TLSWorker(ThreadWorker):
                              "not the client", _peer(conn.client), waited, self.cfg.threads)
         conn.data_ready = True
         conn.hand_over()
+        conn.sock.cork()
         try:
             keepalive = self.handle(conn)
+            conn.sock.uncork()
         except BaseException:  # handle() reports its own errors; the connection must still come back
             keepalive = False
         conn.served += 1
