@@ -16,8 +16,9 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.config import Config
 
 from quay_dispatch import pki
-from quay_dispatch.limits import REQUEST_TIMEOUT
+from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tls_worker import HEADERS, WHOLE, buffered_request
 from tests.conftest import wait_until
 
 
@@ -320,3 +321,24 @@ def test_a_client_that_does_not_read_its_answers_holds_no_thread(start_service, 
     assert wait_for_log(service, "answers to 127.0.0.1 not read within 5 s: closed", timeout=REQUEST_TIMEOUT + 3)
     deaf.close()
 
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", None),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", WHOLE),
+    (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", None),
+    (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde", WHOLE),
+    (b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), HEADERS),
+    (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", HEADERS),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", None),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n", None),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nabcde\r\n0\r\n\r\n", WHOLE),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nTrailer: t\r\n\r\n", WHOLE),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_BODY + 1), HEADERS),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", HEADERS),
+    (b"GET / HTTP/1.1\r\nX: " + b"y" * 300, HEADERS),
+], ids=["headers incomplete", "no body", "body incomplete", "body whole", "body too large", "100-continue",
+        "chunk incomplete", "last chunk without the empty line", "chunked whole", "trailers", "chunk too large",
+        "not chunk framing", "headers over the limit"])
+def test_the_loop_knows_when_a_request_is_whole(data, expected):
+    assert buffered_request(data, head_limit=256) == expected
