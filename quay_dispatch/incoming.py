@@ -15,7 +15,7 @@ from .delivery import DirectDispatch
 from .dispatch import DispatchRequest, canonical_json, plan_dispatches
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
-from .outbox import StoreUnavailable
+from .outbox import Accepted, StoreUnavailable
 from .quay import EVENTS, PayloadError, parse_event
 from .routes import select_routes
 from .services import Services, services
@@ -81,10 +81,7 @@ def incoming(event: str):
     if not accepted:
         return answer(200, "duplicate", reason=f"already accepted for {', '.join(duplicates)}")
     svc.deliverer.wake()
-    return answer(202, "accepted", deliveries=[
-        {"id": a.id, "target": a.target, "event_type": a.event_type} | ({"workflow": a.workflow} if a.workflow else {})
-        for a in accepted
-    ])
+    return answer(202, "accepted", deliveries=[{"id": a.id} | _described(a) for a in accepted])
 
 
 def dispatch_directly(svc: Services, planned: list[DispatchRequest], notification: dict, reason: str):
@@ -123,8 +120,10 @@ def dispatch_directly(svc: Services, planned: list[DispatchRequest], notificatio
                   "it was sent to GitHub directly", deliveries=[_described(req) for req in fresh])
 
 
-def _described(req: DispatchRequest) -> dict:
-    return {"target": req.target, "event_type": req.event_type} | ({"workflow": req.workflow} if req.workflow else {})
+def _described(delivery: Accepted | DispatchRequest) -> dict:
+    """A delivery as the 202 answer names it."""
+    return ({"target": delivery.target, "event_type": delivery.event_type}
+            | ({"workflow": delivery.workflow} if delivery.workflow else {}))
 
 
 def authenticate(svc: Services, req: Request) -> None:

@@ -159,7 +159,7 @@ class _Watchdog:
     """
 
     def __init__(self):
-        self._running: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._running: dict[object, tuple[float, Callable[[], None]]] = {}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -170,7 +170,7 @@ class _Watchdog:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="outbox-watchdog", daemon=True)
                     self._thread.start()
-        key = threading.get_ident()
+        key = object()  # this transaction's own: a late look cannot interrupt the thread's next one
         self._running[key] = (deadline, interrupt)
         try:
             yield
@@ -415,6 +415,7 @@ class SQLiteOutbox(Outbox):
         # The group commit's connection, used by whichever request thread leads (one at a time):
         # its page cache stays warm, where eight threads' own connections would each reload it.
         self._group = SimpleNamespace(conn=None, inode=None)
+        self._created = False  # once the file exists, it is never created again (a deleted file is an error)
         self._watchdog = _Watchdog()
         self._queue: list[_PendingAdd] = []
         self._queue_lock = threading.Lock()
@@ -494,7 +495,7 @@ class SQLiteOutbox(Outbox):
             self._close(slot)
             conn = None
         if conn is None:
-            if inode is None and getattr(self, "_created", False):
+            if inode is None and self._created:
                 raise StoreUnavailable(f"the database file {self.path} is missing")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
@@ -525,6 +526,7 @@ class SQLiteOutbox(Outbox):
             conn = self._connection(slot)
             with self._watchdog.guard(started + self.timeout, conn.interrupt):
                 conn.execute("BEGIN IMMEDIATE")
+                locked = time.monotonic() - started
                 yield lambda sql, *params: conn.execute(sql, params)
                 conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
@@ -533,8 +535,8 @@ class SQLiteOutbox(Outbox):
         except BaseException:
             self._abandon(conn, slot)
             raise
-        finally:
-            _warn_if_slow(self.description, started)
+        _warn_if_slow(self.description, started, f"{locked:.1f} s of it waiting for the write lock, which "
+                      "another process held" if locked > SLOW / 2 else "the disk was slow to write it")
 
     def _abandon(self, conn: sqlite3.Connection | None, slot) -> None:
         """After a failure: roll back what is open (a failed COMMIT may have closed it), drop the connection."""
@@ -549,7 +551,7 @@ class SQLiteOutbox(Outbox):
 
 
 def _sqlite_reason(exc: BaseException, elapsed: float, timeout: float) -> str:
-    """What went wrong, for the log and the answer: "database is locked (for 2.0 s)", "database or disk is full"."""
+    """What went wrong, for the log and the answer: "database is locked (waited 2.0 s)", "database or disk is full"."""
     if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
         return f"no answer within STORE_TIMEOUT ({timeout:g} s)"
     reason = str(exc) or type(exc).__name__
@@ -558,10 +560,11 @@ def _sqlite_reason(exc: BaseException, elapsed: float, timeout: float) -> str:
     return reason
 
 
-def _warn_if_slow(description: str, started: float) -> None:
+def _warn_if_slow(description: str, started: float, cause: str) -> None:
+    """A transaction that succeeded, slowly: a warning with its cause (a failed one is the caller's to log)."""
     elapsed = time.monotonic() - started
     if elapsed > SLOW:
-        log.warning("the outbox (%s) took %.1f s for one transaction", description, elapsed)
+        log.warning("the outbox (%s) took %.1f s for one transaction: %s", description, elapsed, cause)
 
 
 class PostgresOutbox(Outbox):
@@ -619,8 +622,7 @@ class PostgresOutbox(Outbox):
             if elapsed >= self.timeout:
                 reason = f"no answer within STORE_TIMEOUT ({self.timeout:g} s): {reason}"
             raise StoreUnavailable(reason) from exc
-        finally:
-            _warn_if_slow(self.description, started)
+        _warn_if_slow(self.description, started, "waiting for locks or for the server")
 
 
 def _shut_socket(conn) -> None:

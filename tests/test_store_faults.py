@@ -210,3 +210,29 @@ def test_with_the_store_and_github_both_down_quay_is_told_to_retry_and_nothing_i
     assert wait_until(lambda: sorted(b for b, r in zip(sent_builds(github), github.dispatches(), strict=True)
                                      if r.status == 204) == sorted(builds), timeout=10)
     assert "Traceback" not in service.log()
+
+
+def test_a_missing_or_replaced_outbox_file_is_answered_by_dispatching_directly(start_service, test_pki, github,
+                                                                                  backend):
+    if backend != "sqlite":
+        pytest.skip("SQLite's file")
+    with small_tmpfs(4096) as disk:
+        database = disk / "outbox.sqlite3"
+        service = start_service({"DATABASE_URL": f"sqlite:///{database}"})
+        assert notify(service, test_pki, str(uuid.uuid4()))[0].json()["status"] == "accepted"
+
+        database.rename(disk / "aside.sqlite3")  # deleted by mistake: SQLite would write on into the lost file
+        missing, _ = notify(service, test_pki, str(uuid.uuid4()))
+        database.write_bytes(b"not a database, " * 512)  # a restore gone wrong: another file at the path
+        replaced, _ = notify(service, test_pki, str(uuid.uuid4()))
+        (disk / "aside.sqlite3").replace(database)
+        back, _ = notify(service, test_pki, str(uuid.uuid4()))
+
+        assert missing.status_code == 202 and missing.json()["status"] == "dispatched", missing.text
+        assert "is missing" in missing.json()["reason"]
+        assert replaced.status_code == 202 and replaced.json()["status"] == "dispatched", replaced.text
+        assert "not a database" in replaced.json()["reason"]
+        assert back.json()["status"] == "accepted"
+        assert wait_until(lambda: len(github.dispatches()) == 4, timeout=10)
+        assert "Traceback" not in service.log()
+        service.stop()
