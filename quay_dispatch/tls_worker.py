@@ -18,6 +18,7 @@ tests/test_tls_worker.py starts it for real):
 - enqueue_req, get_thread_pool: a whole request goes to a thread through one queue;
   the thread runs gunicorn's own handle() and hands the connection back.
 - murder_pending: says in the log why a connection was closed.
+- handle_request: the response goes out in one write (one TLS record).
 - handle_error: gunicorn's own refusals (414, 431, a malformed request's 400) as the
   service's JSON error with X-Request-Id, instead of gunicorn's HTML page.
 - load_wsgi: adds the client's chain (SSL_CLIENT_CERT, SSL_CLIENT_CERT_CHAIN_n) to
@@ -369,6 +370,15 @@ class TLSWorker(ThreadWorker):
 
     # In a thread -------------------------------------------------------------------------
 
+    def handle_request(self, req, conn):
+        """gunicorn's, with the response's headers and body sent in one write, as soon as it is complete
+        (before gunicorn drains a body the application did not read)."""
+        conn.sock.cork()
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            conn.sock.uncork()
+
     def handle_error(self, req, client, addr, exc):
         """A request gunicorn's parser refused: answered as every other refusal, a JSON error with X-Request-Id."""
         if not isinstance(exc, http_errors.ParseException) or isinstance(exc, _NOT_REFUSALS):
@@ -395,10 +405,8 @@ class TLSWorker(ThreadWorker):
                              "not the client", _peer(conn.client), waited, self.cfg.threads)
         conn.data_ready = True
         conn.hand_over()
-        conn.sock.cork()
         try:
             keepalive = self.handle(conn)
-            conn.sock.uncork()
         except BaseException:  # handle() reports its own errors; the connection must still come back
             keepalive = False
         conn.served += 1
