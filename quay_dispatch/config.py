@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .outbox import DEFAULT_TIMEOUT as DEFAULT_STORE_TIMEOUT
 from .routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 
 MIN_INCOMING_TOKEN_LENGTH = 24
@@ -59,7 +60,7 @@ class Settings:
     delivery_retention: float = 14 * 86400.0
     github_timeout: float = 10.0
     forward_test_notifications: bool = False
-    store_timeout: float = 2.0
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
@@ -267,12 +268,12 @@ def _store_timeout(text: str | None, problems: list[str]) -> float:
     """STORE_TIMEOUT: a few seconds at most, so that a notification the store cannot take still
     leaves time to send it to GitHub directly within Quay's 10 s."""
     if text is None:
-        return 2.0
+        return DEFAULT_STORE_TIMEOUT
     seconds = _duration(text)
     if seconds is None or not 0.1 <= seconds <= MAX_STORE_TIMEOUT:
         problems.append(f"STORE_TIMEOUT={text!r}: use a duration from 0.1 to {MAX_STORE_TIMEOUT:g} seconds "
                         "(for example 2 or 1.5s); Quay gives up after 10 s")
-        return 2.0
+        return DEFAULT_STORE_TIMEOUT
     return seconds
 
 

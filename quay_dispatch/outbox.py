@@ -535,8 +535,8 @@ class SQLiteOutbox(Outbox):
         except BaseException:
             self._abandon(conn, slot)
             raise
-        _warn_if_slow(self.description, started, f"{locked:.1f} s of it waiting for the write lock, which "
-                      "another process held" if locked > SLOW / 2 else "the disk was slow to write it")
+        _warn_if_slow(self.description, started, lambda: f"{locked:.1f} s of it waiting for the write lock, "
+                      "which another process held" if locked > SLOW / 2 else "the disk was slow to write it")
 
     def _abandon(self, conn: sqlite3.Connection | None, slot) -> None:
         """After a failure: roll back what is open (a failed COMMIT may have closed it), drop the connection."""
@@ -560,11 +560,14 @@ def _sqlite_reason(exc: BaseException, elapsed: float, timeout: float) -> str:
     return reason
 
 
-def _warn_if_slow(description: str, started: float, cause: str) -> None:
-    """A transaction that succeeded, slowly: a warning with its cause (a failed one is the caller's to log)."""
+def _warn_if_slow(description: str, started: float, cause: Callable[[], str]) -> None:
+    """A transaction that succeeded, slowly: a warning with its cause (a failed one is the caller's to log).
+
+    `cause` is only worked out for a slow one: this runs after every commit.
+    """
     elapsed = time.monotonic() - started
     if elapsed > SLOW:
-        log.warning("the outbox (%s) took %.1f s for one transaction: %s", description, elapsed, cause)
+        log.warning("the outbox (%s) took %.1f s for one transaction: %s", description, elapsed, cause())
 
 
 class PostgresOutbox(Outbox):
@@ -622,7 +625,7 @@ class PostgresOutbox(Outbox):
             if elapsed >= self.timeout:
                 reason = f"no answer within STORE_TIMEOUT ({self.timeout:g} s): {reason}"
             raise StoreUnavailable(reason) from exc
-        _warn_if_slow(self.description, started, "waiting for locks or for the server")
+        _warn_if_slow(self.description, started, lambda: "waiting for locks or for the server")
 
 
 def _shut_socket(conn) -> None:

@@ -179,21 +179,20 @@ class Stream:
             limits.append(time.monotonic() + self._timeout)
         return min(limits) if limits else None
 
-    def recv(self, size: int) -> bytes:
-        deadline = self._op_deadline(reading=True)
+    def _until_done(self, operation: Callable, argument, reading: bool):
+        """Run a primitive, waiting as it asks between tries, until it is done or the deadline passes."""
+        deadline = self._op_deadline(reading)
         while True:
             try:
-                return self.recv_nowait(size)
+                return operation(argument)
             except WouldBlock as wait:
                 self._wait(wait.events, deadline)
 
+    def recv(self, size: int) -> bytes:
+        return self._until_done(self.recv_nowait, size, reading=True)
+
     def send(self, data) -> int:
-        deadline = self._op_deadline(reading=False)
-        while True:
-            try:
-                return self.send_nowait(data)
-            except WouldBlock as wait:
-                self._wait(wait.events, deadline)
+        return self._until_done(self.send_nowait, data, reading=False)
 
     def sendall(self, data) -> None:
         if self._corked is not None and len(self._corked) + len(data) <= CORK_LIMIT:

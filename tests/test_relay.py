@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import sqlite3
-import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from quay_dispatch.quay import EVENTS
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
 from tests.bad_bodies import BAD_BODIES
 from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN, ROOT
+from tests.test_tls_worker import client_context, tls_connect
 
 
 def post(service, test_pki, body, event=None, cert="quay", **kwargs):
@@ -215,10 +214,7 @@ def test_json_nested_100000_deep_is_refused_for_its_size_before_it_is_read(relay
     body = b'{"repository": "acme/widget", "build_id": "b", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     head = (b"POST /incoming HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
-    context = ssl.create_default_context(cafile=test_pki.ca_file)
-    context.load_cert_chain(*test_pki.pair("quay"))
-    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+    with tls_connect(relay, client_context(test_pki)) as conn:
         conn.sendall(head + body[:1000])  # the answer comes without the rest of the body
         data = b""
         while (chunk := conn.recv(65536)) and not re.search(rb"\r\n\r\n\{.*\}$", data + chunk, re.S):
@@ -467,10 +463,7 @@ def test_json_logs_carry_one_object_per_request_with_its_id(start_service, test_
 
 def raw_exchange(service, test_pki, request: bytes) -> tuple[str, dict[str, str], bytes]:
     """Send `request` as it is over TLS; the status line, headers and body of the answer."""
-    context = ssl.create_default_context(cafile=test_pki.ca_file)
-    context.load_cert_chain(*test_pki.pair("quay"))
-    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+    with tls_connect(service, client_context(test_pki)) as conn:
         conn.sendall(request)
         data = b""
         while chunk := conn.recv(65536):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,8 +19,9 @@ import pytest
 import requests
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ROOT, wait_until
+from tests.conftest import wait_until
 from tests.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
+from tests.test_delivery import deliveries
 
 ANSWER_WITHIN = 8.0  # seconds: what DESIGN.md promises Quay
 HEALTH_WITHIN = 1.0  # seconds: what a platform's health check allows
@@ -73,16 +72,8 @@ class HealthProbe:
         self._thread.join(10)
 
 
-def deliveries(service) -> list[dict]:
-    """What `flask --app app deliveries --json` shows for the service's outbox."""
-    result = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "deliveries", "--json", "--limit", "100"],
-                            cwd=ROOT, env=service.env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
 def delivered_builds(service) -> set[str]:
-    return {json.loads(d["body"])["client_payload"]["build_id"] for d in deliveries(service)
+    return {json.loads(d["body"])["client_payload"]["build_id"] for d in deliveries(service, "--limit", "100")
             if d["status"] == "delivered"}
 
 
