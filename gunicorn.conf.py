@@ -10,7 +10,7 @@ import ssl
 import sys
 import tempfile
 
-from quay_dispatch.config import ConfigError, load_settings
+from quay_dispatch.config import ConfigError, load_settings, stale_metric_files
 from quay_dispatch.outbox import StoreUnavailable, open_outbox
 
 try:
@@ -78,19 +78,18 @@ _own_metrics_dir = None
 def _prepare_metrics():
     """prometheus-client's multiprocess mode, so that /metrics adds up every worker's samples.
 
-    Set here, in the master before any worker imports prometheus-client. A directory
-    given in PROMETHEUS_MULTIPROC_DIR is emptied (samples of a previous run); one made
-    here is removed on exit.
+    Set here, in the master before any worker imports prometheus-client. In a directory
+    given in PROMETHEUS_MULTIPROC_DIR, the metric files of a previous run are deleted
+    and nothing else; one made here is removed on exit.
     """
     global _own_metrics_dir
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = _settings.metrics_dir
     if directory is None:
         directory = _own_metrics_dir = tempfile.mkdtemp(prefix="quay-dispatch-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    for path in stale_metric_files(directory):
+        path.unlink(missing_ok=True)
 
 
 def on_exit(server):

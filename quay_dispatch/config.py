@@ -22,9 +22,10 @@ CLIENT_CERT_SOURCES = ("tls", "header", "none")
 DEFAULT_CLIENT_CERT_HEADER = "X-SSL-Client-Cert"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one part of a DNS name, as a certificate names it
+_METRICS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")  # prometheus-client's own
 
 
 class ConfigError(Exception):
@@ -61,6 +62,7 @@ class Settings:
     github_timeout: float = 10.0
     forward_test_notifications: bool = False
     store_timeout: float = DEFAULT_STORE_TIMEOUT
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, when the operator chose it
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
@@ -105,9 +107,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         problems.append(f"GITHUB_CA_FILE={github_ca_file}: no such file")
 
     api_url = (get("GITHUB_API_URL") or "https://api.github.com").rstrip("/")
-    parts = urlsplit(api_url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        problems.append(f"GITHUB_API_URL={api_url!r} is not an http(s) URL such as https://api.github.com")
+    _check_api_url(api_url, flag("GITHUB_API_ALLOW_HTTP"), problems)
 
     routes: tuple[Route, ...] = ()
     routes_file, routes_inline = get("ROUTES_FILE"), get("ROUTES")
@@ -132,8 +132,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     hostnames = tuple(h.strip().lower() for h in (get("QUAY_HOSTNAME") or "quay.io").split(",") if h.strip())
     for hostname in hostnames:
-        if not _HOSTNAME.match(hostname):
-            problems.append(f"QUAY_HOSTNAME: {hostname!r} is not a host name")
+        if reason := _hostname_problem(hostname):
+            problems.append(f"QUAY_HOSTNAME={hostname!r}: {reason}")
 
     ca_file, intermediates_file = get("QUAY_CA_FILE"), get("QUAY_INTERMEDIATES_FILE")
     for name, path in (("QUAY_CA_FILE", ca_file), ("QUAY_INTERMEDIATES_FILE", intermediates_file)):
@@ -174,6 +174,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     database_url = get("DATABASE_URL") or DEFAULT_DATABASE_URL
     _check_database_url(database_url, problems)
+    metrics_dir = get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        _check_metrics_dir(metrics_dir, database_url, problems)
 
     port_text = get("PORT") or "8443"
     port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else 0
@@ -218,6 +221,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         github_timeout=duration("GITHUB_TIMEOUT", "10"),
         forward_test_notifications=flag("FORWARD_TEST_NOTIFICATIONS"),
         store_timeout=_store_timeout(get("STORE_TIMEOUT"), problems),
+        metrics_dir=metrics_dir,
     )
     if problems:
         raise ConfigError("configuration error:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -264,6 +268,61 @@ def _check_database_url(url: str, problems: list[str]) -> None:
     )
 
 
+def _hostname_problem(hostname: str) -> str | None:
+    """Why QUAY_HOSTNAME's `hostname` cannot be checked against Quay's certificate, or None.
+
+    A wildcard would accept any host of the domain, and an IP address is not a name
+    Quay's certificate carries; either made every genuine call fail before.
+    """
+    if "*" in hostname:
+        return "a wildcard is not allowed: name each Quay host (the certificate may be a wildcard one)"
+    try:
+        ipaddress.ip_address(hostname)
+        return "an IP address is not allowed: use the host name in Quay's certificate, such as quay.io"
+    except ValueError:
+        pass
+    labels = hostname.split(".")
+    if len(hostname) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        return "not a valid host name (letters, digits and '-', in parts separated by dots), such as quay.io"
+    return None
+
+
+def _check_api_url(url: str, allow_http: bool, problems: list[str]) -> None:
+    """GITHUB_API_URL must be https: the token and the App's keys go to it. Plain http is for a
+    loopback address (a test server), or needs GITHUB_API_ALLOW_HTTP=1."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        problems.append(f"GITHUB_API_URL={url!r} is not an https URL such as https://api.github.com")
+    elif parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+        problems.append(f"GITHUB_API_URL={url!r} is plain http: the GitHub token would cross the network "
+                        "in clear text; use https, or set GITHUB_API_ALLOW_HTTP=1 if the network is private "
+                        "and you accept that risk")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_metrics_dir(directory: str, database_url: str, problems: list[str]) -> None:
+    """PROMETHEUS_MULTIPROC_DIR is cleared of old metric files at start: it must not hold the outbox."""
+    if not database_url.startswith("sqlite:///"):
+        return
+    outbox = Path(database_url[len("sqlite:///"):]).resolve()
+    if outbox.is_relative_to(Path(directory).resolve()):
+        problems.append(f"PROMETHEUS_MULTIPROC_DIR={directory}: it holds the outbox ({outbox}); give the "
+                        "metrics a directory of their own, such as /tmp/quay-dispatch-metrics")
+
+
+def stale_metric_files(directory: str) -> list[Path]:
+    """The files in PROMETHEUS_MULTIPROC_DIR that prometheus-client made: the only ones ever deleted."""
+    return [path for path in Path(directory).iterdir() if path.is_file() and _METRICS_FILE.fullmatch(path.name)]
+
+
 def _store_timeout(text: str | None, problems: list[str]) -> float:
     """STORE_TIMEOUT: a few seconds at most, so that a notification the store cannot take still
     leaves time to send it to GitHub directly within Quay's 10 s."""
@@ -279,7 +338,7 @@ def _store_timeout(text: str | None, problems: list[str]) -> float:
 
 def _duration(text: str) -> float | None:
     """Seconds in '3600', '90s', '90m', '24h' or '2d'; None when unreadable."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not match:
         return None
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

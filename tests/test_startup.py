@@ -102,3 +102,62 @@ def test_gunicorn_refuses_an_outbox_it_cannot_open_in_one_message(test_pki, data
     assert result.returncode != 0
     assert words in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("hostnames, reason", [
+    ("*.quay.io,quay.io", "QUAY_HOSTNAME='*.quay.io': a wildcard is not allowed"),
+    ("192.0.2.10", "QUAY_HOSTNAME='192.0.2.10': an IP address is not allowed"),
+    ("quay..io", "QUAY_HOSTNAME='quay..io': not a valid host name"),
+    ("-quay.io", "QUAY_HOSTNAME='-quay.io': not a valid host name"),
+    ("quay_io.example", "QUAY_HOSTNAME='quay_io.example': not a valid host name"),
+])
+def test_quay_hostname_that_no_certificate_check_can_use_is_refused(hostnames, reason):
+    assert reason in problems(VALID | {"QUAY_HOSTNAME": hostnames})
+
+
+def test_quay_hostname_wildcard_stops_gunicorn_at_start():
+    result = run_gunicorn({"QUAY_HOSTNAME": "*.quay.io,quay.io"})
+
+    assert result.returncode != 0
+    assert "QUAY_HOSTNAME='*.quay.io': a wildcard is not allowed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["http://github.example.com/api/v3", "http://10.0.0.5"])
+def test_plain_http_github_api_url_is_refused_unless_allowed(url):
+    message = problems(VALID | {"GITHUB_API_URL": url})
+
+    assert f"GITHUB_API_URL={url!r} is plain http: the GitHub token would cross the network in clear text" in message
+    assert load_settings(VALID | {"GITHUB_API_URL": url, "GITHUB_API_ALLOW_HTTP": "1"}).github_api_url == url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080"])
+def test_plain_http_github_api_url_on_loopback_is_allowed(url):
+    assert load_settings(VALID | {"GITHUB_API_URL": url}).github_api_url == url
+
+
+def test_metrics_directory_that_holds_the_outbox_is_refused_and_the_outbox_kept(tmp_path):
+    outbox = tmp_path / "outbox.sqlite3"
+    outbox.write_bytes(b"an outbox with an accepted delivery in it")
+
+    result = run_gunicorn({"DATABASE_URL": f"sqlite:///{outbox}", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+
+    assert result.returncode != 0
+    assert f"PROMETHEUS_MULTIPROC_DIR={tmp_path}: it holds the outbox ({outbox})" in result.stderr
+    assert outbox.read_bytes() == b"an outbox with an accepted delivery in it"
+
+
+def test_a_restart_deletes_only_the_metric_files_it_made(start_service, tmp_path):
+    metrics = tmp_path / "shared"
+    metrics.mkdir()
+    theirs = {"notes.txt": b"not ours", "counter_backup.db": b"not prometheus-client's name", "sub/x.db": b"kept"}
+    for name, data in theirs.items():
+        (metrics / name).parent.mkdir(exist_ok=True)
+        (metrics / name).write_bytes(data)
+    (metrics / "counter_999999.db").write_bytes(b"a previous run's samples")
+
+    start_service({"PROMETHEUS_MULTIPROC_DIR": str(metrics)}).stop()
+    start_service({"PROMETHEUS_MULTIPROC_DIR": str(metrics)}).stop()
+
+    assert {name: (metrics / name).read_bytes() for name in theirs} == theirs
+    assert not (metrics / "counter_999999.db").exists()
