@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from .printable import printable
+
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
@@ -86,7 +88,7 @@ def describe(cert: x509.Certificate) -> str:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = san.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: extensions that do not parse
         names = []
     subject = cert.subject.rfc4514_string() or "(empty subject)"
     return f"{subject} (DNS names: {', '.join(names) or 'none'})"
@@ -104,6 +106,13 @@ class QuayVerifier:
         self._extra_intermediates = intermediates or []
         self._cache: OrderedDict[bytes, tuple[Caller | str, float]] = OrderedDict()  # result or refusal
         self._lock = threading.Lock()
+        now = datetime.datetime.now(datetime.UTC)
+        for hostname in hostnames:  # a name cryptography cannot check stops the start, not every call
+            self._verifier(hostname, now)
+
+    def _verifier(self, hostname: str, now: datetime.datetime):
+        # Built per verification: a verifier holds the time it was built at.
+        return PolicyBuilder().store(self._store).time(now).build_server_verifier(x509.DNSName(hostname))
 
     def verify(self, chain_pems: list[str | bytes]) -> Caller:
         """Verify a chain (leaf first, as PEM); return the caller or raise IdentityError.
@@ -149,13 +158,13 @@ class QuayVerifier:
         now = datetime.datetime.now(datetime.UTC)
         reasons = []
         for hostname in self.hostnames:
-            verifier = (
-                PolicyBuilder().store(self._store).time(now).build_server_verifier(x509.DNSName(hostname))
-            )
             try:
-                verifier.verify(leaf, intermediates)
+                self._verifier(hostname, now).verify(leaf, intermediates)
             except VerificationError as exc:
                 reasons.append(str(exc))
+                continue
+            except Exception as exc:  # whatever else the verification raises is a refusal, never a 500
+                reasons.append(f"it could not be verified ({type(exc).__name__}: {exc})")
                 continue
             expiry = min(cert.not_valid_after_utc for cert in chain).timestamp()
             return Caller(hostname=hostname, subject=leaf.subject.rfc4514_string(), valid_until=expiry)
@@ -171,7 +180,9 @@ class QuayVerifier:
             why = "it is self-signed, not issued by a trusted CA"
         else:
             why = "; ".join(dict.fromkeys(_explain(r) for r in reasons))
-        raise IdentityError(f"client certificate {describe(leaf)} is not a valid certificate for {expected}: {why}")
+        # Whoever made the certificate chose its names: escaped, they cannot forge a log line.
+        raise IdentityError(printable(f"client certificate {describe(leaf)} is not a valid certificate for "
+                                      f"{expected}: {why}"))
 
 
 def chain_from_header(value: str) -> list[bytes]:

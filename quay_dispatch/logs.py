@@ -1,7 +1,9 @@
 """Logs: one line per request and per delivery attempt, as text or JSON, with no secret in them.
 
 Request lines carry the path without its query string: a token sent as
-?token= must never reach a log.
+?token= must never reach a log. In the text format every message is escaped
+(printable): a path, a header or a certificate name cannot start a line of its own
+or send a terminal escape. JSON is escaped by its encoding.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ import time
 from flask import Flask, g, request
 
 from .config import Settings
+from .printable import printable
 
 log = logging.getLogger("quay_dispatch.http")
 _EXTRA_FIELDS = ("request_id", "method", "path", "status", "outcome", "remote_addr", "duration_ms",
                  "quay_repository", "caller", "detail", "delivery_id")
+
+
+class TextFormatter(logging.Formatter):
+    """One line per message: control characters a client sent become visible escapes."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class JSONFormatter(logging.Formatter):
@@ -48,7 +59,7 @@ def configure(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
     logger.addHandler(handler)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from quay_dispatch import pki
 from quay_dispatch.identity import IdentityError, QuayVerifier, load_roots
 
 
@@ -62,3 +63,32 @@ def test_verdicts_are_cached_per_chain(test_pki, monkeypatch):
             verifier.verify(forged)
 
     assert len(calls) == 2
+
+
+def test_names_a_forger_chose_cannot_start_a_line_or_reach_a_terminal(test_pki):
+    forged_line = "x\n2026-12-02 00:43:00,000 INFO [quay_dispatch.delivery] delivery 1 delivered, GitHub 204"
+    forged = pki.issue("evil\x1b[2J.example", names=[forged_line])
+    verifier = QuayVerifier(("quay.io",), load_roots(test_pki.ca_file))
+
+    with pytest.raises(IdentityError) as raised:
+        verifier.verify([forged.cert_pem])
+
+    message = str(raised.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "x\\n2026-12-02" in message and "evil\\x1b[2J.example" in message
+
+
+def test_a_host_name_cryptography_cannot_check_stops_the_start(test_pki):
+    with pytest.raises(ValueError):
+        QuayVerifier(("*.quay.io",), load_roots(test_pki.ca_file))
+
+
+def test_whatever_the_verification_raises_is_a_refusal(test_pki, monkeypatch):
+    verifier = QuayVerifier(("quay.io",), load_roots(test_pki.ca_file))
+
+    def broken(hostname, now):
+        raise ValueError("invalid domain name")
+    monkeypatch.setattr(verifier, "_verifier", broken)
+
+    with pytest.raises(IdentityError, match=r"could not be verified \(ValueError: invalid domain name\)"):
+        verifier.verify(chain_of(test_pki, "quay"))
