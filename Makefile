@@ -47,11 +47,13 @@ postgresql:
 		echo "PostgreSQL is not installed: its tests will be skipped (apt-get install postgresql, or set QUAY_TEST_POSTGRESQL_URL)"; \
 	fi
 
-# What a notification costs, beside nginx and stock gunicorn + Flask (bench/compare.py).
+# What a notification costs, beside nginx and stock gunicorn + Flask (bench/compare.py);
+# what a refused long certificate chain costs, beside a forged certificate (bench/chain_bench.py).
 bench: $(BIN)/.installed
 	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; }
 	$(BIN)/python -m bench.compare $(BENCH_ARGS)
+	$(BIN)/python -m bench.chain_bench
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -9,6 +9,9 @@ a server certificate for Quay.
 - build_context: the server context, TLS 1.2 at least, no resumption.
 - ReloadingContext: the context, rebuilt when the certificate files change.
 - peer_chain_environ: the presented chain under mod_ssl's environ names.
+- A client's handshake is bounded before OpenSSL parses it: OpenSSL works on memory
+  buffers that TLSStream fills, and is given MAX_HANDSHAKE_BYTES before the handshake
+  is done, no more; then MAX_CHAIN_CERTIFICATES are checked.
 - Stream, TLSStream, PlainStream: a non-blocking connection that a thread can use
   like a blocking socket, every wait bounded (what gunicorn's parser and response need).
 """
@@ -29,6 +32,11 @@ RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
 CORK_LIMIT = 64 * 1024  # bytes of a response kept to be sent in one write
 CLIENT_CERT = "SSL_CLIENT_CERT"  # mod_ssl's environ names: the leaf, then the rest of the chain
 CLIENT_CERT_CHAIN_PREFIX = "SSL_CLIENT_CERT_CHAIN_"
+# Quay's chain is about 5 kB. OpenSSL would take 100 kB of certificates and spend
+# milliseconds parsing them before any callback of ours could refuse the chain.
+MAX_HANDSHAKE_BYTES = 32 * 1024  # bytes a client may send before its handshake is done
+MAX_CHAIN_CERTIFICATES = 8  # certificates it may present, its own included
+_CHUNK = 64 * 1024  # bytes moved between the socket and OpenSSL at a time
 
 
 def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: str | None = None) -> SSL.Context:
@@ -105,16 +113,18 @@ class ReloadingContext:
         return self.context
 
 
-def peer_chain_environ(tls: SSL.Connection) -> dict[str, str]:
+def peer_chain_environ(leaf: crypto.X509 | None, chain: list[crypto.X509]) -> dict[str, str]:
     """After the handshake: the presented chain, leaf first, under mod_ssl's environ names."""
-    leaf = tls.get_peer_certificate()
     if leaf is None:
         return {}
     environ = {CLIENT_CERT: _pem(leaf)}
-    # On the server side, get_peer_cert_chain() omits the leaf.
-    for i, cert in enumerate(tls.get_peer_cert_chain() or []):
+    for i, cert in enumerate(chain):
         environ[f"{CLIENT_CERT_CHAIN_PREFIX}{i}"] = _pem(cert)
     return environ
+
+
+class HandshakeRefused(SSL.Error):
+    """The client's handshake is refused before OpenSSL looks further; the message says why."""
 
 
 def _pem(cert: crypto.X509) -> str:
@@ -280,60 +290,126 @@ class PlainStream(Stream):
 
 
 class TLSStream(Stream):
-    """A pyOpenSSL server connection; the handshake is done (see handshake_nowait) before any read."""
+    """A pyOpenSSL server connection on memory buffers: this class moves the bytes between the
+    socket and OpenSSL, so that it can count what a handshake takes. The handshake is done
+    (see handshake_nowait) before any read."""
 
     def __init__(self, raw: socket.socket, context: SSL.Context, io_timeout: float | None):
         super().__init__(raw, io_timeout)
-        self.tls = SSL.Connection(context, raw)
+        self.tls = SSL.Connection(context, None)
         self.tls.set_accept_state()
+        self._handshake_bytes = 0  # given to OpenSSL before the handshake was done
+        self._plain = bytearray()  # decrypted, not yet read: nothing waits unseen inside OpenSSL
+        self._cipher = b""  # what OpenSSL wrote that the socket has not taken yet
+        self._closed = False  # the peer sent close_notify
 
     def handshake_nowait(self) -> bool:
         """Advance the handshake as far as the bytes received allow; True once it is done.
 
-        Raises SSL.Error when the client is refused (no certificate, an old protocol, junk).
+        Raises SSL.Error when the client is refused (no certificate, an old protocol, junk,
+        a handshake or chain over the limits).
         """
-        try:
-            self.tls.do_handshake()
-        except (SSL.WantReadError, SSL.WantWriteError):
-            # WantWrite would mean the send buffer cannot take our handshake flight
-            # (a few kB): waiting for the client's next bytes is enough.
-            return False
-        self.environ = peer_chain_environ(self.tls)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except SSL.WantReadError:
+                self._flush_nowait()  # our flight: a few kB, which the socket's buffer takes
+            except SSL.Error:
+                self._flush_nowait()  # the alert that tells the client why
+                raise
+            room = MAX_HANDSHAKE_BYTES - self._handshake_bytes
+            if room <= 0:
+                raise HandshakeRefused(f"the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing "
+                                       "its handshake (a certificate chain far longer than Quay's)")
+            try:
+                data = self.raw.recv(room)
+            except BlockingIOError:
+                return False
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "closed by the peer during the handshake")
+            self._handshake_bytes += len(data)
+            self.tls.bio_write(data)
+        self._flush_nowait()
+        chain = self.tls.get_peer_cert_chain() or []  # on the server side, without the leaf
+        if len(chain) + 1 > MAX_CHAIN_CERTIFICATES:
+            raise HandshakeRefused(f"the client presented {len(chain) + 1} certificates, more than "
+                                   f"{MAX_CHAIN_CERTIFICATES}")
+        self.environ = peer_chain_environ(self.tls.get_peer_certificate(), chain)
+        self._decrypt()  # a request sent with the handshake's last bytes
         return True
 
+    def _decrypt(self) -> None:
+        """Take every whole record OpenSSL holds into _plain."""
+        while True:
+            try:
+                self._plain += self.tls.recv(_CHUNK)
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:  # close_notify: what came before it is still read
+                self._closed = True
+                return
+            except SSL.Error as exc:
+                raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS error: {exc}") from exc
+
     def recv_nowait(self, size: int) -> bytes:
-        try:
-            return self.tls.recv(size)
-        except SSL.WantReadError:
-            raise WouldBlock(select.POLLIN) from None
-        except SSL.WantWriteError:
-            raise WouldBlock(select.POLLOUT) from None
-        except SSL.ZeroReturnError:
-            return b""
-        except SSL.SysCallError as exc:
-            if exc.args[0] in (-1, 0):  # the peer closed without close_notify
+        while not self._plain and not self._closed:
+            try:
+                data = self.raw.recv(_CHUNK)
+            except BlockingIOError:
+                raise WouldBlock(select.POLLIN) from None
+            if not data:  # the peer closed, with close_notify or without
                 return b""
-            raise ConnectionResetError(errno.ECONNRESET, str(exc)) from exc
-        except SSL.Error as exc:
-            raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS error: {exc}") from exc
+            self.tls.bio_write(data)
+            self._decrypt()
+            self._flush_nowait()  # anything OpenSSL must answer (a key update)
+        data = bytes(self._plain[:size])
+        del self._plain[:size]
+        return data
 
     def send_nowait(self, data) -> int:
+        if not self._flush_nowait():
+            raise WouldBlock(select.POLLOUT)
         try:
-            return self.tls.send(data)
-        except SSL.WantReadError:
-            raise WouldBlock(select.POLLIN) from None
-        except SSL.WantWriteError:
-            raise WouldBlock(select.POLLOUT) from None
+            sent = self.tls.send(data[:_CHUNK])
         except SSL.Error as exc:
             raise BrokenPipeError(errno.EPIPE, f"TLS error: {exc}") from exc
+        self._flush_nowait()
+        return sent
+
+    def _flush_nowait(self) -> bool:
+        """Send what OpenSSL wrote, as far as the socket takes it now; True when all is sent."""
+        while True:
+            if not self._cipher:
+                try:
+                    self._cipher = self.tls.bio_read(_CHUNK)
+                except SSL.WantReadError:  # nothing more to send
+                    return True
+            try:
+                sent = self.raw.send(self._cipher)
+            except BlockingIOError:
+                return False
+            self._cipher = self._cipher[sent:]
+
+    def _flushed(self, _=None) -> None:
+        if not self._flush_nowait():
+            raise WouldBlock(select.POLLOUT)
+
+    def _send_all(self, data) -> None:
+        super()._send_all(data)
+        self._until_done(self._flushed, None, reading=False)  # the response's last bytes too
+
+    def writable(self) -> bool:
+        return not self._cipher and super().writable()
 
     def pending(self) -> int:
-        return self.tls.pending()
+        return len(self._plain)
 
     def shutdown(self, how: int) -> None:
         try:
-            self.tls.shutdown()  # sends close_notify; does not wait for the peer's
-        except SSL.Error:
+            self.tls.shutdown()  # close_notify, sent if the socket takes it now; the peer's is not awaited
+            self._flush_nowait()
+        except (SSL.Error, OSError):
             pass
         self.raw.shutdown(how)
 

@@ -358,10 +358,10 @@ class TLSWorker(ThreadWorker):
         self._on_readable(conn)
 
     def murder_pending(self):
+        """gunicorn's, reading the clock once: every connection closed at its deadline is logged, with why."""
         now = time.monotonic()
-        for conn in self.pending_conns:
-            if conn.timeout > now:
-                break
+        while self.pending_conns and self.pending_conns[0].timeout <= now:
+            conn = self.pending_conns.popleft()
             conn.awaiting = False
             if not conn.handshaken:
                 self.log.info("TLS handshake with %s failed: no handshake within %.0f s", _peer(conn.client),
@@ -371,7 +371,12 @@ class TLSWorker(ThreadWorker):
             else:
                 self.log.info("request from %s not whole within %.0f s: closed", _peer(conn.client),
                               REQUEST_TIMEOUT)
-        super().murder_pending()
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
+            self.nr_conns -= 1
+            conn.close()
 
     # In a thread -------------------------------------------------------------------------
 

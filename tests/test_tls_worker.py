@@ -18,6 +18,7 @@ from gunicorn.config import Config
 from quay_dispatch import pki
 from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
 from quay_dispatch.tls_worker import HEADERS, WHOLE, buffered_request
 from tests.conftest import wait_until
 
@@ -165,6 +166,51 @@ def test_failed_handshakes_are_closed_at_once(start_service, test_pki):
     # gunicorn's graceful close would linger up to 2 s for each of them, on the worker's main loop.
     assert elapsed < 1.0
     assert wait_for_log(service, "peer did not return a certificate", count=3)
+
+
+def long_chain(directory, intermediates: int) -> tuple[str, str]:
+    """A leaf under `intermediates` CAs, each issued by the one before: a chain as long as one likes."""
+    issuer, chain = pki.issue("Chain root", ca=True), []
+    for i in range(intermediates):
+        issuer = pki.issue(f"Chain intermediate {i}", issuer=issuer, ca=True)
+        chain.insert(0, issuer)
+    cert, key = directory / f"chain-{intermediates}.pem", directory / f"chain-{intermediates}.key"
+    pki.write_pair(pki.issue("quay.io", issuer=issuer, names=["quay.io"]), cert, key, *chain)
+    return str(cert), str(key)
+
+
+@pytest.mark.parametrize("intermediates, words", [
+    (190, f"the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing its handshake"),
+    (MAX_CHAIN_CERTIFICATES, f"the client presented {MAX_CHAIN_CERTIFICATES + 1} certificates, more than "
+                             f"{MAX_CHAIN_CERTIFICATES}"),
+])
+def test_a_chain_over_the_limits_is_refused_in_the_handshake(start_service, test_pki, tmp_path, intermediates, words):
+    service = start_service(args=["--workers", "1"])
+    ctx = client_context(test_pki, cert=None)
+    ctx.load_cert_chain(*long_chain(tmp_path, intermediates))
+
+    try:
+        with tls_connect(service, ctx) as conn:  # in TLS 1.3 the client is done before the server decides
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = conn.recv(1)
+    except (ssl.SSLError, ConnectionError):
+        answer = b""
+
+    assert answer == b""
+    assert wait_for_log(service, words)
+    assert service.log().count("TLS handshake with 127.0.0.1 failed") == 1
+    assert "GET /healthz" not in service.log()  # nothing of it reached the application
+
+
+def test_a_big_request_sent_with_the_last_handshake_bytes_is_not_counted_as_handshake(start_service, test_pki):
+    service = start_service(args=["--workers", "1"])
+    body = b"x" * (MAX_HANDSHAKE_BYTES + 20000)
+    with tls_connect(service, client_context(test_pki)) as conn:
+        conn.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                     % len(body) + body)
+        responses = read_responses(conn, 1, timeout=5.0)
+
+    assert [r.split(b"\r\n")[0] for r in responses] == [b"HTTP/1.1 405 METHOD NOT ALLOWED"]
 
 
 def test_a_request_already_decrypted_inside_openssl_is_served_without_waiting(start_service, test_pki):
