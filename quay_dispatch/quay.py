@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from .printable import printable
+
 BUILD_EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled")
 EVENTS = BUILD_EVENTS + (
     "repo_push",
@@ -27,12 +29,21 @@ EVENTS = BUILD_EVENTS + (
 )
 TEST_BUILD_ID = "fake-build-id"
 
-_SEGMENT = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]+$")  # not "." or ".."
-_COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")
+# Patterns are used with fullmatch: "$" would also match before a final newline.
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*")  # not only dots: not "." or ".."
+_COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MAX_DEPTH = 64  # Quay's bodies are 3 levels deep; json.loads itself fails near 1000 with a RecursionError
 _MAX_NUMBER_LENGTH = 100  # characters; the longest float or 64-bit integer needs 24
 _TOO_DEEP = f"the JSON is nested deeper than {_MAX_DEPTH} levels"
+
+
+def control_character(text: str) -> str | None:
+    """Where `text` holds a control character (C0, DEL, C1, U+2028/U+2029), shown escaped; None if it holds none."""
+    if printable(text) == text:
+        return None
+    position, char = next((i, c) for i, c in enumerate(text) if printable(c) != c)
+    return f"contains a control character ({char!r}) at position {position}"
 
 
 class PayloadError(Exception):
@@ -83,7 +94,7 @@ def parse_event(event: str, body: bytes) -> QuayEvent:
 
     repository = _string(data, "repository", required=True)
     namespace, _, name = repository.partition("/")
-    if not (_SEGMENT.match(namespace) and _SEGMENT.match(name)):
+    if not (_SEGMENT.fullmatch(namespace) and _SEGMENT.fullmatch(name)):
         raise PayloadError(
             "repository",
             f"{repository[:100]!r} is not 'namespace/name' (letters, digits, '.', '_' and '-')",
@@ -188,7 +199,7 @@ def _build_fields(data: dict) -> dict:
     if not isinstance(metadata, dict):
         raise PayloadError("trigger_metadata", f"must be an object, not {_kind(metadata)}")
     commit = _string(metadata, "commit", prefix="trigger_metadata.")
-    if commit is not None and not _COMMIT.match(commit):
+    if commit is not None and not _COMMIT.fullmatch(commit):
         raise PayloadError(
             "trigger_metadata.commit", f"{commit[:80]!r} is not a commit SHA (7 to 64 hexadecimal characters)"
         )
@@ -201,6 +212,7 @@ def _build_fields(data: dict) -> dict:
 
 
 def _string(data: dict, key: str, *, required: bool = False, prefix: str = "") -> str | None:
+    """The string at `key`, None when absent; refused when not a string, or holding a control character."""
     value = data.get(key)
     if value is None:
         if required:
@@ -210,6 +222,7 @@ def _string(data: dict, key: str, *, required: bool = False, prefix: str = "") -
         raise PayloadError(prefix + key, f"must be a string, not {_kind(value)}")
     if required and not value:
         raise PayloadError(prefix + key, "must not be empty")
+    _refuse_control(value, prefix + key)
     return value
 
 
@@ -226,7 +239,14 @@ def _tags(data: dict, key: str, *, allow_map: bool) -> tuple[str, ...]:
     for i, tag in enumerate(value):
         if not isinstance(tag, str):
             raise PayloadError(f"{key}[{i}]", f"must be a string, not {_kind(tag)}")
+        _refuse_control(tag, f"{key}[{i}]")
     return tuple(value)
+
+
+def _refuse_control(value: str, field: str) -> None:
+    """A newline or escape in a name would reach GitHub's URL, the client_payload and the logs."""
+    if problem := control_character(value):
+        raise PayloadError(field, problem)
 
 
 def _kind(value: object) -> str:

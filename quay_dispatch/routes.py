@@ -11,13 +11,14 @@ import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .quay import EVENTS, QuayEvent
+from .quay import EVENTS, QuayEvent, control_character
 
 MAX_EVENT_TYPE_LENGTH = 100  # GitHub's limit for repository_dispatch
-_GITHUB_REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+# Patterns are used with fullmatch: "$" would also match before a final newline.
+_GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}")
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 _KNOWN_KEYS = {"quay", "github", "events", "event_type", "branches", "tags", "workflow", "ref", "inputs"}
-_WORKFLOW = re.compile(r"^([A-Za-z0-9._-]+\.ya?ml|\d+)$")  # a file in .github/workflows, or its id
+_WORKFLOW = re.compile(r"[A-Za-z0-9._-]+\.ya?ml|\d+")  # a file in .github/workflows, or its id
 # What a workflow input or a ref template may name: the client_payload's keys (dispatch.py).
 PAYLOAD_FIELDS = ("text", "sha", "ref", "branch", "tags", "image", "build_id", "quay_repository", "event", "url")
 MAX_WORKFLOW_INPUTS = 10  # GitHub allows 25, GitHub Enterprise Server 10
@@ -140,7 +141,7 @@ def _route_from_table(table: dict, where: str) -> Route:
     fields = set(_TEMPLATE_FIELDS.findall(github))
     if not fields <= {"namespace", "name"}:
         raise RouteError(f"{where}: github = {github!r} may only use {{namespace}} and {{name}}")
-    if not _GITHUB_REPO.match(github.format(namespace="ns", name="repo")):
+    if not _GITHUB_REPO.fullmatch(github.format(namespace="ns", name="repo")):
         raise RouteError(f"{where}: github = {github!r} is not an 'owner/repository' template")
     events = _list(table, "events", where) or ("build_success",)
     for event in events:
@@ -150,7 +151,7 @@ def _route_from_table(table: dict, where: str) -> Route:
     if event_type is not None and not 0 < len(event_type) <= MAX_EVENT_TYPE_LENGTH:
         raise RouteError(f"{where}: event_type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters")
     workflow = _text(table, "workflow", where)
-    if workflow is not None and not _WORKFLOW.match(workflow):
+    if workflow is not None and not _WORKFLOW.fullmatch(workflow):
         raise RouteError(f"{where}: workflow = {workflow!r} must be a file name such as 'deploy.yml', or a workflow id")
     ref = _text(table, "ref", where) or "{branch}"
     inputs = _list(table, "inputs", where) or ()
@@ -186,6 +187,7 @@ def _text(table: dict, key: str, where: str, required: bool = False) -> str | No
         return None
     if not isinstance(value, str):
         raise RouteError(f"{where}: {key} must be a string")
+    _refuse_control(value, key, where)
     return value
 
 
@@ -195,4 +197,12 @@ def _list(table: dict, key: str, where: str) -> tuple[str, ...] | None:
         return None
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise RouteError(f"{where}: {key} must be a non-empty list of strings")
+    for item in value:
+        _refuse_control(item, key, where)
     return tuple(value)
+
+
+def _refuse_control(value: str, key: str, where: str) -> None:
+    """A route's strings are matched against names that hold no control character, or sent to GitHub as-is."""
+    if problem := control_character(value):
+        raise RouteError(f"{where}: {key} = {value[:100]!r} {problem}")

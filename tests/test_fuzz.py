@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from app import create_app
 from quay_dispatch.config import load_settings
 from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.quay import EVENTS, PayloadError, QuayEvent, parse_event
+from quay_dispatch.quay import BUILD_EVENTS, EVENTS, PayloadError, QuayEvent, parse_event
 from quay_dispatch.routes import parse_inline_routes, select_routes
 from quay_dispatch.sample import sample_body
 from quay_dispatch.services import services
 from tests.bad_bodies import VALID_TEXT
 from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN
+from tests.test_quay import edited
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -116,6 +117,52 @@ def test_quay_like_bodies_with_strange_fields_parse_or_name_the_field(case):
     if isinstance(outcome, QuayEvent):
         namespace, _, name = outcome.repository.partition("/")
         assert (outcome.namespace, outcome.name) == (namespace, name)
+
+
+# C0, DEL, C1 and the Unicode line and paragraph separators: what no name may hold.
+CONTROL = {*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), "\u2028", "\u2029"}
+control_characters = st.sampled_from(sorted(CONTROL))
+refs = st.from_regex(r"refs/(heads|tags)/[A-Za-z0-9._/-]{1,20}", fullmatch=True)
+tag_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,20}", fullmatch=True)
+# (field, events that carry it, valid values): the name fields a route or a filter looks at.
+NAME_FIELDS = [
+    ("repository", EVENTS, repositories),
+    ("trigger_metadata.ref", BUILD_EVENTS, refs),
+    ("docker_tags[0]", BUILD_EVENTS, tag_names),
+    ("updated_tags[0]", ("repo_push",), tag_names),
+    ("tags[0]", ("vulnerability_found", "repo_image_expiry"), tag_names),
+]
+
+
+@st.composite
+def with_control_characters(draw, valid: st.SearchStrategy[str]) -> str:
+    """A valid value with one to three control characters inserted anywhere in it."""
+    chars = list(draw(valid))
+    for _ in range(draw(st.integers(1, 3))):
+        chars.insert(draw(st.integers(0, len(chars))), draw(control_characters))
+    return "".join(chars)
+
+
+@st.composite
+def bodies_with_a_control_character_in_a_name(draw) -> tuple[str, str, dict, str]:
+    """(event, field, a Quay-like body whose `field` holds a control character, that field's value)."""
+    field, events, valid = draw(st.sampled_from(NAME_FIELDS))
+    event = draw(st.sampled_from(events))
+    value = draw(with_control_characters(valid))
+    return event, field, edited(sample_body(event, draw(repositories)), field, lambda _: value), value
+
+
+@settings(max_examples=500, deadline=None)
+@given(bodies_with_a_control_character_in_a_name())
+def test_a_control_character_anywhere_in_a_name_is_a_payload_error_naming_the_field(case):
+    event, field, body, value = case
+    position, char = next((i, c) for i, c in enumerate(value) if c in CONTROL)
+
+    with pytest.raises(PayloadError) as raised:
+        parse_event(event, json.dumps(body).encode())
+
+    assert raised.value.field == field
+    assert raised.value.reason == f"contains a control character ({char!r}) at position {position}"
 
 
 @settings(max_examples=300, deadline=None)

@@ -2,6 +2,7 @@
 
 import codecs
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -141,3 +142,58 @@ def test_bad_bodies_for_the_live_test_reach_the_parser_and_get_their_message(nam
         parse_event("build_success", body)
 
     assert message in str(raised.value)
+
+
+CONTROL_CHARACTERS = ["\n", "\r", "\x00", "\x1b", "\x7f", "\x85", "\u2028"]
+# Every string the parser takes from a body: (an event that carries it, the field as PayloadError names it).
+NAME_FIELDS = [
+    ("build_success", "repository"), ("build_success", "namespace"), ("build_success", "name"),
+    ("build_success", "docker_url"), ("build_success", "homepage"), ("build_success", "build_id"),
+    ("build_success", "trigger_metadata.commit"), ("build_success", "trigger_metadata.ref"),
+    ("build_success", "docker_tags[0]"), ("repo_push", "updated_tags[0]"), ("vulnerability_found", "tags[0]"),
+]
+
+
+
+def _place(body: dict, field: str) -> tuple[dict | list, str | int]:
+    """The container and key of `field` ("a", "a.b" or "a[0]", as PayloadError names it) in `body`."""
+    if "." in field:
+        parent, key = field.split(".")
+        return body[parent], key
+    if field.endswith("]"):
+        parent, index = field[:-1].split("[")
+        return body[parent], int(index)
+    return body, field
+
+
+def value_at(body: dict, field: str) -> str:
+    container, key = _place(body, field)
+    return container[key]
+
+
+def edited(body: dict, field: str, change: Callable[[str], str]) -> dict:
+    """`body` with the string at `field` replaced by change(it)."""
+    container, key = _place(body, field)
+    container[key] = change(container[key])
+    return body
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=[repr(c) for c in CONTROL_CHARACTERS])
+@pytest.mark.parametrize("event, field", NAME_FIELDS, ids=[field for _, field in NAME_FIELDS])
+def test_a_control_character_at_the_end_of_a_name_is_refused_naming_field_character_and_position(event, field, char):
+    body = sample_body(event, "acme/widget")
+    position = len(value_at(body, field))
+    edited(body, field, lambda text: text + char)
+
+    with pytest.raises(PayloadError) as raised:
+        parse(event, body)
+
+    assert raised.value.field == field
+    assert raised.value.reason == f"contains a control character ({char!r}) at position {position}"
+    assert char not in str(raised.value)
+
+
+
+@pytest.mark.parametrize("event", sorted({event for event, _ in NAME_FIELDS}))
+def test_the_bodies_edited_above_parse_unedited(event):
+    assert parse(event, sample_body(event, "acme/widget")).repository == "acme/widget"

@@ -78,3 +78,31 @@ def test_branch_and_tag_filters():
     assert "branch 'main'" in select_routes((route,), build(tags=("v2",))).reasons[0]
     assert "no tag of ['latest']" in select_routes((route,), build(ref="refs/heads/release/2")).reasons[0]
     assert "has no branch" in select_routes((route,), build(ref=None)).reasons[0]
+
+
+@pytest.mark.parametrize("line, words", [
+    ('quay = "acme/*\\n"', "quay = 'acme/*\\n' contains a control character ('\\n') at position 6"),
+    ('quay = "acme/*"\ngithub = "acme-gh/{name}\\n"',
+     "github = 'acme-gh/{name}\\n' contains a control character ('\\n') at position 14"),
+    ('quay = "acme/*"\nworkflow = "deploy.yml\\n"',
+     "workflow = 'deploy.yml\\n' contains a control character ('\\n') at position 10"),
+    ('quay = "acme/*"\nworkflow = "42\\r\\n"',
+     "workflow = '42\\r\\n' contains a control character ('\\r') at position 2"),
+    ('quay = "acme/*"\nbranches = ["main", "release/\\u001b*"]',
+     "branches = 'release/\\x1b*' contains a control character ('\\x1b') at position 8"),
+    ('quay = "acme/*"\nworkflow = "deploy.yml"\nref = "{branch}\\u2028"',
+     "ref = '{branch}\\u2028' contains a control character ('\\u2028') at position 8"),
+])
+def test_route_strings_with_a_control_character_are_refused_naming_route_key_and_character(line, words):
+    with pytest.raises(RouteError) as raised:
+        parse_toml_routes(f"[[routes]]\n{line}")
+
+    assert str(raised.value) == f"ROUTES_FILE, route 1: {words}"
+
+
+def test_inline_route_target_with_a_control_character_is_refused_naming_the_entry():
+    with pytest.raises(RouteError) as raised:
+        parse_inline_routes("acme/*=acme-gh/widget\x00")
+
+    assert str(raised.value) == ("ROUTES, entry 1 ('acme/*=acme-gh/widget\\x00'): github = 'acme-gh/widget\\x00' "
+                                 "contains a control character ('\\x00') at position 14")
