@@ -31,7 +31,17 @@ class DispatchRequest:
 
 
 def client_payload(event: QuayEvent) -> dict:
-    """The client_payload GitHub receives: 10 keys (GitHub's maximum), unknown values null."""
+    """The client_payload GitHub receives: at most 10 keys (GitHub's maximum), unknown values null."""
+    if event.is_namespace_event:
+        return {
+            "namespace": event.namespace,
+            "event": event.event,
+            "url": event.homepage,
+            "threshold_percent": event.threshold_percent,
+            "usage_percent": event.usage_percent,
+            "usage_bytes": event.usage_bytes,
+            "limit_bytes": event.limit_bytes,
+        }
     return {
         "text": event.commit[:7] if event.commit else None,  # what the original service sent
         "sha": event.commit,
@@ -84,15 +94,16 @@ def plan_dispatches(event: QuayEvent, routes: tuple[Route, ...], body: bytes) ->
 def workflow_body(route: Route, payload: dict) -> dict:
     """A workflow_dispatch body: the route's ref and inputs, from the client_payload's values.
 
-    A ref whose values are unknown (a manual build has no branch) is left null, for the
-    deliverer to fill with the repository's default branch. Inputs are strings (lists
-    comma-joined); an unknown value is left out, so that the workflow's default applies.
+    A ref whose values are unknown (a manual build has no branch, a namespace event has
+    none at all) is left null, for the deliverer to fill with the repository's default
+    branch. Inputs are strings (lists comma-joined); an unknown value is left out, so that
+    the workflow's default applies.
     """
     fields = template_fields(route.ref)
-    ref = None if any(payload[f] is None for f in fields) else route.ref.format(**payload)
+    ref = None if any(payload.get(f) is None for f in fields) else route.ref.format(**payload)
     inputs = {}
     for name in route.inputs:
-        value = payload[name]
+        value = payload.get(name)
         if value is not None:
             inputs[name] = ",".join(value) if isinstance(value, list) else str(value)
     return {"ref": ref, "inputs": inputs} if inputs else {"ref": ref}

@@ -6,7 +6,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from . import metrics
 from .outbox import StoreUnavailable
-from .quay import EVENTS
+from .quay import ALL_EVENTS
 from .services import services
 
 bp = Blueprint("health", __name__)
@@ -47,7 +47,7 @@ def prometheus_metrics():
 def _count_incoming(response):
     if request.path == "/incoming" or request.path.startswith("/incoming/"):
         event = (request.view_args or {}).get("event")
-        metrics.INCOMING.labels(event if event in EVENTS else "unknown", str(response.status_code),
+        metrics.INCOMING.labels(event if event in ALL_EVENTS else "unknown", str(response.status_code),
                                 g.get("outcome") or "error").inc()
     return response
 

@@ -16,7 +16,7 @@ from .dispatch import DispatchRequest, canonical_json, plan_dispatches
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
 from .outbox import Accepted, StoreUnavailable
-from .quay import EVENTS, PayloadError, parse_event
+from .quay import ALL_EVENTS, PayloadError, parse_event
 from .routes import select_routes
 from .services import Services, services
 from .tls import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
@@ -44,8 +44,8 @@ class Refusal(Exception):
 def incoming(event: str):
     """Receive one Quay notification; see docs/api.md for every answer."""
     svc = services()
-    if event not in EVENTS:
-        raise Refusal(404, f"unknown event {event[:60]!r}; known events: {', '.join(EVENTS)}")
+    if event not in ALL_EVENTS:
+        raise Refusal(404, f"unknown event {event[:60]!r}; known events: {', '.join(ALL_EVENTS)}")
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Refusal(413, f"the body is {request.content_length} bytes; the limit is {MAX_BODY}")
     authenticate(svc, request)
@@ -57,11 +57,12 @@ def incoming(event: str):
         quay_event = parse_event(event, body)
     except PayloadError as exc:
         raise Refusal(400, str(exc), field=exc.field or None) from None
-    g.quay_repository = quay_event.repository
+    g.quay_repository = quay_event.subject
 
     selection = select_routes(svc.settings.routes, quay_event)
     if not selection.repository_routed:
-        raise Refusal(403, f"no route allows Quay repository {quay_event.repository!r}")
+        kind = "namespace" if quay_event.is_namespace_event else "repository"
+        raise Refusal(403, f"no route allows Quay {kind} {quay_event.subject!r}")
     if not selection.routes:
         return answer(200, "ignored", reason="; ".join(selection.reasons))
     if quay_event.is_test and not svc.settings.forward_test_notifications:
@@ -72,7 +73,7 @@ def incoming(event: str):
         ))
 
     planned = plan_dispatches(quay_event, selection.routes, body)
-    notification = dict(event=event, quay_repository=quay_event.repository, build_id=quay_event.build_id,
+    notification = dict(event=event, quay_repository=quay_event.subject, build_id=quay_event.build_id,
                         host=svc.github_host, dry_run=svc.settings.dry_run)
     try:
         accepted, duplicates = svc.outbox.add(planned, **notification)

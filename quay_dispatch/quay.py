@@ -2,6 +2,8 @@
 
 The body Quay sends does not name its event (a build_success and a
 build_cancelled carry the same fields), so the event name comes from the URL.
+Most events concern a repository; the quota events concern a namespace, and
+their body has no repository at all.
 Only the fields this service uses are validated; extra fields Quay may add are
 ignored, so a newer Quay keeps working.
 """
@@ -26,7 +28,9 @@ EVENTS = BUILD_EVENTS + (
     "repo_mirror_sync_started",
     "repo_mirror_sync_success",
     "repo_mirror_sync_failed",
-)
+)  # the repository events
+NAMESPACE_EVENTS = ("quota_warning", "quota_error")
+ALL_EVENTS = EVENTS + NAMESPACE_EVENTS
 TEST_BUILD_ID = "fake-build-id"
 
 # Patterns are used with fullmatch: "$" would also match before a final newline.
@@ -57,18 +61,34 @@ class PayloadError(Exception):
 
 @dataclass(frozen=True)
 class QuayEvent:
-    """A validated Quay notification. Unknown values are None, never invented."""
+    """A validated Quay notification. Unknown values are None, never invented.
+
+    A namespace event (quota_*) has a namespace and no repository or name.
+    """
 
     event: str
-    repository: str
+    repository: str | None
     namespace: str
-    name: str
+    name: str | None
     docker_url: str | None = None
     homepage: str | None = None
     build_id: str | None = None
     commit: str | None = None
     ref: str | None = None
     tags: tuple[str, ...] = ()
+    threshold_percent: int | None = None
+    usage_percent: int | None = None
+    usage_bytes: int | None = None
+    limit_bytes: int | None = None
+
+    @property
+    def is_namespace_event(self) -> bool:
+        return self.event in NAMESPACE_EVENTS
+
+    @property
+    def subject(self) -> str:
+        """What the event concerns, as logs and the outbox name it: the repository, or the namespace."""
+        return self.namespace if self.repository is None else self.repository
 
     @property
     def is_build(self) -> bool:
@@ -91,6 +111,8 @@ def parse_event(event: str, body: bytes) -> QuayEvent:
     data = _load_json(body)
     if not isinstance(data, dict):
         raise PayloadError("", f"the body must be a JSON object, not {_kind(data)}")
+    if event in NAMESPACE_EVENTS:
+        return _namespace_event(event, data)
 
     repository = _string(data, "repository", required=True)
     namespace, _, name = repository.partition("/")
@@ -119,6 +141,32 @@ def parse_event(event: str, body: bytes) -> QuayEvent:
     elif event in ("vulnerability_found", "repo_image_expiry"):
         fields["tags"] = _tags(data, "tags", allow_map=False)
     return QuayEvent(**fields)
+
+
+def _namespace_event(event: str, data: dict) -> QuayEvent:
+    """A quota notification: the namespace, its page, and the quota figures (Quay's formatted sizes are not read)."""
+    namespace = _string(data, "namespace", required=True)
+    if not _SEGMENT.fullmatch(namespace):
+        raise PayloadError(
+            "namespace", f"{namespace[:100]!r} is not a Quay namespace (letters, digits, '.', '_' and '-')"
+        )
+    return QuayEvent(
+        event=event, repository=None, namespace=namespace, name=None, homepage=_string(data, "homepage"),
+        **{key: _count(data, key) for key in ("threshold_percent", "usage_percent", "usage_bytes", "limit_bytes")},
+    )
+
+
+def _count(data: dict, key: str) -> int:
+    """A required whole number, zero or more: Quay sends the quota figures as integers."""
+    value = data.get(key)
+    if value is None:
+        raise PayloadError(key, "is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = repr(value) if isinstance(value, float) else _kind(value)
+        raise PayloadError(key, f"must be a whole number, not {shown}")
+    if value < 0:
+        raise PayloadError(key, f"must not be negative (it is {value})")
+    return value
 
 
 def _load_json(body: bytes) -> object:

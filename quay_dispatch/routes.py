@@ -2,6 +2,8 @@
 
 A route is a TOML table (ROUTES_FILE) or an inline `quay[=github]` entry
 (ROUTES). The code only interprets them; see docs/configuration.md.
+A namespace event (quota_*) has no repository: it is matched on the namespace
+part of `quay`, and goes to a `github` target that does not use {name}.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .quay import EVENTS, QuayEvent, control_character
+from .quay import ALL_EVENTS, NAMESPACE_EVENTS, QuayEvent, control_character
 
 MAX_EVENT_TYPE_LENGTH = 100  # GitHub's limit for repository_dispatch
 # Patterns are used with fullmatch: "$" would also match before a final newline.
@@ -19,8 +21,11 @@ _GITHUB_REPO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,1
 _TEMPLATE_FIELDS = re.compile(r"\{([^{}]*)\}")
 _KNOWN_KEYS = {"quay", "github", "events", "event_type", "branches", "tags", "workflow", "ref", "inputs"}
 _WORKFLOW = re.compile(r"[A-Za-z0-9._-]+\.ya?ml|\d+")  # a file in .github/workflows, or its id
-# What a workflow input or a ref template may name: the client_payload's keys (dispatch.py).
+# What a workflow input or a ref template may name: the client_payload's keys (dispatch.py),
+# for a repository event and for a namespace event.
 PAYLOAD_FIELDS = ("text", "sha", "ref", "branch", "tags", "image", "build_id", "quay_repository", "event", "url")
+NAMESPACE_PAYLOAD_FIELDS = ("namespace", "event", "url", "threshold_percent", "usage_percent", "usage_bytes",
+                            "limit_bytes")
 MAX_WORKFLOW_INPUTS = 10  # GitHub allows 25, GitHub Enterprise Server 10
 
 
@@ -77,7 +82,7 @@ def select_routes(routes: tuple[Route, ...], event: QuayEvent) -> Selection:
     """Routes whose filters all match `event`; with the reason each other matching route skipped it."""
     selected, reasons, routed = [], [], False
     for route in routes:
-        if not fnmatchcase(event.repository, route.quay):
+        if not _matches(route, event):
             continue
         routed = True
         reason = _filter_reason(route, event)
@@ -88,9 +93,26 @@ def select_routes(routes: tuple[Route, ...], event: QuayEvent) -> Selection:
     return Selection(tuple(selected), routed, tuple(reasons))
 
 
+def _matches(route: Route, event: QuayEvent) -> bool:
+    """Whether the route's `quay` glob covers the event: its repository, or for a namespace event its namespace."""
+    if event.is_namespace_event:
+        return fnmatchcase(event.namespace, route.quay.partition("/")[0])
+    return fnmatchcase(event.repository, route.quay)
+
+
+def _namespace_target_problem(route: Route) -> str | None:
+    """Why the route cannot send a namespace event: a target built from {name}, which such an event has not."""
+    if "name" in template_fields(route.github):
+        return (f"github = {route.github!r} uses {{name}}, and a namespace event has no repository name: "
+                "name the target, such as 'acme/infra' or '{namespace}/infra'")
+    return None
+
+
 def _filter_reason(route: Route, event: QuayEvent) -> str | None:
     if event.event not in route.events:
         return f"event {event.event} is not in {list(route.events)}"
+    if event.is_namespace_event and (problem := _namespace_target_problem(route)):
+        return problem
     if route.branches is not None:
         if event.branch is None:
             return f"the build has no branch, and the route only allows branches {list(route.branches)}"
@@ -145,25 +167,34 @@ def _route_from_table(table: dict, where: str) -> Route:
         raise RouteError(f"{where}: github = {github!r} is not an 'owner/repository' template")
     events = _list(table, "events", where) or ("build_success",)
     for event in events:
-        if event not in EVENTS:
-            raise RouteError(f"{where}: unknown event {event!r}; known: {', '.join(EVENTS)}")
+        if event not in ALL_EVENTS:
+            raise RouteError(f"{where}: unknown event {event!r}; known: {', '.join(ALL_EVENTS)}")
+    namespace_events = [event for event in events if event in NAMESPACE_EVENTS]
+    if namespace_events:
+        if problem := _namespace_target_problem(Route(quay=quay, github=github)):
+            raise RouteError(f"{where}: {problem} (events {', '.join(namespace_events)})")
+        if "branches" in table or "tags" in table:
+            raise RouteError(f"{where}: branches and tags do not apply to the namespace event(s) "
+                             f"{', '.join(namespace_events)}: put those in a route of their own")
     event_type = _text(table, "event_type", where)
     if event_type is not None and not 0 < len(event_type) <= MAX_EVENT_TYPE_LENGTH:
         raise RouteError(f"{where}: event_type must be 1 to {MAX_EVENT_TYPE_LENGTH} characters")
     workflow = _text(table, "workflow", where)
     if workflow is not None and not _WORKFLOW.fullmatch(workflow):
         raise RouteError(f"{where}: workflow = {workflow!r} must be a file name such as 'deploy.yml', or a workflow id")
-    ref = _text(table, "ref", where) or "{branch}"
+    explicit_ref = _text(table, "ref", where)
+    ref = explicit_ref or "{branch}"  # a namespace event has no branch: its workflow runs on the default branch
     inputs = _list(table, "inputs", where) or ()
     if workflow is None and ("ref" in table or "inputs" in table):
         raise RouteError(f"{where}: ref and inputs go with workflow = '...' (workflow_dispatch)")
-    ref_fields = set(PAYLOAD_FIELDS) - {"tags"}
-    if not set(_TEMPLATE_FIELDS.findall(ref)) <= ref_fields:
+    payload_fields = _payload_fields(events)
+    ref_fields = set(payload_fields) - {"tags"}
+    if explicit_ref is not None and not set(_TEMPLATE_FIELDS.findall(ref)) <= ref_fields:
         allowed = ", ".join("{" + f + "}" for f in sorted(ref_fields))
         raise RouteError(f"{where}: ref = {ref!r} may only use {allowed}")
     for name in inputs:
-        if name not in PAYLOAD_FIELDS:
-            raise RouteError(f"{where}: input {name!r} is not one of {', '.join(PAYLOAD_FIELDS)}")
+        if name not in payload_fields:
+            raise RouteError(f"{where}: input {name!r} is not one of {', '.join(payload_fields)}")
     if len(set(inputs)) > MAX_WORKFLOW_INPUTS:
         raise RouteError(f"{where}: at most {MAX_WORKFLOW_INPUTS} inputs (GitHub Enterprise Server's limit)")
     return Route(
@@ -177,6 +208,14 @@ def _route_from_table(table: dict, where: str) -> Route:
         ref=ref,
         inputs=tuple(dict.fromkeys(inputs)),
     )
+
+
+def _payload_fields(events: tuple[str, ...]) -> tuple[str, ...]:
+    """The client_payload keys of the route's events: a missing one is an unknown value, as a manual build's sha."""
+    fields = PAYLOAD_FIELDS if any(event not in NAMESPACE_EVENTS for event in events) else ()
+    if any(event in NAMESPACE_EVENTS for event in events):
+        fields += tuple(f for f in NAMESPACE_PAYLOAD_FIELDS if f not in fields)
+    return fields
 
 
 def _text(table: dict, key: str, where: str, required: bool = False) -> str | None:

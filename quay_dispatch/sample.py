@@ -7,9 +7,16 @@ import uuid
 
 import requests
 
-from .quay import BUILD_EVENTS, TEST_BUILD_ID
+from .quay import BUILD_EVENTS, NAMESPACE_EVENTS, TEST_BUILD_ID
 
 SAMPLE_COMMIT = "42d4a62c53350993ea41069e9f2cfdefb0df097d"  # the commit of Quay's own samples
+# The figures of Quay's own quota samples (QuotaWarningEvent, QuotaErrorEvent in notifications/notificationevent.py).
+SAMPLE_QUOTA = {
+    "quota_warning": {"threshold_percent": 80, "usage_bytes": 858993459, "limit_bytes": 1073741824,
+                      "usage_percent": 80, "usage_bytes_formatted": "819.20 MB", "limit_bytes_formatted": "1.00 GB"},
+    "quota_error": {"threshold_percent": 100, "usage_bytes": 1127428915, "limit_bytes": 1073741824,
+                    "usage_percent": 105, "usage_bytes_formatted": "1.05 GB", "limit_bytes_formatted": "1.00 GB"},
+}
 
 
 def sample_body(
@@ -17,8 +24,14 @@ def sample_body(
     branch: str = "main", tags: tuple[str, ...] = ("latest",), test: bool = False,
     quay_host: str = "quay.io",
 ) -> dict:
-    """A body as Quay sends it for `event`; `test=True` gives Quay's Test Notification marker."""
+    """A body as Quay sends it for `event`; `test=True` gives Quay's Test Notification marker.
+
+    A namespace event's body names only the namespace of `repository` (which may be a bare namespace).
+    """
     namespace, _, name = repository.partition("/")
+    if event in NAMESPACE_EVENTS:
+        return {"namespace": namespace, "homepage": f"https://{quay_host}/organization/{namespace}",
+                **SAMPLE_QUOTA[event]}
     body = {
         "repository": repository,
         "namespace": namespace,

@@ -133,6 +133,16 @@ def test_every_quay_event_has_its_url(relay, test_pki, event):
     assert not response.history  # answered at that URL, not redirected
 
 
+@pytest.mark.parametrize("event", ["quota_warning", "quota_error"])
+def test_every_quota_event_has_its_url_and_a_route_without_it_ignores_it(relay, test_pki, event):
+    response = post(relay, test_pki, sample_body(event, "acme"), event=event)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "ignored", "reason": (
+        f"route 'acme/*': event {event} is not in ['build_success']; "
+        f"route 'acme/api': event {event} is not in ['build_success']")}
+
+
 @pytest.mark.parametrize("cert, reason", [
     ("self_signed", "self-signed"),
     ("other_root", "does not chain to a trusted root"),
