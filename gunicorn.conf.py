@@ -10,7 +10,15 @@ import ssl
 import sys
 import tempfile
 
-from quay_dispatch.config import ConfigError, load_settings, stale_metric_files
+from quay_dispatch.config import (
+    NO_TRUSTED_PROXY,
+    ConfigError,
+    load_settings,
+    quay_certificates,
+    stale_metric_files,
+    tls_problems,
+    trusted_proxies,
+)
 from quay_dispatch.outbox import StoreUnavailable, open_outbox
 
 try:
@@ -36,8 +44,8 @@ graceful_timeout = 20
 preload_app = False  # each worker imports wsgi.py and starts its own deliverer
 control_socket_disable = True
 accesslog = None  # the application logs one line per request, without query strings
-# Nobody is trusted to set forwarding headers unless FORWARDED_ALLOW_IPS names them
-# (gunicorn's own default would trust 127.0.0.1).
+# Nobody is trusted to set forwarding headers unless FORWARDED_ALLOW_IPS (or --forwarded-allow-ips)
+# names them (gunicorn's own default would trust 127.0.0.1).
 forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_allow_ips)
 
 
@@ -62,14 +70,43 @@ def on_starting(server):
         problems.append(f"the outbox ({outbox.description}) cannot be opened: {exc}")
     finally:
         outbox.close()
-    if _settings.client_cert_source == "header":
-        configured = {str(network) for network in _settings.forwarded_allow_ips}
-        if set(cfg.forwarded_allow_ips) != configured:
-            problems.append("CLIENT_CERT_SOURCE=header: set the proxy's addresses with FORWARDED_ALLOW_IPS, "
-                            "not --forwarded-allow-ips, so that gunicorn and the service trust the same ones")
+    problems += _trust_what_gunicorn_trusts(cfg)
+    problems += _file_problems(cfg)
     if problems:
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))
     _prepare_metrics()
+
+
+def _trust_what_gunicorn_trusts(cfg):
+    """Hand gunicorn's effective forwarded_allow_ips to the workers, whichever setting it came from.
+
+    The workers read their settings from the environment they inherit from this
+    process, so FORWARDED_ALLOW_IPS is set here, before any of them is forked.
+    """
+    from_environment = cfg.forwarded_allow_ips == [entry for entry in forwarded_allow_ips.split(",") if entry]
+    setting = "FORWARDED_ALLOW_IPS" if from_environment else "--forwarded-allow-ips"
+    problems = []
+    proxies = trusted_proxies(cfg.forwarded_allow_ips, _settings.client_cert_source, setting, problems)
+    if _settings.client_cert_source == "header" and not proxies and not problems:
+        problems.append(NO_TRUSTED_PROXY)
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(cfg.forwarded_allow_ips)
+    return problems
+
+
+def _file_problems(cfg):
+    """The files a worker would load, tried here first: a message naming each setting, not a worker's traceback."""
+    problems = []
+    if cfg.is_ssl:
+        # gunicorn's --certfile and --keyfile win over the environment; name the one in effect.
+        cert_setting = _settings.tls_cert_setting if cfg.certfile == _settings.tls_cert_file else "--certfile"
+        key_setting = _settings.tls_key_setting if cfg.keyfile == _settings.tls_key_file else "--keyfile"
+        problems += tls_problems((cert_setting, cfg.certfile), (key_setting, cfg.keyfile))
+    if _settings.client_cert_source in ("tls", "header"):
+        try:
+            quay_certificates(_settings)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 _own_metrics_dir = None

@@ -11,12 +11,12 @@ import click
 import requests
 from flask import Flask
 
-from .config import ConfigError
+from .config import ConfigError, listing, tls_problems
 from .github import AuthError
 from .github_app import AppAuth
 from .outbox import STATUSES, StoreUnavailable
 from .pki import make_dev_pki
-from .quay import EVENTS
+from .quay import ALL_EVENTS
 from .sample import sample_body, send_like_quay
 from .services import services
 
@@ -70,6 +70,10 @@ def check_config(online: bool) -> None:
     """Validate the configuration and say what the service will do with it."""
     svc = _services()
     settings = svc.settings
+    if settings.tls_cert_file or settings.tls_key_file:
+        tls = ((settings.tls_cert_setting, settings.tls_cert_file), (settings.tls_key_setting, settings.tls_key_file))
+        if problems := tls_problems(*tls):
+            raise click.ClickException(str(listing(problems)))
     click.echo("configuration is valid")
     click.echo(f"  authentication: {_describe_auth(settings)}")
     try:
@@ -166,7 +170,7 @@ def redeliver(ids: tuple[int, ...], all_failed: bool) -> None:
 
 @click.command("send-sample")
 @click.argument("url")
-@click.option("--event", type=click.Choice(EVENTS), default="build_success", show_default=True)
+@click.option("--event", type=click.Choice(ALL_EVENTS), default="build_success", show_default=True)
 @click.option("--repo", "repository", default="myorg/myrepo", show_default=True, help="Quay repository namespace/name.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate chain (PEM), as Quay's.")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Its private key.")

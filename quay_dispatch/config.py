@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL
 
+from .identity import load_certificates, load_roots
 from .outbox import DEFAULT_TIMEOUT as DEFAULT_STORE_TIMEOUT
 from .routes import Route, RouteError, parse_inline_routes, parse_toml_routes
+from .tls import build_context, handshake_reason
 
 MIN_INCOMING_TOKEN_LENGTH = 24
 MAX_STORE_TIMEOUT = 4.0  # seconds: what leaves a direct delivery time to answer Quay within 8 s
@@ -26,6 +32,11 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one part of a DNS name, as a certificate names it
 _METRICS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")  # prometheus-client's own
+
+
+NO_TRUSTED_PROXY = ("CLIENT_CERT_SOURCE=header needs FORWARDED_ALLOW_IPS (or gunicorn's --forwarded-allow-ips): "
+                    "the proxy's addresses, the only ones whose client certificate header is believed")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -48,11 +59,13 @@ class Settings:
     quay_intermediates_file: str | None = None
     client_cert_source: str = "tls"
     client_cert_header: str = DEFAULT_CLIENT_CERT_HEADER
-    forwarded_allow_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    forwarded_allow_ips: tuple[Network, ...] = ()
     incoming_token: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_cert_setting: str = "TLS_CERT_FILE"  # the variable tls_cert_file came from (or its alias CRT)
+    tls_key_setting: str = "TLS_KEY_FILE"
     port: int = 8443
     debug: bool = False
     log_format: str = "text"
@@ -74,12 +87,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from environment variables, or raise ConfigError naming each problem."""
     problems: list[str] = []
 
-    def get(*names: str) -> str | None:
+    def named(*names: str) -> tuple[str, str | None]:
+        """The first of `names` that is set, and its value; else the first name and None."""
         for name in names:
             value = env.get(name)
             if value is not None and value.strip() != "":
-                return value.strip()
-        return None
+                return name, value.strip()
+        return names[0], None
+
+    def get(*names: str) -> str | None:
+        return named(*names)[1]
 
     def flag(name: str) -> bool:
         value = (env.get(name) or "").strip().lower()
@@ -116,9 +133,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             problems.append("both ROUTES_FILE and ROUTES are set: use one")
         elif routes_file:
             try:
-                text = Path(routes_file).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise RouteError(f"ROUTES_FILE={routes_file}: cannot be read ({exc.strerror})") from None
+                text = read_file("ROUTES_FILE", routes_file).decode("utf-8")
+            except UnicodeDecodeError:
+                raise RouteError(f"ROUTES_FILE={routes_file} is not UTF-8 text") from None
             routes = parse_toml_routes(text, source=f"ROUTES_FILE={routes_file}")
         elif routes_inline:
             routes = parse_inline_routes(routes_inline)
@@ -127,7 +144,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
                 "no routes: set ROUTES (for example ROUTES='myorg/*') or ROUTES_FILE; "
                 "without a route nothing would ever be forwarded"
             )
-    except RouteError as exc:
+    except (RouteError, ConfigError) as exc:
         problems.append(str(exc))
 
     hostnames = tuple(h.strip().lower() for h in (get("QUAY_HOSTNAME") or "quay.io").split(",") if h.strip())
@@ -135,29 +152,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         if reason := _hostname_problem(hostname):
             problems.append(f"QUAY_HOSTNAME={hostname!r}: {reason}")
 
-    ca_file, intermediates_file = get("QUAY_CA_FILE"), get("QUAY_INTERMEDIATES_FILE")
-    for name, path in (("QUAY_CA_FILE", ca_file), ("QUAY_INTERMEDIATES_FILE", intermediates_file)):
-        if path and not Path(path).is_file():
-            problems.append(f"{name}={path}: no such file")
+    ca_file, intermediates_file = get("QUAY_CA_FILE"), get("QUAY_INTERMEDIATES_FILE")  # read by quay_certificates
 
     source = (get("CLIENT_CERT_SOURCE") or "tls").lower()
     if source not in CLIENT_CERT_SOURCES:
         problems.append(f"CLIENT_CERT_SOURCE={source!r}: use one of {', '.join(CLIENT_CERT_SOURCES)}")
 
-    proxies = []
-    for entry in (get("FORWARDED_ALLOW_IPS") or "").split(","):
-        entry = entry.strip()
-        if entry == "*" and source == "header":
-            problems.append("FORWARDED_ALLOW_IPS=* would accept a forged client certificate header from anyone: "
-                            "name the proxy's addresses")
-        elif entry and entry != "*":
-            try:
-                proxies.append(ipaddress.ip_network(entry))
-            except ValueError:
-                problems.append(f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network")
-    if source == "header" and not proxies:
-        problems.append("CLIENT_CERT_SOURCE=header needs FORWARDED_ALLOW_IPS: the proxy's addresses, the only ones "
-                        "whose client certificate header is believed")
+    # That header mode names a proxy is checked where gunicorn's --forwarded-allow-ips is known too:
+    # gunicorn.conf.py's on_starting, and services.build.
+    proxies = trusted_proxies((get("FORWARDED_ALLOW_IPS") or "").split(","), source, "FORWARDED_ALLOW_IPS", problems)
 
     incoming_token = get("INCOMING_TOKEN")
     if incoming_token is not None and len(incoming_token) < MIN_INCOMING_TOKEN_LENGTH:
@@ -187,6 +190,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if log_format not in ("text", "json"):
         problems.append(f"LOG_FORMAT={log_format!r}: use text or json")
 
+    tls_cert_setting, tls_cert_file = named("TLS_CERT_FILE", "CRT")
+    tls_key_setting, tls_key_file = named("TLS_KEY_FILE", "KEY")
+
     def duration(name: str, default: str) -> float:
         seconds = _duration(get(name) or default)
         if seconds is None or seconds <= 0:
@@ -207,11 +213,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         quay_intermediates_file=intermediates_file,
         client_cert_source=source,
         client_cert_header=get("CLIENT_CERT_HEADER") or DEFAULT_CLIENT_CERT_HEADER,
-        forwarded_allow_ips=tuple(proxies),
+        forwarded_allow_ips=proxies,
         incoming_token=incoming_token,
         database_url=database_url,
-        tls_cert_file=get("TLS_CERT_FILE", "CRT"),
-        tls_key_file=get("TLS_KEY_FILE", "KEY"),
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
+        tls_cert_setting=tls_cert_setting,
+        tls_key_setting=tls_key_setting,
         port=port,
         debug=flag("DEBUG"),
         log_format=log_format,
@@ -224,8 +232,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         metrics_dir=metrics_dir,
     )
     if problems:
-        raise ConfigError("configuration error:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise listing(problems)
     return settings
+
+
+def listing(problems: list[str]) -> ConfigError:
+    """The ConfigError that lists `problems`, one a line."""
+    return ConfigError("configuration error:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def _app_private_key(env: Mapping[str, str], problems: list[str]) -> str | None:
@@ -234,12 +247,15 @@ def _app_private_key(env: Mapping[str, str], problems: list[str]) -> str | None:
     if text and path:
         problems.append("both GITHUB_APP_PRIVATE_KEY and GITHUB_APP_PRIVATE_KEY_FILE are set: use one")
         return None
+    source = f"GITHUB_APP_PRIVATE_KEY_FILE={path}" if path else "GITHUB_APP_PRIVATE_KEY"
     if path:
         try:
-            text = Path(path).read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"GITHUB_APP_PRIVATE_KEY_FILE={path}: cannot be read ({type(exc).__name__})")
+            text = read_file("GITHUB_APP_PRIVATE_KEY_FILE", path).decode("ascii")
+        except ConfigError as exc:
+            problems.append(str(exc))
             return None
+        except UnicodeDecodeError:
+            text = "not PEM"
     if not text:
         return None
     # A PaaS often keeps a multi-line value with literal \n: accept that too.
@@ -247,7 +263,7 @@ def _app_private_key(env: Mapping[str, str], problems: list[str]) -> str | None:
     try:
         key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
     except (ValueError, TypeError, UnicodeEncodeError):
-        problems.append("the GitHub App private key is not an unencrypted PEM private key")
+        problems.append(f"{source} is not an unencrypted PEM private key")
         return None
     if not isinstance(key, rsa.RSAPrivateKey):
         problems.append("the GitHub App private key must be an RSA key (GitHub signs App JWTs with RS256)")
@@ -342,3 +358,105 @@ def _duration(text: str) -> float | None:
     if not match:
         return None
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def read_file(setting: str, path: str) -> bytes:
+    """The contents of the file `setting` names, or a ConfigError with the setting, the path and why not."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        reason = "does not exist"
+    except PermissionError:
+        reason = f"cannot be read: permission denied (the service runs as uid {os.getuid()})"
+    except IsADirectoryError:
+        reason = "is a directory, not a file"
+    except OSError as exc:
+        reason = f"cannot be read: {(exc.strerror or str(exc)).lower()}"
+    raise ConfigError(f"{setting}={path} {reason}")
+
+
+def trusted_proxies(entries: Iterable[str], source: str, setting: str, problems: list[str]) -> tuple[Network, ...]:
+    """The networks in `entries` (FORWARDED_ALLOW_IPS, or gunicorn's effective list, named by `setting`).
+
+    In header mode `*` is refused: it would believe a forged certificate header from anyone.
+    """
+    proxies = []
+    for entry in entries:
+        entry = entry.strip()
+        if entry == "*" and source == "header":
+            problems.append(f"{setting}=* would accept a forged client certificate header from anyone: "
+                            "name the proxy's addresses")
+        elif entry and entry != "*":
+            try:
+                proxies.append(ipaddress.ip_network(entry))
+            except ValueError:
+                problems.append(f"{setting}: {entry!r} is not an IP address or network")
+    return tuple(proxies)
+
+
+def quay_certificates(settings: Settings) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """The trusted roots (QUAY_CA_FILE, else certifi's bundle) and QUAY_INTERMEDIATES_FILE's certificates.
+
+    Raises ConfigError naming the setting, the path and why the file cannot be used.
+    """
+    roots = _certificates("QUAY_CA_FILE", settings.quay_ca_file) if settings.quay_ca_file else load_roots(None)
+    intermediates = []
+    if settings.quay_intermediates_file:
+        intermediates = _certificates("QUAY_INTERMEDIATES_FILE", settings.quay_intermediates_file)
+    return roots, intermediates
+
+
+def _certificates(setting: str, path: str) -> list[x509.Certificate]:
+    source = f"{setting}={path}"
+    try:
+        certificates = load_certificates(read_file(setting, path), source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not certificates:
+        raise ConfigError(f"{source} is not a PEM certificate")
+    return certificates
+
+
+def tls_problems(cert: tuple[str, str | None], key: tuple[str, str | None]) -> list[str]:
+    """Why the certificate and key files cannot serve TLS; each pair is (setting, path), path None when unset.
+
+    Checked before any worker builds its TLS context, so that the operator reads the setting,
+    the path and the reason instead of OpenSSL's error list.
+    """
+    (cert_setting, cert_path), (key_setting, key_path) = cert, key
+    if cert_path is None:
+        return [f"{key_setting} is set but no certificate: set TLS_CERT_FILE (or --certfile) too"]
+    if key_path is None:  # gunicorn's rule: the key is then in the certificate file
+        key_setting, key_path = cert_setting, cert_path
+    problems: list[str] = []
+    certificates = private_key = None
+    try:
+        certificates = _certificates(cert_setting, cert_path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        private_key = _private_key(key_setting, key_path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if certificates is None or private_key is None:
+        return list(dict.fromkeys(problems))  # a key in the certificate file: one message for one file
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if certificates[0].public_key().public_bytes(*spki) != private_key.public_key().public_bytes(*spki):
+        return [f"{cert_setting} and {key_setting} do not match: the certificate in {cert_path} "
+                f"is not for the key in {key_path}"]
+    try:
+        build_context(cert_path, key_path, ssl.CERT_NONE)
+    except SSL.Error as exc:
+        return [f"{cert_setting}={cert_path} and {key_setting}={key_path} cannot serve TLS: {handshake_reason(exc)}"]
+    return []
+
+
+def _private_key(setting: str, path: str):
+    data = read_file(setting, path)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ConfigError(f"{setting}={path} is an encrypted private key: the service needs it without a "
+                          "passphrase") from None
+    except ValueError:
+        raise ConfigError(f"{setting}={path} is not a PEM private key") from None

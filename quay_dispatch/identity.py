@@ -67,9 +67,9 @@ def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
             try:
                 certs.append(x509.load_pem_x509_certificate(block))
             except ValueError as exc:
-                raise ValueError(f"{source}: unreadable certificate: {exc}") from None
+                raise ValueError(f"{source} holds a certificate that cannot be parsed: {exc}") from None
     if not certs and data.strip():
-        raise ValueError(f"{source}: no PEM certificate found")
+        raise ValueError(f"{source} is not a PEM certificate")
     return certs
 
 
@@ -79,7 +79,7 @@ def load_roots(ca_file: str | None) -> list[x509.Certificate]:
     with open(path, "rb") as f:
         roots = load_certificates(f.read(), path)
     if not roots:
-        raise ValueError(f"{path}: no PEM certificate found")
+        raise ValueError(f"{path} is not a PEM certificate")
     return roots
 
 

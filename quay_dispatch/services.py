@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from . import logs
-from .config import Settings, load_settings
+from .config import NO_TRUSTED_PROXY, ConfigError, Settings, listing, load_settings, quay_certificates
 from .delivery import Deliverer
 from .github import GitHubClient, TokenAuth, Transport, host_of
 from .github_app import AppAuth
-from .identity import QuayVerifier, load_certificates, load_roots
+from .identity import QuayVerifier
 from .outbox import Outbox, open_outbox
 
 _EXTENSION = "quay_dispatch"
@@ -44,15 +44,21 @@ class Services:
 
 
 def build(settings: Settings) -> Services:
-    """Build the Services for `settings` (loads the trusted roots, opens nothing yet)."""
+    """Build the Services for `settings` (loads the trusted roots, opens nothing yet).
+
+    Raises config.ConfigError naming the setting when a file it names cannot be used.
+    """
     logs.configure(settings)
+    header_without_proxy = settings.client_cert_source == "header" and not settings.forwarded_allow_ips
+    problems = [NO_TRUSTED_PROXY] if header_without_proxy else []
     verifier = None
     if settings.client_cert_source in ("tls", "header"):
-        intermediates = []
-        if settings.quay_intermediates_file:
-            with open(settings.quay_intermediates_file, "rb") as f:
-                intermediates = load_certificates(f.read(), settings.quay_intermediates_file)
-        verifier = QuayVerifier(settings.quay_hostnames, load_roots(settings.quay_ca_file), intermediates)
+        try:
+            verifier = QuayVerifier(settings.quay_hostnames, *quay_certificates(settings))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise listing(problems)
     outbox = open_outbox(settings.database_url, settings.store_timeout)
     # In dry-run mode there may be no credentials and nothing is pending; the deliverer only prunes.
     transport = Transport(settings.github_api_url, settings.github_timeout, settings.github_ca_file)

@@ -74,6 +74,19 @@ def test_header_mode_believes_the_trusted_proxy_only(start_service, test_pki):
     assert without_header[0] == 403 and "sent no X-SSL-Client-Cert header" in without_header[1]["error"]
 
 
+@pytest.mark.parametrize("env", [{}, {"FORWARDED_ALLOW_IPS": "127.0.0.2"}], ids=["flag alone", "flag wins"])
+def test_header_mode_trusts_the_proxy_named_by_gunicorns_flag(start_service, test_pki, env):
+    service = start_service(PLAIN | {"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": None} | env,
+                            args=["--workers", "1", "--forwarded-allow-ips", "127.0.0.1"])
+    proxied = {"X-SSL-Client-Cert": quote(b"".join(pem_blocks(test_pki.pair("quay")[0])).decode())}
+
+    from_proxy = post_from(service, "127.0.0.1", sample_body("build_success", "acme/widget"), proxied)
+    from_elsewhere = post_from(service, "127.0.0.2", sample_body("build_success", "acme/widget"), proxied)
+
+    assert from_proxy[0] == 202
+    assert from_elsewhere[0] == 403 and "127.0.0.2 is not a trusted proxy" in from_elsewhere[1]["error"]
+
+
 def test_header_mode_with_a_leaf_alone_in_base64_der_and_intermediates_from_a_file(start_service, test_pki,
                                                                                   tmp_path):
     leaf, intermediate = pem_blocks(test_pki.pair("quay")[0])
@@ -104,8 +117,10 @@ def run_gunicorn(env_overrides: dict, *args: str) -> subprocess.CompletedProcess
 @pytest.mark.parametrize("env, args, words", [
     ({"CLIENT_CERT_SOURCE": "header"}, [], "CLIENT_CERT_SOURCE=header needs FORWARDED_ALLOW_IPS"),
     ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "*"}, [], "FORWARDED_ALLOW_IPS=* would accept"),
-    ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "10.0.0.7"}, ["--forwarded-allow-ips", "10.0.0.8"],
-     "not --forwarded-allow-ips"),
+    ({"CLIENT_CERT_SOURCE": "header"}, ["--forwarded-allow-ips", "*"],
+     "--forwarded-allow-ips=* would accept a forged client certificate header from anyone"),
+    ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "10.0.0.7"}, ["--forwarded-allow-ips", "*"],
+     "--forwarded-allow-ips=* would accept a forged client certificate header from anyone"),
     # gunicorn itself reads FORWARDED_ALLOW_IPS first, and says so.
     ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "proxy.local"}, [],
      "'proxy.local' does not appear to be an IPv4 or IPv6 network"),

@@ -1,7 +1,11 @@
 """Configuration: read once, validated, and insecure combinations refused with what to set."""
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -62,9 +66,10 @@ def test_delivery_max_age_durations(duration, seconds):
     assert load_settings(VALID | {"DELIVERY_MAX_AGE": duration}).delivery_max_age == seconds
 
 
-def run_gunicorn(env_overrides, *args):
+def run_gunicorn(env_overrides, *args, run_as=()):
+    """gunicorn with the configuration file; `run_as`: a command prefix such as as_nobody()."""
     env = {"PATH": "/usr/bin:/bin", **VALID, "DATABASE_URL": "sqlite:////tmp/unused.sqlite3", **env_overrides}
-    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
+    return subprocess.run([*run_as, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -161,3 +166,102 @@ def test_a_restart_deletes_only_the_metric_files_it_made(start_service, tmp_path
 
     assert {name: (metrics / name).read_bytes() for name in theirs} == theirs
     assert not (metrics / "counter_999999.db").exists()
+
+
+NOBODY = 65534
+AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+
+
+def refused_with(result, message):
+    assert result.returncode != 0
+    assert f"  - {message}\n" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "OpenSSL" not in result.stderr
+
+
+@pytest.fixture
+def files(test_pki):
+    """Good TLS and CA files, by setting name: each test spoils one."""
+    cert, key = test_pki.pair("server")
+    return {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "QUAY_CA_FILE": test_pki.ca_file}
+
+
+def file_env(files, setting, path):
+    """The environment in which `setting` names `path` and every other file is good."""
+    if setting == "ROUTES_FILE":
+        return files | {"ROUTES": "", "ROUTES_FILE": path}
+    if setting == "GITHUB_APP_PRIVATE_KEY_FILE":
+        return files | {"GITHUB_TOKEN": "", "GITHUB_APP_ID": "12345", setting: path}
+    return files | {setting: path}
+
+
+@pytest.mark.parametrize("setting", ["TLS_CERT_FILE", "TLS_KEY_FILE", "QUAY_CA_FILE", "QUAY_INTERMEDIATES_FILE",
+                                     "ROUTES_FILE", "GITHUB_APP_PRIVATE_KEY_FILE"])
+def test_a_missing_file_stops_the_start_naming_its_setting_and_path(files, tmp_path, setting):
+    missing = tmp_path / "no-such.pem"
+
+    result = run_gunicorn(file_env(files, setting, str(missing)))
+
+    refused_with(result, f"{setting}={missing} does not exist")
+
+
+@pytest.fixture
+def readable_only_by_root(test_pki):
+    """The server's pair in a directory anyone may enter, the key readable by its owner (root) alone."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the file is made unreadable to another uid, and the service run as that uid")
+    # On this machine subprocess's user= fails to exec the interpreter (EACCES); setpriv does not.
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux's setpriv to run the service as another uid")
+    directory = Path(tempfile.mkdtemp(prefix="quay-dispatch-perm-"))
+    directory.chmod(0o755)
+    cert, key = test_pki.pair("server")
+    shutil.copy(cert, directory / "server.pem")
+    shutil.copy(key, directory / "server.key")
+    (directory / "server.pem").chmod(0o644)
+    (directory / "server.key").chmod(0o600)
+    yield str(directory / "server.pem"), str(directory / "server.key")
+    shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("env_name, args", [("TLS_KEY_FILE", False), ("--keyfile", True)])
+def test_an_unreadable_key_stops_the_start_with_the_uid_that_cannot_read_it(readable_only_by_root, test_pki,
+                                                                          env_name, args):
+    cert, key = readable_only_by_root
+    env = {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "QUAY_CA_FILE": test_pki.ca_file}
+    flags = ["--keyfile", key] if args else []
+    if args:
+        env["TLS_KEY_FILE"] = test_pki.pair("server")[1]  # the flag wins over the environment
+
+    result = run_gunicorn(env, *flags, run_as=AS_NOBODY)
+
+    refused_with(result, f"{env_name}={key} cannot be read: permission denied (the service runs as uid {NOBODY})")
+
+
+def test_a_certificate_and_key_that_do_not_match_stop_the_start(test_pki):
+    cert, _ = test_pki.pair("server")
+    _, other_key = test_pki.pair("quay")
+
+    result = run_gunicorn({"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key, "QUAY_CA_FILE": test_pki.ca_file})
+
+    refused_with(result, f"TLS_CERT_FILE and TLS_KEY_FILE do not match: the certificate in {cert} "
+                         f"is not for the key in {other_key}")
+
+
+@pytest.mark.parametrize("setting", ["TLS_CERT_FILE", "QUAY_CA_FILE", "QUAY_INTERMEDIATES_FILE"])
+def test_a_file_that_is_not_a_pem_certificate_stops_the_start(files, tmp_path, setting):
+    not_pem = tmp_path / "server.der"
+    not_pem.write_bytes(b"\x30\x82\x01\x0a not a certificate")
+
+    result = run_gunicorn(file_env(files, setting, str(not_pem)))
+
+    refused_with(result, f"{setting}={not_pem} is not a PEM certificate")
+
+
+@pytest.mark.parametrize("setting", ["TLS_KEY_FILE", "GITHUB_APP_PRIVATE_KEY_FILE"])
+def test_a_key_file_that_holds_a_certificate_stops_the_start(files, test_pki, setting):
+    cert, _ = test_pki.pair("server")
+
+    result = run_gunicorn(file_env(files, setting, cert))
+
+    expected = "is not a PEM private key" if setting == "TLS_KEY_FILE" else "is not an unencrypted PEM private key"
+    refused_with(result, f"{setting}={cert} {expected}")
