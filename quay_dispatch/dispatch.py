@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .quay import QuayEvent
+from .quay import QUOTA_FIGURES, QuayEvent
 from .routes import Route, template_fields
 
 REPOSITORY_DISPATCH = "repository_dispatch"
@@ -37,10 +37,7 @@ def client_payload(event: QuayEvent) -> dict:
             "namespace": event.namespace,
             "event": event.event,
             "url": event.homepage,
-            "threshold_percent": event.threshold_percent,
-            "usage_percent": event.usage_percent,
-            "usage_bytes": event.usage_bytes,
-            "limit_bytes": event.limit_bytes,
+            **{figure: getattr(event, figure) for figure in QUOTA_FIGURES},
         }
     return {
         "text": event.commit[:7] if event.commit else None,  # what the original service sent

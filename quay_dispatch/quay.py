@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from .printable import printable
+from .printable import find_control
 
 BUILD_EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled")
 EVENTS = BUILD_EVENTS + (
@@ -30,6 +30,7 @@ EVENTS = BUILD_EVENTS + (
     "repo_mirror_sync_failed",
 )  # the repository events
 NAMESPACE_EVENTS = ("quota_warning", "quota_error")
+QUOTA_FIGURES = ("threshold_percent", "usage_percent", "usage_bytes", "limit_bytes")  # whole numbers, as sent
 ALL_EVENTS = EVENTS + NAMESPACE_EVENTS
 TEST_BUILD_ID = "fake-build-id"
 
@@ -44,10 +45,10 @@ _TOO_DEEP = f"the JSON is nested deeper than {_MAX_DEPTH} levels"
 
 def control_character(text: str) -> str | None:
     """Where `text` holds a control character (C0, DEL, C1, U+2028/U+2029), shown escaped; None if it holds none."""
-    if printable(text) == text:
+    found = find_control(text)
+    if found is None:
         return None
-    position, char = next((i, c) for i, c in enumerate(text) if printable(c) != c)
-    return f"contains a control character ({char!r}) at position {position}"
+    return f"contains a control character ({found.group()!r}) at position {found.start()}"
 
 
 class PayloadError(Exception):
@@ -152,7 +153,7 @@ def _namespace_event(event: str, data: dict) -> QuayEvent:
         )
     return QuayEvent(
         event=event, repository=None, namespace=namespace, name=None, homepage=_string(data, "homepage"),
-        **{key: _count(data, key) for key in ("threshold_percent", "usage_percent", "usage_bytes", "limit_bytes")},
+        **{key: _count(data, key) for key in QUOTA_FIGURES},
     )
 
 

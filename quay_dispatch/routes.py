@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .quay import ALL_EVENTS, NAMESPACE_EVENTS, QuayEvent, control_character
+from .quay import ALL_EVENTS, NAMESPACE_EVENTS, QUOTA_FIGURES, QuayEvent, control_character
 
 MAX_EVENT_TYPE_LENGTH = 100  # GitHub's limit for repository_dispatch
 # Patterns are used with fullmatch: "$" would also match before a final newline.
@@ -24,8 +24,7 @@ _WORKFLOW = re.compile(r"[A-Za-z0-9._-]+\.ya?ml|\d+")  # a file in .github/workf
 # What a workflow input or a ref template may name: the client_payload's keys (dispatch.py),
 # for a repository event and for a namespace event.
 PAYLOAD_FIELDS = ("text", "sha", "ref", "branch", "tags", "image", "build_id", "quay_repository", "event", "url")
-NAMESPACE_PAYLOAD_FIELDS = ("namespace", "event", "url", "threshold_percent", "usage_percent", "usage_bytes",
-                            "limit_bytes")
+NAMESPACE_PAYLOAD_FIELDS = ("namespace", "event", "url", *QUOTA_FIGURES)
 MAX_WORKFLOW_INPUTS = 10  # GitHub allows 25, GitHub Enterprise Server 10
 
 
