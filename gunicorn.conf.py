@@ -44,6 +44,14 @@ graceful_timeout = 20
 preload_app = False  # each worker imports wsgi.py and starts its own deliverer
 control_socket_disable = True
 accesslog = None  # the application logs one line per request, without query strings
+if _settings.log_format == "json":
+    # gunicorn's own lines (worker boots, failed handshakes) as JSON objects too, one a line.
+    _json_logger = {"level": "INFO", "handlers": ["error_console"], "propagate": False}
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": ["error_console"]},
+        "loggers": {"gunicorn.error": _json_logger, "gunicorn.access": _json_logger},
+        "formatters": {"generic": {"()": "quay_dispatch.logs.JSONFormatter"}},
+    }
 # Nobody is trusted to set forwarding headers unless FORWARDED_ALLOW_IPS (or --forwarded-allow-ips)
 # names them (gunicorn's own default would trust 127.0.0.1).
 forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_allow_ips)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -11,10 +12,10 @@ import click
 import requests
 from flask import Flask
 
-from .config import ConfigError, listing, tls_problems
+from .config import ConfigError, listing, load_store_settings, tls_problems
 from .github import AuthError
 from .github_app import AppAuth
-from .outbox import STATUSES, StoreUnavailable
+from .outbox import STATUSES, Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
 from .pki import make_dev_pki
 from .quay import ALL_EVENTS
 from .sample import sample_body, send_like_quay
@@ -41,9 +42,8 @@ def dev_certs(directory: Path, force: bool) -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
 def deliveries(status: str | None, limit: int, as_json: bool) -> None:
-    """List the newest deliveries and what became of them."""
-    outbox = _services().outbox
-    outbox.migrate()
+    """List the newest deliveries and what became of them (needs only DATABASE_URL)."""
+    outbox = _outbox()
     rows = outbox.list(status=status, limit=limit)
     if as_json:
         for row in rows:
@@ -92,10 +92,7 @@ def check_config(online: bool) -> None:
     click.echo(f"  GitHub:         {settings.github_api_url} ({sending})")
     click.echo("  routes:")
     for route in settings.routes:
-        filters = "".join(f", {name} {', '.join(values)}" for name, values in
-                          (("branches", route.branches), ("tags", route.tags)) if values)
-        event_type = route.event_type or "QUAY_<EVENT>"
-        click.echo(f"    {route.quay} -> {route.github}  ({', '.join(route.events)}; event_type {event_type}{filters})")
+        click.echo(f"    {_describe_route(route)}")
     problems = store != "writable"
     if online:
         problems |= _check_online(svc)
@@ -115,13 +112,30 @@ def _describe_auth(settings) -> str:
     return "INCOMING_TOKEN only (no client certificate)"
 
 
+def _describe_route(route) -> str:
+    """`acme/api -> acme-gh/api  (build_success; workflow deploy.yml, ref {branch}, inputs image)`."""
+    filters = "".join(f", {name} {', '.join(values)}" for name, values in
+                      (("branches", route.branches), ("tags", route.tags)) if values)
+    if route.workflow:
+        inputs = f", inputs {', '.join(route.inputs)}" if route.inputs else ""
+        dispatch = f"workflow {route.workflow}, ref {route.ref}{inputs}"
+    else:
+        dispatch = f"event_type {route.event_type or 'QUAY_<EVENT>'}"
+    return f"{route.quay} -> {route.fixed_target() or route.github}  ({', '.join(route.events)}; {dispatch}{filters})"
+
+
 def _check_online(svc) -> bool:
-    """Ask GitHub about each routed repository that does not depend on the Quay repository's name."""
+    """Prove that GitHub accepts the credentials, then ask about each routed repository that does not
+    depend on the Quay repository's name."""
     if svc.settings.dry_run:
         click.echo("  online: skipped in dry-run mode (no token)")
         return False
-    problems = False
     click.echo("  online:")
+    accepted, detail = svc.deliverer.client.auth.check()
+    click.echo(f"    credentials: {'ok' if accepted else 'PROBLEM'}, {detail}")
+    if not accepted:
+        return True
+    problems = False
     for route in svc.settings.routes:
         target = route.fixed_target()
         if target is None:
@@ -152,11 +166,10 @@ def _check_installation(auth: AppAuth, target: str, route) -> tuple[bool, str]:
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all-failed", is_flag=True, help="Every failed and expired delivery.")
 def redeliver(ids: tuple[int, ...], all_failed: bool) -> None:
-    """Put deliveries back in the queue; a running service sends them within a second."""
+    """Put deliveries back in the queue; a running service sends them within a second (needs only DATABASE_URL)."""
     if bool(ids) == all_failed:
         raise click.UsageError("give delivery IDs, or --all-failed")
-    outbox = _services().outbox
-    outbox.migrate()
+    outbox = _outbox()
     queued, refused = outbox.redeliver(None if all_failed else list(ids))
     if queued:
         click.echo(f"queued again: {', '.join(map(str, queued))}")
@@ -194,6 +207,21 @@ def _services():
         return services()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _outbox() -> Outbox:
+    """The outbox DATABASE_URL names, schema up to date, without the rest of the configuration."""
+    try:
+        outbox = open_outbox(*load_store_settings(os.environ))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if isinstance(outbox, SQLiteOutbox) and not outbox.path.exists():  # a typo would make a new, empty one
+        raise click.ClickException(f"no outbox at {outbox.path}: is DATABASE_URL the service's?")
+    try:
+        outbox.migrate()
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"the outbox ({outbox.description}) cannot be opened: {exc}") from None
+    return outbox
 
 
 def _age(seconds: float) -> str:

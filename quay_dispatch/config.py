@@ -109,12 +109,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     dry_run = flag("DRY_RUN")
     token = get("GITHUB_TOKEN", "GH_TOKEN")
     app_id, app_key = get("GITHUB_APP_ID"), _app_private_key(env, problems)
+    app_key_given = bool(get("GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_PRIVATE_KEY_FILE"))  # even one refused above
     installation_text = get("GITHUB_APP_INSTALLATION_ID")
     if installation_text is not None and not installation_text.isdigit():
         problems.append(f"GITHUB_APP_INSTALLATION_ID={installation_text!r} is not a number")
-    if token and (app_id or app_key):
+    if token and (app_id or app_key_given):
         problems.append("both GITHUB_TOKEN and a GitHub App are set: use one")
-    elif bool(app_id) != bool(app_key):
+    elif bool(app_id) != app_key_given:
         problems.append("a GitHub App needs both GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY (or _FILE)")
     elif not token and not app_id and not dry_run:
         problems.append("no GitHub credentials: set GITHUB_TOKEN (or GH_TOKEN) or a GitHub App "
@@ -175,8 +176,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "set INCOMING_TOKEN and put it in Quay's notification URL (https://quay:TOKEN@host/incoming)"
         )
 
-    database_url = get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    _check_database_url(database_url, problems)
+    database_url, store_timeout = _store(env, problems)
     metrics_dir = get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:
         _check_metrics_dir(metrics_dir, database_url, problems)
@@ -228,12 +228,27 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         delivery_retention=duration("DELIVERY_RETENTION", "14d"),
         github_timeout=duration("GITHUB_TIMEOUT", "10"),
         forward_test_notifications=flag("FORWARD_TEST_NOTIFICATIONS"),
-        store_timeout=_store_timeout(get("STORE_TIMEOUT"), problems),
+        store_timeout=store_timeout,
         metrics_dir=metrics_dir,
     )
     if problems:
         raise listing(problems)
     return settings
+
+
+def load_store_settings(env: Mapping[str, str]) -> tuple[str, float]:
+    """DATABASE_URL and STORE_TIMEOUT: all that the commands that read or requeue the outbox need."""
+    problems: list[str] = []
+    store = _store(env, problems)
+    if problems:
+        raise listing(problems)
+    return store
+
+
+def _store(env: Mapping[str, str], problems: list[str]) -> tuple[str, float]:
+    database_url = (env.get("DATABASE_URL") or "").strip() or DEFAULT_DATABASE_URL
+    _check_database_url(database_url, problems)
+    return database_url, _store_timeout((env.get("STORE_TIMEOUT") or "").strip() or None, problems)
 
 
 def listing(problems: list[str]) -> ConfigError:

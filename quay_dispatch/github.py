@@ -114,7 +114,8 @@ class AuthError(Exception):
 class TokenAuth:
     """A personal access token (GITHUB_TOKEN): the same for every repository, nothing to refresh."""
 
-    def __init__(self, token: str):
+    def __init__(self, transport: Transport, token: str):
+        self._transport = transport
         self._token = token
 
     def __repr__(self) -> str:
@@ -126,6 +127,28 @@ class TokenAuth:
     def refresh(self, repo: str) -> bool:
         """Whether new credentials could be had after a 401: not for a fixed token."""
         return False
+
+    def check(self) -> tuple[bool, str]:
+        """Whether GitHub accepts the token (GET /user), and the rights GitHub lists for it."""
+        response = self._transport.send("GET", "/user", self.authorization(""))
+        if isinstance(response, Outcome):
+            return False, response.error or "cannot reach GitHub"
+        if response.status_code == 401:
+            return False, f"GitHub refused GITHUB_TOKEN: {_message(response)}"
+        if response.status_code != 200:
+            return False, f"GitHub answered {response.status_code} to GET /user: {_message(response)}"
+        try:
+            login = response.json().get("login")
+        except (ValueError, AttributeError):
+            login = None
+        scopes = response.headers.get("X-OAuth-Scopes")
+        if scopes is None:  # a fine-grained token: its rights are per repository
+            return True, f"GITHUB_TOKEN accepted for {login}; GitHub lists a fine-grained token's rights per repository"
+        granted = {scope.strip() for scope in scopes.split(",")}
+        if not granted & {"repo", "public_repo"}:
+            return False, (f"GITHUB_TOKEN accepted for {login}, but its scopes ({scopes or 'none'}) lack repo, "
+                           "which a dispatch needs")
+        return True, f"GITHUB_TOKEN accepted for {login}, scopes: {scopes}"
 
 
 class GitHubClient:

@@ -83,8 +83,27 @@ class AppAuth:
             self._installations[repo] = (installation, permissions, time.monotonic() + INSTALLATION_CACHE)
         return installation, permissions
 
-    def _as_app(self, method: str, path: str, doing: str, not_found: str | None = None) -> dict:
-        """A request authenticated with the App's JWT; its JSON answer, or AuthError."""
+    def check(self) -> tuple[bool, str]:
+        """Whether GitHub accepts the App's JWT (GET /app), and where the App is installed."""
+        try:
+            app = self._as_app("GET", "/app", "reading the App")
+            installations = self._as_app("GET", "/app/installations?per_page=100", "listing the App's installations",
+                                         expect=list)
+        except AuthError as exc:
+            return False, str(exc)
+        name = app.get("slug") or self.app_id
+        where = ", ".join(f"{(i.get('account') or {}).get('login')} ({i.get('id')})" for i in installations
+                          if isinstance(i, dict))
+        if not where:
+            return False, f"GitHub App {name}'s JWT is accepted, but the App is installed nowhere"
+        ids = {i.get("id") for i in installations if isinstance(i, dict)}
+        if self.fixed_installation is not None and self.fixed_installation not in ids:
+            return False, (f"GITHUB_APP_INSTALLATION_ID={self.fixed_installation} is not an installation of "
+                           f"GitHub App {name}; it is installed on {where}")
+        return True, f"GitHub App {name}'s JWT accepted; installed on {where}"
+
+    def _as_app(self, method: str, path: str, doing: str, not_found: str | None = None, expect: type = dict):
+        """A request authenticated with the App's JWT; its JSON answer (an `expect`), or AuthError."""
         response = self._transport.send(method, path, f"Bearer {self.app_jwt()}", "{}" if method == "POST" else None)
         if isinstance(response, Outcome):
             raise AuthError(response.result, f"{doing}: {response.error}")
@@ -100,8 +119,8 @@ class AppAuth:
             answer = response.json()
         except requests.JSONDecodeError:
             answer = None
-        if not isinstance(answer, dict):
-            raise AuthError(RETRY, f"{doing}: GitHub's answer is not a JSON object")
+        if not isinstance(answer, expect):
+            raise AuthError(RETRY, f"{doing}: GitHub's answer is not a JSON {'array' if expect is list else 'object'}")
         return answer
 
 

@@ -66,7 +66,7 @@ def build(settings: Settings) -> Services:
         auth = AppAuth(transport, settings.github_app_id, settings.github_app_private_key,
                        settings.github_app_installation_id)
     else:
-        auth = TokenAuth(settings.github_token or "")
+        auth = TokenAuth(transport, settings.github_token or "")
     client = GitHubClient(transport, auth)
     deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
     return Services(settings, verifier, outbox, deliverer)

@@ -139,7 +139,7 @@ class FakeApp:
             return "'Expiration time' claim ('exp') is too far in the future"
         return None
 
-    def handle(self, method: str, path: str, authorization: str) -> tuple[int, dict] | None:
+    def handle(self, method: str, path: str, authorization: str) -> tuple[int, dict | list] | None:
         """The answer to an App endpoint, a 401 for a bad installation token, or None to go on."""
         if match := re.fullmatch(r"/app/installations/(\d+)/access_tokens", path):
             if problem := self.jwt_problem(authorization):
@@ -151,6 +151,13 @@ class FakeApp:
             ISSUED_TOKENS.append(token)
             expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.claimed_ttl)
             return 201, {"token": token, "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if path == "/app" or path.startswith("/app/installations?"):
+            if problem := self.jwt_problem(authorization):
+                return 401, {"message": problem}
+            if path == "/app":
+                return 200, {"id": int(self.app_id), "slug": "quay-dispatch-test", "name": "Quay dispatch (test)"}
+            return 200, [{"id": installation, "account": {"login": repo.partition("/")[0]}}
+                         for repo, installation in sorted(self.installations.items())]
         if match := re.fullmatch(r"/repos/([^/]+/[^/]+)/installation", path):
             if problem := self.jwt_problem(authorization):
                 return 401, {"message": problem}
@@ -179,6 +186,7 @@ class FakeGitHub:
         self.requests: list[Captured] = []
         self.script: list[tuple[int, dict, bytes]] = []
         self.repos: dict[str, tuple[int, dict]] = {}  # "owner/name" -> answer to GET /repos/owner/name
+        self.scopes: str | None = "repo, workflow"  # X-OAuth-Scopes of GET /user (None: a fine-grained token)
         self.app: FakeApp | None = None
         self.prefix = prefix
         self.delay = 0.0
@@ -239,6 +247,11 @@ class FakeGitHub:
         path = raw_path[len(self.prefix):]
         if self.app and (answer := self.app.handle(method, path, authorization)) is not None:
             return as_json(*answer)
+        if method == "GET" and path == "/user":
+            if authorization not in (f"Bearer {GITHUB_TOKEN}", f"Bearer {LEGACY_GITHUB_TOKEN}"):
+                return as_json(401, {"message": "Bad credentials"})
+            status, headers, payload = as_json(200, {"login": "relay-bot"})
+            return status, headers | ({} if self.scopes is None else {"X-OAuth-Scopes": self.scopes}), payload
         if method == "GET":
             return as_json(*self.repos.get(path.removeprefix("/repos/"), (404, {"message": "Not Found"})))
         return self.script.pop(0) if self.script else (204, {}, b"")
@@ -263,6 +276,7 @@ class FakeGitHub:
             self.requests.clear()
             self.script.clear()
             self.repos.clear()
+            self.scopes = "repo, workflow"
             self.app = None
             self.delay = 0.0
             self.max_in_flight = 0

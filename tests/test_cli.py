@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import GITHUB_TOKEN, ROOT, base_env
+import pytest
+
+from tests.conftest import GITHUB_TOKEN, ROOT, base_env, free_port
 
 
 def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -53,8 +55,63 @@ def test_check_config_online_asks_github_about_each_fixed_target(test_pki, githu
     assert "acme/readonly: PROBLEM, readable, but the token cannot write to it" in result.stdout
     assert "acme/missing: PROBLEM, GitHub answered 404: Not Found" in result.stdout
     reads = [r for r in github.requests if r.method == "GET"]
-    assert {r.path for r in reads} == {"/repos/acme-gh/api-server", "/repos/acme/readonly", "/repos/acme/missing"}
+    assert {r.path for r in reads} == {"/user", "/repos/acme-gh/api-server", "/repos/acme/readonly",
+                                       "/repos/acme/missing"}
     assert all(r.headers["Authorization"] == f"Bearer {GITHUB_TOKEN}" for r in reads)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"GITHUB_TOKEN": "ghp_refused0123456789abcdefREFUSED"}, "credentials: PROBLEM, GitHub refused GITHUB_TOKEN: "
+                                                             "Bad credentials"),
+    ({"GITHUB_API_URL": f"http://127.0.0.1:{free_port()}"}, "credentials: PROBLEM, cannot reach GitHub: "),
+    ({"scopes": "read:org"}, "credentials: PROBLEM, GITHUB_TOKEN accepted for relay-bot, but its scopes (read:org) "
+                             "lack repo, which a dispatch needs"),
+    ({}, "credentials: ok, GITHUB_TOKEN accepted for relay-bot, scopes: repo, workflow"),
+    ({"scopes": None}, "credentials: ok, GITHUB_TOKEN accepted for relay-bot; GitHub lists a fine-grained token's "
+                       "rights per repository"),
+])
+def test_check_config_online_proves_the_token_even_when_every_route_is_a_glob(test_pki, github, database_url,
+                                                                              change, words):
+    github.reset()
+    change = dict(change)
+    github.scopes = change.pop("scopes", github.scopes)
+    env = base_env(test_pki, github, database_url) | {"ROUTES": "myorg/*"} | change
+
+    result = flask(env, "check-config", "--online")
+
+    assert words in result.stdout, result.stdout + result.stderr
+    assert result.returncode == (0 if "credentials: ok" in words else 1)
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_shows_each_route_resolved_with_its_workflow(test_pki, github, database_url, tmp_path):
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\nquay = "acme/api"\n\n'
+                      '[[routes]]\nquay = "acme/web"\nworkflow = "deploy.yml"\nref = "main"\n'
+                      'inputs = ["image", "sha"]\n\n'
+                      '[[routes]]\nquay = "acme/*"\n')
+    env = base_env(test_pki, github, database_url) | {"ROUTES": "", "ROUTES_FILE": str(routes)}
+
+    result = flask(env, "check-config")
+
+    assert result.returncode == 0, result.stderr
+    assert "    acme/api -> acme/api  (build_success; event_type QUAY_<EVENT>)\n" in result.stdout
+    assert ("    acme/web -> acme/web  (build_success; workflow deploy.yml, ref main, inputs image, sha)\n"
+            in result.stdout)
+    assert "    acme/* -> {namespace}/{name}  (build_success; event_type QUAY_<EVENT>)\n" in result.stdout
+
+
+def test_outbox_commands_say_when_there_is_no_outbox_rather_than_make_one(tmp_path):
+    missing = tmp_path / "typo" / "outbox.sqlite3"
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{missing}"}
+
+    listed = flask(env, "deliveries")
+    requeued = flask(env, "redeliver", "--all-failed")
+
+    for result in (listed, requeued):
+        assert result.returncode == 1
+        assert f"no outbox at {missing}: is DATABASE_URL the service's?" in result.stderr
+    assert not missing.parent.exists()
 
 
 def test_dev_certs_then_send_sample_to_a_running_service(start_service, tmp_path, test_pki):

@@ -33,7 +33,9 @@ def delivered_builds(github) -> Counter:
 
 
 def cli(service, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=service.env,
+    """An outbox command as operations.md gives it: with DATABASE_URL and nothing else of the service's."""
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": service.env["DATABASE_URL"]}
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=30)
 
 

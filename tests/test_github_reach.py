@@ -184,9 +184,33 @@ def test_check_config_online_checks_the_apps_installation_and_permissions(test_p
 
     assert result.returncode == 1, result.stderr
     assert "authentication" in result.stdout and f"GitHub App {APP_ID}" in result.stdout
+    assert ("credentials: ok, GitHub App quay-dispatch-test's JWT accepted; installed on acme (5), acme (6)"
+            in result.stdout)
     assert "acme/api: ok, the App's installation 5 may write contents" in result.stdout
     assert "acme/deploy: PROBLEM, the App's installation 6 lacks actions: write" in result.stdout
     assert "acme/gone: PROBLEM, the GitHub App is not installed on acme/gone" in result.stdout
+
+
+@pytest.mark.parametrize("installations, signed_by, words", [
+    ({}, "app_key", "credentials: PROBLEM, GitHub App quay-dispatch-test's JWT is accepted, but the App is installed "
+                    "nowhere"),
+    ({"acme/api": 5}, "other_key", "credentials: PROBLEM, GitHub refused the App's JWT while reading the App"),
+])
+def test_check_config_online_proves_the_app_even_when_every_route_is_a_glob(test_pki, github, app_key, database_url,
+                                                                            installations, signed_by, words):
+    from tests.test_cli import flask
+
+    github.reset()
+    github.app = FakeApp(APP_ID, app_key.public_key(), installations)
+    key = app_key if signed_by == "app_key" else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    env = {k: v for k, v in (base_env(test_pki, github, database_url) | {"ROUTES": "acme/*"} | as_app(key)).items()
+           if v is not None}
+
+    result = flask(env, "check-config", "--online")
+
+    assert result.returncode == 1
+    assert words in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="session")

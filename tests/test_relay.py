@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import requests
 from quay_dispatch.quay import EVENTS
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
 from tests.bad_bodies import BAD_BODIES
-from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN, ROOT
+from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN, ROOT, wait_until
 from tests.test_tls_worker import client_context, tls_connect
 
 
@@ -469,6 +470,14 @@ def test_json_logs_carry_one_object_per_request_with_its_id(start_service, test_
     [line] = [json.loads(line) for line in service.log().splitlines() if request_id in line]
     assert line["status"] == 403 and line["path"] == "/incoming" and line["method"] == "POST"
     assert line["detail"] == "no route allows Quay repository 'nobody/app'"
+    with pytest.raises((ssl.SSLError, OSError)), tls_connect(service, client_context(test_pki, None)) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        conn.recv(1)
+    assert wait_until(lambda: "TLS handshake with 127.0.0.1 failed" in service.log(), timeout=5)
+    service.stop()
+    # gunicorn's own lines too (boots, the failed handshake, the shutdown): JSON throughout.
+    lines = [json.loads(line) for line in service.log().splitlines()]
+    assert {"gunicorn.error", "quay_dispatch.http"} <= {line["logger"] for line in lines}
 
 
 def raw_exchange(service, test_pki, request: bytes) -> tuple[str, dict[str, str], bytes]:

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from quay_dispatch.config import ConfigError, load_settings
 from tests.conftest import GITHUB_TOKEN, ROOT
@@ -40,6 +42,17 @@ def test_every_problem_is_listed_at_once():
     assert "CLIENT_CERT_SOURCE=none without INCOMING_TOKEN would let anyone trigger your workflows" in message
     assert "PORT='http' is not a TCP port number" in message
     assert "DRY_RUN='maybe' is not a boolean" in message
+
+
+def test_an_app_key_that_is_not_rsa_is_one_problem_not_two(tmp_path):
+    key = tmp_path / "app.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+    message = problems({"ROUTES": "acme/*", "GITHUB_APP_ID": "1", "GITHUB_APP_PRIVATE_KEY_FILE": str(key)})
+
+    assert message.splitlines()[1:] == [
+        "  - the GitHub App private key must be an RSA key (GitHub signs App JWTs with RS256)"]
 
 
 def test_short_incoming_token_is_refused_without_repeating_it():
