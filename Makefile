@@ -28,7 +28,7 @@ run: $(BIN)/.installed
 # GitHub's OpenAPI description (npm's @octokit/openapi) checks the requests the tests capture.
 OPENAPI := var/openapi/node_modules/@octokit/openapi/package.json
 
-test: $(BIN)/.installed postgresql $(OPENAPI)
+test: $(BIN)/.installed postgresql podman $(OPENAPI)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 $(OPENAPI):
@@ -45,6 +45,19 @@ postgresql:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	else \
 		echo "PostgreSQL is not installed: its tests will be skipped (apt-get install postgresql, or set QUAY_TEST_POSTGRESQL_URL)"; \
+	fi
+
+# tests/test_image.py builds the Dockerfile and runs the image with root's podman and runc;
+# debootstrap makes the stand-in for its base image. Debian's packages are installed when missing.
+.PHONY: podman
+podman:
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then \
+		exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			podman runc debootstrap >/dev/null; \
+	else \
+		echo "podman, runc or debootstrap is missing: the image tests will be skipped (as root: apt-get install podman runc debootstrap)"; \
 	fi
 
 # What a notification costs, beside nginx and stock gunicorn + Flask (bench/compare.py);

@@ -1,0 +1,285 @@
+"""The image itself: the Dockerfile, unchanged, built and run with podman as docs/deployment.md says.
+
+Real: the build of the Dockerfile as it is (podman, Docker's image format so that the
+HEALTHCHECK is kept), the container, its health check, its user, `podman stop` and the
+/data volume. Stand-ins: the base image, which no registry can send here, is a Debian
+bookworm made with debootstrap (tests/image_base.sh) and tagged as the Dockerfile's FROM;
+and podman runs with runc and explicit ulimits (crun fails on this kind of machine on
+rlimits and cgroups). podman gets a configuration and storage of its own: nothing of the
+host's is read or changed, and nothing is left behind but the base's tarball under var/.
+The container uses the host's network, its gunicorn bound to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from quay_dispatch.sample import sample_body, send_like_quay
+from tests.conftest import ALL_LOGS, GITHUB_TOKEN, ROOT, free_port, wait_until
+from tests.test_deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
+
+IMAGE = "localhost/quay-dispatch-test"
+CONTAINER = "quay-dispatch"
+VOLUME = "quay-dispatch-data"
+BASE_SCRIPT = ROOT / "tests" / "image_base.sh"
+BASE_CACHE = ROOT / "var" / "image-base"
+# What the stand-in base is made from on this machine: when one changes, a new one is made.
+BASE_INPUTS = [BASE_SCRIPT, Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pip.conf"), Path("/etc/xdg/pip")]
+PIP_SETTINGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
+STOP_WITHIN = 10.0  # seconds `podman stop` may take on an idle service
+
+
+def podman_problem() -> str | None:
+    """Why podman cannot build and run the image here, or None."""
+    if os.geteuid() != 0:
+        return "the image is built and run by root's podman (runc): run the tests as root"
+    missing = [tool for tool in ("podman", "runc", "debootstrap") if not shutil.which(tool)]
+    if missing:
+        return f"{', '.join(missing)} missing: `make test` installs them with apt-get when run as root"
+    return None
+
+
+class Podman:
+    """podman as root with runc, reading a configuration of its own and keeping its storage under `home`."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        (home / "containers.conf").write_text(
+            "[containers]\n"
+            # runc on this kind of machine: the container's limits must be set, not inherited.
+            'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+            'log_driver = "k8s-file"\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            f'events_logfile_path = "{home}/events.log"\n'
+            f'tmp_dir = "{home}/tmp"\n'
+            f'volume_path = "{home}/volumes"\n'
+        )
+        (home / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{home}/storage"\nrunroot = "{home}/run"\n'
+        )
+        # Short names mean Docker Hub's, as in Docker; builds use --pull=never, so none is fetched.
+        (home / "registries.conf").write_text('unqualified-search-registries = ["docker.io"]\n')
+        self.env = {
+            **os.environ,
+            "CONTAINERS_CONF": str(home / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(home / "storage.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(home / "registries.conf"),
+            # No systemd to run health-check timers: the test runs the checks itself.
+            "DISABLE_HC_SYSTEMD": "true",
+        }
+
+    def __call__(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} exited with {result.returncode}:\n"
+                                 f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        return result
+
+    def inspect(self, name: str, template: str) -> str:
+        return self("inspect", "--format", template, name).stdout.strip()
+
+    def logs(self, name: str) -> str:
+        result = self("logs", name, check=False)
+        return result.stdout + result.stderr
+
+    def remove_everything(self) -> None:
+        self("system", "reset", "--force", timeout=120, check=False)
+
+
+def base_image_name() -> str:
+    """The Dockerfile's FROM, fully qualified as Docker reads it."""
+    name = dockerfile("FROM")
+    first, _, rest = name.partition("/")
+    if not rest:
+        return f"docker.io/library/{name}"
+    return name if "." in first or ":" in first or first == "localhost" else f"docker.io/{name}"
+
+
+def stand_in_base() -> Path:
+    """The stand-in base's tarball, made by tests/image_base.sh unless var/ already holds it."""
+    digest = hashlib.sha256()
+    for source in BASE_INPUTS:
+        for path in sorted(source.rglob("*")) if source.is_dir() else [source]:
+            if path.is_file():
+                digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    tarball = BASE_CACHE / f"bookworm-{digest.hexdigest()[:16]}.tar"
+    if tarball.is_file():
+        return tarball
+    BASE_CACHE.mkdir(parents=True, exist_ok=True)
+    for stale in BASE_CACHE.glob("bookworm-*.tar"):
+        stale.unlink()
+    # In a session of its own, so that a timeout ends debootstrap too, and the script unmounts.
+    process = subprocess.Popen(["sh", str(BASE_SCRIPT), str(tarball)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"tests/image_base.sh took more than 300 s:\n{output}")
+    assert process.returncode == 0 and tarball.is_file(), f"tests/image_base.sh failed:\n{output}"
+    return tarball
+
+
+@pytest.fixture(scope="module")
+def podman() -> Podman:
+    """A private podman holding the image built from the Dockerfile, on the stand-in base."""
+    if problem := podman_problem():
+        if os.environ.get("CI") and os.geteuid() == 0 and shutil.which("apt-get"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    base = stand_in_base()
+    home = Path(tempfile.mkdtemp(prefix="quay-dispatch-podman-"))
+    podman = Podman(home)
+    try:
+        # What the official image sets, beside its files; and the index pip is told to use here.
+        settings = ["ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", "ENV LANG=C.UTF-8",
+                    *(f"ENV {name}={os.environ[name]}" for name in PIP_SETTINGS if os.environ.get(name)),
+                    'CMD ["python3"]']
+        podman("import", *(f"--change={setting}" for setting in settings), str(base), base_image_name(),
+               timeout=120)
+        podman("build", "--format", "docker", "--pull=never", "--network", "host", "--tag", IMAGE, str(ROOT),
+               timeout=400)
+        yield podman
+    finally:
+        podman.remove_everything()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def deployment(tmp_path, test_pki, github):
+    """What docs/deployment.md has the operator make: the certificate files for uid 10001 and an env file."""
+    tls = tmp_path / "tls"
+    server_cert, server_key = test_pki.pair("server")
+    # The deploy hook's commands (docs/deployment.md, "Certificate files and uid 10001").
+    subprocess.run(["install", "-d", "-m", "0755", str(tls)], check=True)
+    subprocess.run(["install", "-o", "10001", "-g", "10001", "-m", "0400", server_key, str(tls / "privkey.pem")],
+                   check=True)
+    for source, name in ((server_cert, "fullchain.pem"), (test_pki.ca_file, "ca.pem")):
+        subprocess.run(["install", "-o", "10001", "-g", "10001", "-m", "0444", source, str(tls / name)], check=True)
+    port = free_port()
+    env_file = tmp_path / "quay-dispatch.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in {
+        "TLS_CERT_FILE": "/tls/fullchain.pem",
+        "TLS_KEY_FILE": "/tls/privkey.pem",
+        "QUAY_CA_FILE": "/tls/ca.pem",
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+        "GITHUB_API_URL": github.url,  # http on loopback: the host's network is the container's
+        "ROUTES": "acme/*",
+        "PORT": str(port),
+        # With the host's network, the image's bind (0.0.0.0) would listen on every interface.
+        "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}",
+    }.items()))
+    env_file.chmod(0o600)
+    github.reset()
+    return {"port": port, "mounts": ["-v", f"{VOLUME}:/data", "-v", f"{tls}:/tls:ro", "--env-file", str(env_file)],
+            "logs": tmp_path / "container.log"}
+
+
+def wait_ready(podman: Podman, url: str, test_pki, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = podman.inspect(CONTAINER, "{{.State.Status}}")
+        assert state == "running", f"the container is {state}:\n{podman.logs(CONTAINER)}"
+        try:
+            if requests.get(url + "/readyz", cert=test_pki.pair("server"), verify=test_pki.ca_file,
+                            timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"not ready in {timeout} s:\n{podman.logs(CONTAINER)}")
+
+
+def listed_deliveries(podman: Podman, *command: str) -> list[tuple[str, str]]:
+    """(target, status) of each delivery `flask --app app deliveries --json` lists, run by `command`."""
+    result = podman(*command, "flask", "--app", "app", "deliveries", "--json", timeout=60)
+    return [(row["target"], row["status"]) for row in map(json.loads, result.stdout.splitlines())]
+
+
+def process_ids(pid: int) -> list[int]:
+    """`pid` and its children, as the host sees them."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
+
+
+def real_and_effective_ids(pid: int) -> tuple[str, str]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return tuple(" ".join(status[name].split()) for name in ("Uid", "Gid"))
+
+
+def test_image_keeps_its_command_healthcheck_user_volume_and_only_what_runs(podman):
+    info = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
+    config = info["Config"]
+    assert config["Cmd"] == image_command()
+    assert info["Healthcheck"]["Test"] == ["CMD", *healthcheck_command()]  # dropped by the OCI format
+    assert config["User"] == dockerfile("USER")
+    assert list(config["Volumes"]) == [dockerfile("VOLUME")]
+    assert config["StopSignal"] == dockerfile("STOPSIGNAL")
+    files = podman("run", "--rm", "--network", "none", IMAGE, "find", ".", "-type", "f").stdout.split()
+    assert {path.removeprefix("./") for path in files} == IMAGE_FILES
+
+
+def test_container_delivers_as_uid_10001_stops_within_10_s_and_keeps_its_outbox(podman, deployment, test_pki,
+                                                                                 github):
+    uid, gid = dockerfile("USER").split(":")
+    url = f"https://127.0.0.1:{deployment['port']}"
+    podman("volume", "create", VOLUME)
+    try:
+        podman("run", "-d", "--name", CONTAINER, "--network", "host", *deployment["mounts"], IMAGE)
+        wait_ready(podman, url, test_pki)
+
+        health = podman("healthcheck", "run", CONTAINER, check=False)
+        assert health.returncode == 0, health.stdout + podman.inspect(CONTAINER, "{{json .State.Health.Log}}")
+        assert podman.inspect(CONTAINER, "{{.State.Health.Status}}") == "healthy"
+        pids = process_ids(int(podman.inspect(CONTAINER, "{{.State.Pid}}")))
+        assert len(pids) >= 2, "gunicorn's master and its workers"
+        assert {real_and_effective_ids(pid) for pid in pids} == {(f"{uid} {uid} {uid} {uid}",
+                                                                  f"{gid} {gid} {gid} {gid}")}
+        assert uid != "0"
+
+        response = send_like_quay(url + "/incoming", sample_body("build_success", "acme/widget"),
+                                  test_pki.pair("quay"), verify=test_pki.ca_file)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "accepted"
+        [dispatch] = github.wait_for(1, timeout=15)
+        assert (dispatch.path, dispatch.json()["event_type"]) == ("/repos/acme/widget/dispatches",
+                                                                  "QUAY_BUILD_SUCCESS")
+        assert dispatch.headers["Authorization"] == f"Bearer {GITHUB_TOKEN}"
+        # docs/deployment.md's `docker exec quay-dispatch flask --app app deliveries`.
+        assert wait_until(lambda: listed_deliveries(podman, "exec", CONTAINER) == [("acme/widget", "delivered")],
+                          timeout=15, interval=0.5), listed_deliveries(podman, "exec", CONTAINER)
+        volume = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", VOLUME).stdout.strip())
+        outbox = volume / Path(image_env()["DATABASE_URL"].removeprefix("sqlite:///")).relative_to(dockerfile("VOLUME"))
+        assert outbox.is_file(), sorted(p.name for p in volume.iterdir())
+        assert (outbox.stat().st_uid, volume.stat().st_uid) == (int(uid), int(uid))
+
+        started = time.monotonic()
+        stop = podman("stop", "-t", "30", CONTAINER, timeout=40, check=False)
+        took = time.monotonic() - started
+        assert stop.returncode == 0, stop.stderr
+        assert took < STOP_WITHIN, f"podman stop took {took:.1f} s"
+        assert podman.inspect(CONTAINER, "{{.State.ExitCode}}") == "0"
+
+        # A new container on the same volume, as after an upgrade.
+        second_run = ("run", "--rm", "--network", "none", *deployment["mounts"], IMAGE)
+        assert listed_deliveries(podman, *second_run) == [("acme/widget", "delivered")]
+    finally:
+        deployment["logs"].write_text(podman.logs(CONTAINER))
+        ALL_LOGS.append(deployment["logs"])  # checked for secrets when the session ends
+        podman("rm", "--force", CONTAINER, check=False)
+        podman("volume", "rm", "--force", VOLUME, check=False)
