@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEV_PKI := var/dev-pki
 PYTHON ?= python3
 
-.PHONY: run test lint clean postgresql bench
+.PHONY: run test lint clean servers bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,11 @@ run: $(BIN)/.installed
 	exec $(BIN)/gunicorn -c gunicorn.conf.py --bind 127.0.0.1:8443 wsgi:app
 
 # The suite runs against SQLite and a private PostgreSQL server it starts itself
-# (or QUAY_TEST_POSTGRESQL_URL's); Debian's server package is installed when missing.
+# (or QUAY_TEST_POSTGRESQL_URL's), and the real proxies and podman (`servers` below).
 # GitHub's OpenAPI description (npm's @octokit/openapi) checks the requests the tests capture.
 OPENAPI := var/openapi/node_modules/@octokit/openapi/package.json
 
-test: $(BIN)/.installed postgresql podman $(OPENAPI)
+test: $(BIN)/.installed servers $(OPENAPI)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 $(OPENAPI):
@@ -38,26 +38,23 @@ $(OPENAPI):
 		echo "npm is missing: the OpenAPI checks will be skipped"; \
 	fi
 
-postgresql:
-	@if [ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+# The real programs the suite runs, installed from Debian's packages when missing and
+# allowed (root, apt-get), in one go: PostgreSQL (unless QUAY_TEST_POSTGRESQL_URL names a
+# server), podman with runc and debootstrap (tests/test_image.py), nginx with its stream
+# module and HAProxy (tests/test_proxies.py; Traefik comes from requirements-dev.txt).
+servers:
+	@missing=""; \
+	[ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
+	for tool in podman runc debootstrap haproxy; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \
+	if [ -z "$$missing" ]; then \
 		exit 0; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "PostgreSQL is not installed: its tests will be skipped (apt-get install postgresql, or set QUAY_TEST_POSTGRESQL_URL)"; \
-	fi
-
-# tests/test_image.py builds the Dockerfile and runs the image with root's podman and runc;
-# debootstrap makes the stand-in for its base image. Debian's packages are installed when missing.
-.PHONY: podman
-podman:
-	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then \
-		exit 0; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			podman runc debootstrap >/dev/null; \
-	else \
-		echo "podman, runc or debootstrap is missing: the image tests will be skipped (as root: apt-get install podman runc debootstrap)"; \
+		echo "missing:$$missing; the tests that run them will be skipped (as root: apt-get install$$missing)"; \
 	fi
 
 # What a notification costs, beside nginx and stock gunicorn + Flask (bench/compare.py);

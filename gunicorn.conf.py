@@ -97,6 +97,11 @@ def _trust_what_gunicorn_trusts(cfg):
     proxies = trusted_proxies(cfg.forwarded_allow_ips, _settings.client_cert_source, setting, problems)
     if _settings.client_cert_source == "header" and not proxies and not problems:
         problems.append(NO_TRUSTED_PROXY)
+    if _settings.client_cert_source == "header" and cfg.header_map == "dangerous":
+        # A proxy removes the header it sets, not every spelling a server may read as the same one.
+        problems.append(f"CLIENT_CERT_SOURCE=header needs gunicorn's --header-map drop or refuse, not dangerous: "
+                        f"a client's own {_settings.client_cert_header.replace('-', '_')} header would pass "
+                        "the proxy and be read as the certificate")
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(cfg.forwarded_allow_ips)
     return problems
 

@@ -303,6 +303,24 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
     return True
 
 
+def wait_for_readyz(url: str, cert: tuple[str, str] | None, verify: str | bool, exited, log,
+                    timeout: float = 20.0) -> None:
+    """Until GET url/readyz answers 200; fails at once when `exited()` says why (the process is gone).
+
+    `log()` is the process's output, for the failure's message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if why := exited():
+            raise AssertionError(f"{why}:\n{log()}")
+        try:
+            if requests.get(url + "/readyz", cert=cert, verify=verify, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/readyz did not answer 200 in {timeout} s:\n{log()}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -328,17 +346,9 @@ class Service:
         )
 
     def wait_ready(self, cert: tuple[str, str] | None, verify: str | bool, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/readyz", cert=cert, verify=verify, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"gunicorn not ready in {timeout}s:\n{self.log()}")
+        def exited():
+            return None if self.proc.poll() is None else f"gunicorn exited with {self.proc.returncode}"
+        wait_for_readyz(self.url, cert, verify, exited, self.log, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ALL_LOGS, GITHUB_TOKEN, ROOT, free_port, wait_until
+from tests.conftest import ALL_LOGS, GITHUB_TOKEN, ROOT, free_port, wait_for_readyz, wait_until
 from tests.test_deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 
 IMAGE = "localhost/quay-dispatch-test"
@@ -190,19 +189,11 @@ def deployment(tmp_path, test_pki, github):
             "logs": tmp_path / "container.log"}
 
 
-def wait_ready(podman: Podman, url: str, test_pki, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_ready(podman: Podman, url: str, test_pki) -> None:
+    def exited():
         state = podman.inspect(CONTAINER, "{{.State.Status}}")
-        assert state == "running", f"the container is {state}:\n{podman.logs(CONTAINER)}"
-        try:
-            if requests.get(url + "/readyz", cert=test_pki.pair("server"), verify=test_pki.ca_file,
-                            timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready in {timeout} s:\n{podman.logs(CONTAINER)}")
+        return None if state == "running" else f"the container is {state}"
+    wait_for_readyz(url, test_pki.pair("server"), test_pki.ca_file, exited, lambda: podman.logs(CONTAINER), 30)
 
 
 def listed_deliveries(podman: Podman, *command: str) -> list[tuple[str, str]]:

@@ -121,6 +121,9 @@ def run_gunicorn(env_overrides: dict, *args: str) -> subprocess.CompletedProcess
      "--forwarded-allow-ips=* would accept a forged client certificate header from anyone"),
     ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "10.0.0.7"}, ["--forwarded-allow-ips", "*"],
      "--forwarded-allow-ips=* would accept a forged client certificate header from anyone"),
+    ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "127.0.0.1"}, ["--header-map", "dangerous"],
+     "CLIENT_CERT_SOURCE=header needs gunicorn's --header-map drop or refuse, not dangerous: a client's own "
+     "X_SSL_Client_Cert header would pass the proxy"),
     # gunicorn itself reads FORWARDED_ALLOW_IPS first, and says so.
     ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "proxy.local"}, [],
      "'proxy.local' does not appear to be an IPv4 or IPv6 network"),
