@@ -260,15 +260,19 @@ class FakeGitHub:
         """The dispatch requests received (repository_dispatch and workflow_dispatch), in order."""
         return [r for r in list(self.requests) if r.method == "POST" and r.path.endswith("/dispatches")]
 
+    def dispatched_builds(self) -> list[str]:
+        """The Quay build_id of each repository_dispatch received, in order."""
+        return [body["client_payload"]["build_id"] for body in (r.json() for r in self.dispatches())
+                if "client_payload" in body]
+
     def answer(self, status: int, body: dict | None = None, headers: dict | None = None, times: int = 1):
         """Queue `times` answers of `status` before the default 204."""
         payload = json.dumps(body).encode() if body is not None else b""
         self.script.extend([(status, {"Content-Type": "application/json", **(headers or {})}, payload)] * times)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Captured]:
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        """The requests received, once there are `count` of them (or `timeout` has passed)."""
+        wait_until(lambda: len(self.requests) >= count, timeout, interval=0.02)
         return list(self.requests)
 
     def reset(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -31,7 +32,7 @@ segment = st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True).filter(lambda s
 repositories = st.builds(lambda a, b: f"{a}/{b}", segment, segment)
 # Bodies close to what Quay sends, with any field possibly replaced by any JSON value.
 quay_like = st.builds(
-    lambda event, repo, overrides: (event, sample_body(event, repo) | overrides),
+    lambda event, repo, overrides: (event, sample_body(event, repo) | overrides, set(overrides)),
     st.sampled_from(EVENTS), repositories,
     st.dictionaries(st.sampled_from(["repository", "build_id", "trigger_metadata", "docker_tags", "updated_tags",
                                      "tags", "namespace", "docker_url", "homepage"]), json_values, max_size=3),
@@ -110,13 +111,19 @@ def test_a_body_with_a_json_hazard_is_a_payload_error_and_one_without_is_an_even
 @settings(max_examples=300, deadline=None)
 @given(quay_like)
 def test_quay_like_bodies_with_strange_fields_parse_or_name_the_field(case):
-    event, body = case
+    event, body, overridden = case
 
     outcome = parse_outcome(event, json.dumps(body).encode())
 
-    if isinstance(outcome, QuayEvent):
-        namespace, _, name = outcome.repository.partition("/")
-        assert (outcome.namespace, outcome.name) == (namespace, name)
+    if isinstance(outcome, PayloadError):  # only a field the case changed can be wrong: Quay's own sample parses
+        field = re.split(r"[.\[]", outcome.field)[0]
+        # json.dumps writes an infinite float as Infinity, which is not JSON: the body's error, not a field's.
+        assert field in overridden or (field == "" and "Infinity" in outcome.reason), (outcome, overridden)
+    elif outcome.is_namespace_event:
+        assert outcome.namespace == body["namespace"]
+    else:
+        assert outcome.repository == body["repository"]
+        assert (outcome.namespace, outcome.name) == tuple(body["repository"].split("/"))
 
 
 # C0, DEL, C1 and the Unicode line and paragraph separators: what no name may hold.

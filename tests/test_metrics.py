@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from tests.conftest import wait_until
 
 
 def scrape(service, test_pki) -> dict[tuple, float]:
@@ -27,10 +26,13 @@ def test_metrics_add_up_every_worker(start_service, test_pki, github):
                               verify=test_pki.ca_file).status_code == 202
     send_like_quay(service.url + "/incoming", sample_body("build_success", "other/app"), test_pki.pair("quay"),
                    verify=test_pki.ca_file)
-    deadline = time.monotonic() + 10
-    while len(github.requests) < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    assert len(github.wait_for(6)) == 6
+    # The deliverers count an attempt once they have recorded GitHub's answer.
+    def attempts():
+        metrics = scrape(service, test_pki)
+        return [metrics.get(("quay_dispatch_delivery_attempts_total", (("result", result),)))
+                for result in ("delivered", "failed")]
+    assert wait_until(lambda: attempts() == [5, 1], interval=0.1), attempts()
 
     # New connections, so different workers answer; every answer has the same sums.
     scrapes = [scrape(service, test_pki) for _ in range(6)]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 
 import jsonschema
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ROOT, FakeApp
+from tests.conftest import ROOT, FakeApp, wait_until
 from tests.test_github_reach import APP_ID, app_key, as_app  # noqa: F401 (app_key is a fixture)
 
 SPECS = ROOT / "var/openapi/node_modules/@octokit/openapi/generated"
@@ -48,9 +47,9 @@ def test_every_request_sent_to_github_is_a_documented_operation_with_a_valid_bod
         body = sample_body("build_success", "acme/widget", commit=commit)
         assert send_like_quay(service.url + "/incoming", body, test_pki.pair("quay"),
                               verify=test_pki.ca_file).status_code == 202
-    deadline = time.monotonic() + 15
-    while len([r for r in github.dispatches() if r.status in (200, 204)]) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Two notifications, each to a repository_dispatch route and a workflow_dispatch route.
+    assert wait_until(lambda: len([r for r in github.dispatches() if r.status in (200, 204)]) >= 4, timeout=15)
+    assert len(github.dispatches()) == 4
 
     seen = set()
     for request in github.requests:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -11,6 +10,7 @@ from quay_dispatch.dispatch import client_payload, plan_dispatches
 from quay_dispatch.quay import PayloadError, QuayEvent, parse_event
 from quay_dispatch.routes import Route, RouteError, parse_toml_routes, select_routes
 from quay_dispatch.sample import sample_body
+from tests.conftest import wait_until
 from tests.test_relay import post
 
 # Quay's own sample for quota_warning (QuotaWarningEvent.get_sample_data), as its webhook sends it.
@@ -292,7 +292,5 @@ def test_a_quota_body_with_a_bad_figure_is_a_400_naming_the_field(quota_service,
 
 def wait_for_dispatches(github, count, timeout=10.0):
     """The dispatch requests GitHub received, once there are `count` of them (or the timeout passed)."""
-    deadline = time.monotonic() + timeout
-    while len(github.dispatches()) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: len(github.dispatches()) >= count, timeout, interval=0.02)
     return github.dispatches()

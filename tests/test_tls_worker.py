@@ -71,12 +71,7 @@ def timed_notification(service, test_pki):
 
 def wait_for_log(service, text: str, count: int = 1, timeout: float = 3.0) -> bool:
     """Whether `text` appears `count` times in the service's log within `timeout` (logs lag answers)."""
-    deadline = time.monotonic() + timeout
-    while service.log().count(text) < count:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return wait_until(lambda: service.log().count(text) >= count, timeout)
 
 
 def test_stock_gunicorn_tls_rejects_quay_chain_that_our_worker_accepts(start_service, test_pki):
