@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench.compare import cpu_seconds, make_keys, process_tree
 from quay_dispatch import pki
-from tests.conftest import FakeGitHub, Service, base_env
+from testkit.github import FakeGitHub
+from testkit.service import Service, base_env
 
 CLIENTS = 4
 INTERMEDIATES = 190
@@ -86,7 +87,7 @@ def main() -> None:
     github = FakeGitHub()
     service = Service(base_env(keys, github, f"sqlite:///{base / 'outbox.sqlite3'}"), ["--workers", "1"], base)
     try:
-        service.wait_ready(keys.server, keys.ca_file)
+        service.wait_ready(keys.pair("server"), keys.ca_file)
         time.sleep(0.5)
         half = args.connections
         # Twice each, interleaved; the better of the two runs of each is kept (the VM's steal swings).

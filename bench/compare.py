@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -32,7 +31,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -40,7 +38,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from quay_dispatch import pki
 from quay_dispatch.sample import sample_body
-from tests.conftest import FakeGitHub, Service, base_env, free_port
+from testkit.github import FakeGitHub
+from testkit.pki import PKI, make_pki
+from testkit.service import Service, base_env, free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 SENDERS = 8
@@ -74,37 +74,18 @@ def incoming():
 """
 
 
-@dataclass
-class Keys:
-    """The certificates of one key type."""
-
-    ca_file: str
-    server: tuple[str, str]
-    quay: tuple[str, str]  # serverAuth only, as Quay's
-    client: tuple[str, str]  # the same key, serverAuth+clientAuth, for the baselines
-
-    def pair(self, name: str) -> tuple[str, str]:
-        """A (certificate, key) pair by role, as the tests' PKI names them."""
-        return getattr(self, name)
+NEW_KEY = {"ecdsa": lambda: ec.generate_private_key(ec.SECP256R1()),
+           "rsa": lambda: rsa.generate_private_key(65537, 2048)}
 
 
-def make_keys(directory: Path, kind: str) -> Keys:
-    def key():
-        return ec.generate_private_key(ec.SECP256R1()) if kind == "ecdsa" else rsa.generate_private_key(65537, 2048)
-
-    root = pki.issue(f"Bench {kind} root", ca=True, key=key())
-    inter = pki.issue(f"Bench {kind} intermediate", issuer=root, ca=True, key=key())
-    (directory / "ca.pem").write_bytes(root.cert_pem)
-    server = pki.issue("localhost", issuer=inter, names=["localhost", "127.0.0.1"], key=key())
-    quay = pki.issue("quay.io", issuer=inter, names=["quay.io", "*.quay.io"], key=key())
-    client = pki.issue("quay.io", issuer=inter, names=["quay.io"], key=quay.key,
-                       eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    paths = {}
-    for name, issued in (("server", server), ("quay", quay), ("client", client)):
-        cert, key_file = directory / f"{name}.pem", directory / f"{name}.key"
-        pki.write_pair(issued, cert, key_file, inter)
-        paths[name] = (str(cert), str(key_file))
-    return Keys(str(directory / "ca.pem"), paths["server"], paths["quay"], paths["client"])
+def make_keys(directory: Path, kind: str) -> PKI:
+    """The tests' PKI with `kind` keys (ecdsa or rsa) in its genuine chain, and "client": Quay's
+    certificate with clientAuth added, the one the baselines' stock TLS can accept."""
+    keys = make_pki(directory, new_key=NEW_KEY[kind])
+    keys.add("client", pki.issue("quay.io", issuer=keys.intermediate, names=["quay.io"], key=keys.issued["quay"].key,
+                                 eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+             keys.intermediate)
+    return keys
 
 
 def process_tree(pid: int) -> list[int]:
@@ -252,22 +233,13 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def run_ours(keys: Keys, workdir: Path, args) -> dict:
+def run_ours(keys: PKI, workdir: Path, args) -> dict:
     github = FakeGitHub()
     service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"),
                       ["--workers", "2"], workdir)
     try:
-        service.wait_ready(keys.server, keys.ca_file)
-        context = client_context(keys.ca_file, keys.quay)
+        service.wait_ready(keys.pair("server"), keys.ca_file)
+        context = client_context(keys.ca_file, keys.pair("quay"))
         return {
             "new connection": best_of(args.runs, service.proc.pid, service.port, context, False, args.seconds),
             "keep-alive": best_of(args.runs, service.proc.pid, service.port, context, True, args.seconds),
@@ -279,18 +251,19 @@ def run_ours(keys: Keys, workdir: Path, args) -> dict:
         github.close()
 
 
-def run_baseline(name: str, keys: Keys, workdir: Path, args) -> dict:
+def run_baseline(name: str, keys: PKI, workdir: Path, args) -> dict:
     port = free_port()
     if name == "nginx":
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir, port=port, cert=keys.server[0], key=keys.server[1],
-                                          ca=keys.ca_file))
+        cert, key = keys.pair("server")
+        conf.write_text(NGINX_CONF.format(dir=workdir, port=port, cert=cert, key=key, ca=keys.ca_file))
         command = ["nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
         cwd = workdir
     else:
         (workdir / "flask204.py").write_text(FLASK_APP)
         command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "8",
-                   "--bind", f"127.0.0.1:{port}", "--certfile", keys.server[0], "--keyfile", keys.server[1],
+                   "--bind", f"127.0.0.1:{port}", "--certfile", keys.pair("server")[0],
+                   "--keyfile", keys.pair("server")[1],
                    "--ca-certs", keys.ca_file, "--cert-reqs", "1", "--no-control-socket", "flask204:app"]
         cwd = workdir
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -298,14 +271,14 @@ def run_baseline(name: str, keys: Keys, workdir: Path, args) -> dict:
     try:
         wait_port(port)
         time.sleep(0.5)
-        context = client_context(keys.ca_file, keys.client)
+        context = client_context(keys.ca_file, keys.pair("client"))
         return {
             "new connection": best_of(args.runs, proc.pid, port, context, False, args.seconds),
             "keep-alive": best_of(args.runs, proc.pid, port, context, True, args.seconds),
             "rss": rss_mb(process_tree(proc.pid)),
         }
     finally:
-        stop(proc)
+        stop_process_group(proc)
 
 
 def main() -> None:

@@ -31,7 +31,9 @@ import requests
 from bench.compare import make_keys
 from bench.relay_bench import run_phase
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import FakeGitHub, Service, base_env, create_database, find_initdb, private_postgresql
+from testkit.github import FakeGitHub
+from testkit.postgres import create_database, find_initdb, private_postgresql
+from testkit.service import Service, base_env
 
 RECOVERY_LIMIT = 600.0  # seconds
 
@@ -53,17 +55,18 @@ def main() -> None:
             database_url = f"sqlite:///{workdir / 'outbox.sqlite3'}"
         service = Service(base_env(keys, github, database_url), ["--workers", "2"], workdir)
         stack.callback(service.stop)
-        service.wait_ready(keys.server, keys.ca_file)
+        service.wait_ready(keys.pair("server"), keys.ca_file)
         build_ids = []
 
         def healthz():
-            return requests.get(service.url + "/healthz", cert=keys.quay, verify=keys.ca_file, timeout=10).status_code
+            return requests.get(service.url + "/healthz", cert=keys.pair("quay"), verify=keys.ca_file,
+                                timeout=10).status_code
 
         def incoming():
             build_id = str(uuid.uuid4())
             build_ids.append(build_id)
             body = sample_body("build_success", "acme/widget", build_id=build_id)
-            return send_like_quay(service.url + "/incoming", body, keys.quay, verify=keys.ca_file).status_code
+            return send_like_quay(service.url + "/incoming", body, keys.pair("quay"), verify=keys.ca_file).status_code
 
         run_phase("warm-up", 20, args.concurrency, healthz)
         baseline = run_phase("baseline GET /healthz", args.events, args.concurrency, healthz)

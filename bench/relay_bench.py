@@ -26,7 +26,8 @@ import requests
 
 from bench.compare import make_keys
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import FakeGitHub, Service, base_env
+from testkit.github import FakeGitHub
+from testkit.service import Service, base_env
 
 MAX_SECONDS_PER_PHASE = 120.0
 
@@ -76,14 +77,15 @@ def main() -> None:
     env = base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
     service = Service(env, ["--workers", str(args.workers)], workdir)
     try:
-        service.wait_ready(keys.server, keys.ca_file)
+        service.wait_ready(keys.pair("server"), keys.ca_file)
 
         def healthz():
-            return requests.get(service.url + "/healthz", cert=keys.quay, verify=keys.ca_file, timeout=10).status_code
+            return requests.get(service.url + "/healthz", cert=keys.pair("quay"), verify=keys.ca_file,
+                                timeout=10).status_code
 
         def incoming():
             body = sample_body("build_success", "acme/widget", build_id=str(uuid.uuid4()))
-            return send_like_quay(service.url + "/incoming", body, keys.quay, verify=keys.ca_file).status_code
+            return send_like_quay(service.url + "/incoming", body, keys.pair("quay"), verify=keys.ca_file).status_code
 
         run_phase("warm-up", 20, args.concurrency, healthz)
         results = [run_phase("baseline GET /healthz", args.requests, args.concurrency, healthz),

@@ -9,7 +9,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import INCOMING_TOKEN, ROOT
+from testkit.credentials import INCOMING_TOKEN
+from testkit.service import ROOT
 
 AUTHORIZATION = "Basic " + base64.b64encode(f"quay:{INCOMING_TOKEN}".encode()).decode()
 

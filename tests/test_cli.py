@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import GITHUB_TOKEN, ROOT, base_env, free_port
-
-
-def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+from testkit.credentials import GITHUB_TOKEN
+from testkit.service import base_env, free_port, run_flask
 
 
 def test_check_config_summarises_what_the_service_will_do(test_pki, github, database_url):
     env = base_env(test_pki, github, database_url)
 
-    result = flask(env, "check-config")
+    result = run_flask(env, "check-config")
 
     assert result.returncode == 0, result.stderr
     assert "configuration is valid" in result.stdout
@@ -32,7 +25,7 @@ def test_check_config_summarises_what_the_service_will_do(test_pki, github, data
 def test_check_config_lists_every_problem_without_a_traceback(test_pki, github, database_url):
     env = base_env(test_pki, github, database_url) | {"ROUTES": "acme", "CLIENT_CERT_SOURCE": "nope"}
 
-    result = flask(env, "check-config")
+    result = run_flask(env, "check-config")
 
     assert result.returncode == 1
     assert "configuration error" in result.stderr
@@ -47,7 +40,7 @@ def test_check_config_online_asks_github_about_each_fixed_target(test_pki, githu
     env = base_env(test_pki, github, database_url) | {
         "ROUTES": "acme/*; acme/api=acme-gh/api-server; acme/ro=acme/readonly; acme/web=acme/missing"}
 
-    result = flask(env, "check-config", "--online")
+    result = run_flask(env, "check-config", "--online")
 
     assert result.returncode == 1
     assert "{namespace}/{name}: not checked, it depends on the Quay repository's name" in result.stdout
@@ -77,7 +70,7 @@ def test_check_config_online_proves_the_token_even_when_every_route_is_a_glob(te
     github.scopes = change.pop("scopes", github.scopes)
     env = base_env(test_pki, github, database_url) | {"ROUTES": "myorg/*"} | change
 
-    result = flask(env, "check-config", "--online")
+    result = run_flask(env, "check-config", "--online")
 
     assert words in result.stdout, result.stdout + result.stderr
     assert result.returncode == (0 if "credentials: ok" in words else 1)
@@ -92,7 +85,7 @@ def test_check_config_shows_each_route_resolved_with_its_workflow(test_pki, gith
                       '[[routes]]\nquay = "acme/*"\n')
     env = base_env(test_pki, github, database_url) | {"ROUTES": "", "ROUTES_FILE": str(routes)}
 
-    result = flask(env, "check-config")
+    result = run_flask(env, "check-config")
 
     assert result.returncode == 0, result.stderr
     assert "    acme/api -> acme/api  (build_success; event_type QUAY_<EVENT>)\n" in result.stdout
@@ -105,8 +98,8 @@ def test_outbox_commands_say_when_there_is_no_outbox_rather_than_make_one(tmp_pa
     missing = tmp_path / "typo" / "outbox.sqlite3"
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{missing}"}
 
-    listed = flask(env, "deliveries")
-    requeued = flask(env, "redeliver", "--all-failed")
+    listed = run_flask(env, "deliveries")
+    requeued = run_flask(env, "redeliver", "--all-failed")
 
     for result in (listed, requeued):
         assert result.returncode == 1
@@ -116,8 +109,8 @@ def test_outbox_commands_say_when_there_is_no_outbox_rather_than_make_one(tmp_pa
 
 def test_dev_certs_then_send_sample_to_a_running_service(start_service, tmp_path, test_pki):
     env = {"PATH": "/usr/bin:/bin"}
-    made = flask(env, "dev-certs", "--dir", str(tmp_path / "pki"))
-    again = flask(env, "dev-certs", "--dir", str(tmp_path / "pki"))
+    made = run_flask(env, "dev-certs", "--dir", str(tmp_path / "pki"))
+    again = run_flask(env, "dev-certs", "--dir", str(tmp_path / "pki"))
     assert made.returncode == 0 and again.returncode == 1 and "use --force" in again.stderr
     pki_dir = tmp_path / "pki"
     service = start_service({"TLS_CERT_FILE": str(pki_dir / "server.pem"), "TLS_KEY_FILE": str(pki_dir / "server.key"),
@@ -125,8 +118,8 @@ def test_dev_certs_then_send_sample_to_a_running_service(start_service, tmp_path
     service.wait_ready((str(pki_dir / "quay.pem"), str(pki_dir / "quay.key")), str(pki_dir / "ca.pem"))
 
     as_quay = ["--cert", str(pki_dir / "quay.pem"), "--key", str(pki_dir / "quay.key"), "--ca", str(pki_dir / "ca.pem")]
-    sent = flask(env, "send-sample", service.url + "/incoming/build_success", "--repo", "acme/widget", *as_quay)
-    test = flask(env, "send-sample", service.url + "/incoming", "--repo", "acme/widget", "--test", *as_quay)
+    sent = run_flask(env, "send-sample", service.url + "/incoming/build_success", "--repo", "acme/widget", *as_quay)
+    test = run_flask(env, "send-sample", service.url + "/incoming", "--repo", "acme/widget", "--test", *as_quay)
 
     assert sent.returncode == 0 and sent.stdout.startswith("202 ")
     assert test.returncode == 0 and '"status":"test"' in test.stdout
@@ -138,10 +131,10 @@ def test_check_config_refuses_what_the_service_would_refuse_at_start(test_pki, t
     env = {"PATH": "/usr/bin:/bin", "GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*",
            "DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.sqlite3'}", "QUAY_CA_FILE": str(tmp_path / "missing.pem")}
 
-    missing_ca = flask(env | {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key}, "check-config")
-    mismatched = flask(env | {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key, "QUAY_CA_FILE": test_pki.ca_file},
+    missing_ca = run_flask(env | {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key}, "check-config")
+    mismatched = run_flask(env | {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key, "QUAY_CA_FILE": test_pki.ca_file},
                        "check-config")
-    header_without_proxy = flask(env | {"CLIENT_CERT_SOURCE": "header", "QUAY_CA_FILE": test_pki.ca_file},
+    header_without_proxy = run_flask(env | {"CLIENT_CERT_SOURCE": "header", "QUAY_CA_FILE": test_pki.ca_file},
                                  "check-config")
 
     assert missing_ca.returncode == 1 and f"QUAY_CA_FILE={tmp_path / 'missing.pem'} does not exist" in missing_ca.stderr

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from urllib.parse import urlsplit
@@ -14,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ROOT, wait_until
+from testkit.service import deliveries, outbox_command, wait_until
 from tests.faults import hold_sqlite_lock
 
 
@@ -30,19 +27,6 @@ def accept(service, test_pki, count, repository="acme/widget"):
 def delivered_builds(github) -> Counter:
     """How many times GitHub answered 2xx for each build id."""
     return Counter(r.json()["client_payload"]["build_id"] for r in github.requests if 200 <= r.status < 300)
-
-
-def cli(service, *args) -> subprocess.CompletedProcess:
-    """An outbox command as operations.md gives it: with DATABASE_URL and nothing else of the service's."""
-    env = {"PATH": os.environ["PATH"], "DATABASE_URL": service.env["DATABASE_URL"]}
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
-
-
-def deliveries(service, *args) -> list[dict]:
-    result = cli(service, "deliveries", "--json", *args)
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def test_an_outage_of_503s_is_ridden_out_and_each_event_delivered_once(start_service, test_pki, github):
@@ -98,10 +82,10 @@ def test_a_404_fails_at_once_stays_visible_and_can_be_redelivered(start_service,
     assert wait_until(lambda: deliveries(service, "--status", "failed"), timeout=10)
     [failed] = deliveries(service, "--status", "failed")
     assert failed["last_error"] == "GitHub answered 404: Not Found"
-    table = cli(service, "deliveries").stdout
+    table = outbox_command(service, "deliveries").stdout
     assert "acme/widget" in table and "failed" in table and "GitHub answered 404: Not Found" in table
 
-    result = cli(service, "redeliver", str(failed["id"]))
+    result = outbox_command(service, "redeliver", str(failed["id"]))
 
     assert result.returncode == 0 and f"queued again: {failed['id']}" in result.stdout
     assert wait_until(lambda: delivered_builds(github) == Counter({body["build_id"]: 1}), timeout=10)
@@ -116,7 +100,7 @@ def test_a_delivery_past_its_max_age_expires_and_all_failed_can_be_sent_again(st
     assert wait_until(lambda: deliveries(service, "--status", "expired"), timeout=15, interval=0.3)
     github.reset()
 
-    result = cli(service, "redeliver", "--all-failed")
+    result = outbox_command(service, "redeliver", "--all-failed")
 
     assert result.returncode == 0
     assert wait_until(lambda: delivered_builds(github) == Counter({body["build_id"]: 1}), timeout=10)
@@ -127,8 +111,8 @@ def test_redeliver_explains_what_it_did_not_queue(start_service, test_pki, githu
     accept(service, test_pki, 1)
     assert wait_until(lambda: deliveries(service, "--status", "delivered"), timeout=10)
 
-    missing = cli(service, "redeliver", "424242")
-    usage = cli(service, "redeliver")
+    missing = outbox_command(service, "redeliver", "424242")
+    usage = outbox_command(service, "redeliver")
 
     assert missing.returncode == 1 and "not queued: 424242: no such delivery" in missing.stderr
     assert usage.returncode == 2 and "give delivery IDs, or --all-failed" in usage.stderr

@@ -22,7 +22,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import GITHUB_TOKEN, ROOT, free_port
+from testkit.credentials import GITHUB_TOKEN
+from testkit.service import ROOT, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_FILES = {"app.py", "wsgi.py", "gunicorn.conf.py", "requirements.txt"} | {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
+from testkit.service import wait_until
 from tests.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
 
 

@@ -19,8 +19,8 @@ from quay_dispatch.quay import BUILD_EVENTS, EVENTS, PayloadError, QuayEvent, pa
 from quay_dispatch.routes import parse_inline_routes, select_routes
 from quay_dispatch.sample import sample_body
 from quay_dispatch.services import services
+from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN
 from tests.bad_bodies import VALID_TEXT
-from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN
 from tests.test_quay import edited
 
 json_values = st.recursive(

@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import FakeApp, FakeGitHub, base_env, wait_until
+from testkit.github import FakeApp, FakeGitHub
+from testkit.service import base_env, run_flask, wait_until
 
 APP_ID = "123456"
 
@@ -169,8 +170,6 @@ def test_a_422_keeps_githubs_message(start_service, test_pki, github, tmp_path):
 
 
 def test_check_config_online_checks_the_apps_installation_and_permissions(test_pki, github, app_key, database_url):
-    from tests.test_cli import flask
-
     github.reset()
     github.app = FakeApp(APP_ID, app_key.public_key(), {"acme/api": 5, "acme/deploy": 6},
                          permissions={"contents": "write", "metadata": "read"})
@@ -180,7 +179,7 @@ def test_check_config_online_checks_the_apps_installation_and_permissions(test_p
     (test_pki.dir / "r.toml").write_text(routes)
     env = {k: v for k, v in (env | as_app(app_key)).items() if v is not None}
 
-    result = flask(env, "check-config", "--online")
+    result = run_flask(env, "check-config", "--online")
 
     assert result.returncode == 1, result.stderr
     assert "authentication" in result.stdout and f"GitHub App {APP_ID}" in result.stdout
@@ -198,15 +197,13 @@ def test_check_config_online_checks_the_apps_installation_and_permissions(test_p
 ])
 def test_check_config_online_proves_the_app_even_when_every_route_is_a_glob(test_pki, github, app_key, database_url,
                                                                             installations, signed_by, words):
-    from tests.test_cli import flask
-
     github.reset()
     github.app = FakeApp(APP_ID, app_key.public_key(), installations)
     key = app_key if signed_by == "app_key" else rsa.generate_private_key(public_exponent=65537, key_size=2048)
     env = {k: v for k, v in (base_env(test_pki, github, database_url) | {"ROUTES": "acme/*"} | as_app(key)).items()
            if v is not None}
 
-    result = flask(env, "check-config", "--online")
+    result = run_flask(env, "check-config", "--online")
 
     assert result.returncode == 1
     assert words in result.stdout, result.stdout + result.stderr

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ALL_LOGS, GITHUB_TOKEN, ROOT, free_port, wait_for_readyz, wait_until
+from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
+from testkit.service import ROOT, free_port, wait_for_readyz, wait_until
 from tests.test_deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 
 IMAGE = "localhost/quay-dispatch-test"

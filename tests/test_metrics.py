@@ -6,7 +6,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import wait_until
+from testkit.service import wait_until
 
 
 def scrape(service, test_pki) -> dict[tuple, float]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,7 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, ROOT
+from testkit.credentials import INCOMING_TOKEN
+from testkit.service import run_gunicorn
 
 TOKEN = INCOMING_TOKEN
 PLAIN = {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None}
@@ -105,13 +104,6 @@ def test_header_mode_with_a_leaf_alone_in_base64_der_and_intermediates_from_a_fi
 
     assert refused[0] == 403 and "does not chain to a trusted root" in refused[1]["error"]
     assert accepted[0] == 202
-
-
-def run_gunicorn(env_overrides: dict, *args: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*",
-           "DATABASE_URL": "sqlite:////tmp/unused-modes.sqlite3", **env_overrides}
-    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("env, args, words", [

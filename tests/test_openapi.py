@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import ROOT, FakeApp, wait_until
+from testkit.github import FakeApp
+from testkit.service import ROOT, wait_until
 from tests.test_github_reach import APP_ID, app_key, as_app  # noqa: F401 (app_key is a fixture)
 
 SPECS = ROOT / "var/openapi/node_modules/@octokit/openapi/generated"

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -37,7 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from quay_dispatch import pki
 from quay_dispatch.sample import sample_body
-from tests.conftest import ALL_LOGS, ROOT, Service, Services, free_port, wait_for_readyz, wait_until
+from testkit.credentials import ALL_LOGS
+from testkit.service import ROOT, Service, Services, free_port, stop_process_group, wait_for_readyz, wait_until
 
 DOC = ROOT / "docs" / "deployment.md"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -103,13 +103,7 @@ class Proxy:
         wait_for_readyz(url, test_pki.pair("server"), test_pki.ca_file, exited, self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process_group(self.proc, timeout=10)
         self._log.close()
 
 

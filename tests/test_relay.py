@@ -7,8 +7,6 @@ import json
 import re
 import sqlite3
 import ssl
-import subprocess
-import sys
 import time
 import uuid
 
@@ -18,8 +16,9 @@ import requests
 
 from quay_dispatch.quay import EVENTS
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
+from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN
+from testkit.service import deliveries, wait_until
 from tests.bad_bodies import BAD_BODIES
-from tests.conftest import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN, ROOT, wait_until
 from tests.test_tls_worker import client_context, tls_connect
 
 
@@ -309,18 +308,12 @@ def test_github_404_fails_the_delivery_at_once_and_it_stays_visible(start_servic
     assert post(service, test_pki, body).status_code == 202
     assert len(dispatches_for(github, body["build_id"])) == 1
 
-    assert wait_until(lambda: _deliveries_json(service, "--status", "failed"), timeout=5, interval=0.1)
-    [failed] = _deliveries_json(service, "--status", "failed")
+    assert wait_until(lambda: deliveries(service, "--status", "failed"), timeout=5, interval=0.1)
+    [failed] = deliveries(service, "--status", "failed")
     assert failed["target"] == "acme/widget"
     assert failed["last_status"] == 404
     assert failed["last_error"] == "GitHub answered 404: Not Found"
     assert len(dispatches_for(github, body["build_id"], count=2, timeout=2)) == 1
-
-
-def _deliveries_json(service, *args):
-    out = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "deliveries", "--json", *args],
-                         cwd=ROOT, env=service.env, capture_output=True, text=True, check=True).stdout
-    return [json.loads(line) for line in out.splitlines()]
 
 
 def test_dry_run_records_what_would_be_sent_and_sends_nothing(start_service, test_pki, github):
@@ -330,7 +323,7 @@ def test_dry_run_records_what_would_be_sent_and_sends_nothing(start_service, tes
     response = post(service, test_pki, body)
 
     assert response.status_code == 202
-    [recorded] = _deliveries_json(service)
+    [recorded] = deliveries(service)
     assert recorded["status"] == "dry_run"  # never pending: the deliverer has nothing to send
     # Nor is it sent another way; the deliverer looks at least once a second.
     assert not wait_until(lambda: github.requests, timeout=2.5)

@@ -2,8 +2,6 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -12,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from quay_dispatch.config import ConfigError, load_settings
-from tests.conftest import GITHUB_TOKEN, ROOT
+from testkit.credentials import GITHUB_TOKEN
+from testkit.service import run_gunicorn
 
 VALID = {"GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*"}
 
@@ -77,13 +76,6 @@ def test_settings_repr_reveals_no_secret():
 @pytest.mark.parametrize("duration, seconds", [("3600", 3600), ("90m", 5400), ("24h", 86400), ("2d", 172800)])
 def test_delivery_max_age_durations(duration, seconds):
     assert load_settings(VALID | {"DELIVERY_MAX_AGE": duration}).delivery_max_age == seconds
-
-
-def run_gunicorn(env_overrides, *args, run_as=()):
-    """gunicorn with the configuration file; `run_as`: a command prefix such as as_nobody()."""
-    env = {"PATH": "/usr/bin:/bin", **VALID, "DATABASE_URL": "sqlite:////tmp/unused.sqlite3", **env_overrides}
-    return subprocess.run([*run_as, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
 def test_gunicorn_refuses_client_certificates_without_tls():

@@ -19,9 +19,8 @@ import pytest
 import requests
 
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.conftest import wait_until
+from testkit.service import deliveries, wait_until
 from tests.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
-from tests.test_delivery import deliveries
 
 ANSWER_WITHIN = 8.0  # seconds: what DESIGN.md promises Quay
 HEALTH_WITHIN = 1.0  # seconds: what a platform's health check allows

@@ -20,7 +20,7 @@ from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
 from quay_dispatch.tls_worker import HEADERS, WHOLE, buffered_request
-from tests.conftest import wait_until
+from testkit.service import wait_until
 
 
 def client_context(test_pki, cert="quay", **kwargs) -> ssl.SSLContext:

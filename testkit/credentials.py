@@ -1,0 +1,20 @@
+"""The credentials the tests hand the service, and the logs that must never show them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GITHUB_TOKEN = "ghp_testtoken0123456789abcdefTESTTOKEN"
+LEGACY_GITHUB_TOKEN = "gho_legacy_token_name_value"
+INCOMING_TOKEN = "incoming-token-for-tests-0123456789"
+# What must never appear in any log line of a test run (checked when the session ends).
+SECRETS = (GITHUB_TOKEN, LEGACY_GITHUB_TOKEN, INCOMING_TOKEN, "PRIVATE KEY")
+ALL_LOGS: list[Path] = []  # every log file a test's process wrote
+ISSUED_TOKENS: list[str] = []  # installation tokens the loopback GitHub issued: never to be logged either
+
+
+def leaks() -> list[str]:
+    """Each line of ALL_LOGS that holds a secret, with its file's name (the line cut short)."""
+    return [f"{path.name}: {line.strip()[:200]}" for path in ALL_LOGS if path.exists()
+            for line in path.read_text(errors="replace").splitlines()
+            if any(s in line for s in (*SECRETS, *ISSUED_TOKENS))]

@@ -1,0 +1,173 @@
+"""Real gunicorn processes running the service on loopback, and its command line, as operators run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import requests
+
+from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
+
+if TYPE_CHECKING:
+    from testkit.github import FakeGitHub
+    from testkit.pki import PKI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Whether `predicate()` comes true within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def wait_for_readyz(url: str, cert: tuple[str, str] | None, verify: str | bool, exited, log,
+                    timeout: float = 20.0) -> None:
+    """Until GET url/readyz answers 200; fails at once when `exited()` says why (the process is gone).
+
+    `log()` is the process's output, for the failure's message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if why := exited():
+            raise AssertionError(f"{why}:\n{log()}")
+        try:
+            if requests.get(url + "/readyz", cert=cert, verify=verify, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/readyz did not answer 200 in {timeout} s:\n{log()}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM to `proc`'s session (started with start_new_session), then SIGKILL after `timeout` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+class Service:
+    """A real gunicorn running the service on loopback, its log in a file."""
+
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True):
+        self.port = free_port()
+        self.workdir = workdir
+        self.log_path = workdir / f"gunicorn-{self.port}.log"
+        ALL_LOGS.append(self.log_path)
+        self.scheme = "https" if tls else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.env = env
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{self.port}", *args, "wsgi:app"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, cert: tuple[str, str] | None, verify: str | bool, timeout: float = 20.0) -> None:
+        def exited():
+            return None if self.proc.poll() is None else f"gunicorn exited with {self.proc.returncode}"
+        wait_for_readyz(self.url, cert, verify, exited, self.log, timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+        self._log.close()
+
+
+def base_env(test_pki: PKI, github: FakeGitHub, database_url: str) -> dict[str, str]:
+    """The environment of a service that trusts the test PKI and sends to the loopback GitHub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "GH_", "QUAY_", "ROUTES", "DRY_RUN"))}
+    server_cert, server_key = test_pki.pair("server")
+    env.update({
+        "TLS_CERT_FILE": server_cert,
+        "TLS_KEY_FILE": server_key,
+        "QUAY_CA_FILE": test_pki.ca_file,
+        "GITHUB_API_URL": github.url,
+        "GITHUB_TOKEN": GITHUB_TOKEN,
+        "ROUTES": "acme/*; acme/api=acme-gh/api-server",
+        "DATABASE_URL": database_url,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+class Services:
+    """Starts services in one directory and stops them all at the end."""
+
+    def __init__(self, workdir: Path, test_pki: PKI, github: FakeGitHub, database_url: str):
+        self.workdir, self.pki, self.github, self.database_url = workdir, test_pki, github, database_url
+        self.started: list[Service] = []
+
+    def __call__(self, overrides: dict[str, str | None] | None = None, args: list[str] | None = None,
+                 wait: bool = True) -> Service:
+        env = base_env(self.pki, self.github, self.database_url)
+        for name, value in (overrides or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        tls = bool(env.get("TLS_CERT_FILE") or env.get("CRT"))
+        service = Service(env, args or ["--workers", "1"], self.workdir, tls=tls)
+        self.started.append(service)
+        if wait:
+            service.wait_ready(self.pki.pair("server") if service.scheme == "https" else None, self.pki.ca_file)
+        return service
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            service.stop()
+
+
+def run_gunicorn(env_overrides: dict[str, str], *args: str,
+                 run_as: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """gunicorn with the project's configuration and a valid minimal one, until it exits (a refusal to start).
+
+    `run_as`: a command prefix, such as one that runs it as another user.
+    """
+    env = {"PATH": "/usr/bin:/bin", "GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*",
+           "DATABASE_URL": "sqlite:////tmp/unused.sqlite3", **env_overrides}
+    return subprocess.run([*run_as, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+def run_flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`flask --app app ARGS` with `env`, as an operator runs it beside the service."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def outbox_command(service: Service, *args: str) -> subprocess.CompletedProcess:
+    """An outbox command as operations.md gives it: with DATABASE_URL and nothing else of the service's."""
+    return run_flask({"PATH": os.environ["PATH"], "DATABASE_URL": service.env["DATABASE_URL"]}, *args)
+
+
+def deliveries(service: Service, *args: str) -> list[dict]:
+    """What `flask --app app deliveries --json ARGS` lists of the service's outbox, one dict a delivery."""
+    result = outbox_command(service, "deliveries", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
