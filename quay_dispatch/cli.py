@@ -13,13 +13,11 @@ import requests
 from flask import Flask
 
 from .config import ConfigError, listing, load_store_settings, tls_problems
-from .github import AuthError
-from .github_app import AppAuth
 from .outbox import STATUSES, Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
 from .pki import make_dev_pki
 from .quay import ALL_EVENTS
 from .sample import sample_body, send_like_quay
-from .services import services
+from .services import services_of
 
 
 @click.command("dev-certs")
@@ -131,7 +129,7 @@ def _check_online(svc) -> bool:
         click.echo("  online: skipped in dry-run mode (no token)")
         return False
     click.echo("  online:")
-    accepted, detail = svc.deliverer.client.auth.check()
+    accepted, detail = svc.github.check_credentials()
     click.echo(f"    credentials: {'ok' if accepted else 'PROBLEM'}, {detail}")
     if not accepted:
         return True
@@ -141,25 +139,10 @@ def _check_online(svc) -> bool:
         if target is None:
             click.echo(f"    {route.github}: not checked, it depends on the Quay repository's name")
             continue
-        if isinstance(svc.deliverer.client.auth, AppAuth):
-            ok, detail = _check_installation(svc.deliverer.client.auth, target, route)
-        else:
-            ok, detail = svc.deliverer.client.check_repository(target)
+        ok, detail = svc.github.check_target(target, "actions" if route.workflow else "contents")
         problems |= not ok
         click.echo(f"    {target}: {'ok' if ok else 'PROBLEM'}, {detail}")
     return problems
-
-
-def _check_installation(auth: AppAuth, target: str, route) -> tuple[bool, str]:
-    """Whether the App is installed on `target` with the permission its route's dispatch needs."""
-    try:
-        installation, permissions = auth.installation(target)
-    except AuthError as exc:
-        return False, str(exc)
-    needed = "actions" if route.workflow else "contents"
-    if auth.fixed_installation is None and permissions.get(needed) != "write":
-        return False, f"the App's installation {installation} lacks {needed}: write"
-    return True, f"the App's installation {installation} may write {needed}"
 
 
 @click.command("redeliver")
@@ -204,7 +187,7 @@ def send_sample(url, event, repository, cert, key, ca, branch, test_marker) -> N
 
 def _services():
     try:
-        return services()
+        return services_of()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

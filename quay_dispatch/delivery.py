@@ -86,7 +86,7 @@ class Deliverer:
         with self._lock:
             self._direct.append(direct)
             for req, outcome in zip(direct.requests, direct.outcomes, strict=True):
-                if outcome.result == github.DELIVERED:
+                if outcome.result == github.ACCEPTED:
                     self._recent_direct[req.dedup_key] = until
             if len(self._recent_direct) > MAX_UNRECORDED:
                 now = time.monotonic()
@@ -130,7 +130,7 @@ class Deliverer:
         while self._direct:
             direct = self._direct[0]
             delivered = [(r, o) for r, o in zip(direct.requests, direct.outcomes, strict=True)
-                         if o.result == github.DELIVERED]
+                         if o.result == github.ACCEPTED]
             if delivered:
                 self.outbox.record_dispatched([r for r, _ in delivered], [o for _, o in delivered], **direct.event)
             self._direct.popleft()
@@ -184,9 +184,9 @@ class Deliverer:
 
     def _decide(self, delivery: Delivery, outcome: github.Outcome) -> tuple[str, float | None]:
         """The delivery's new status, and when to try again if it stays pending."""
-        if outcome.result == github.DELIVERED:
+        if outcome.result == github.ACCEPTED:
             return DELIVERED, None
-        if outcome.result == github.FAILED:
+        if outcome.result == github.REFUSED:
             return FAILED, None
         next_at = outcome.retry_at or time.time() + backoff(delivery.attempts + 1)
         if next_at - delivery.queued_at > self.max_age:

@@ -21,12 +21,13 @@ CONNECT_TIMEOUT = 5.0
 USER_AGENT = f"quay-github-actions-dispatch/{__version__}"
 MAX_ERROR_LENGTH = 300
 
-DELIVERED, RETRY, FAILED = "delivered", "retry", "failed"
+# What GitHub made of one attempt (Outcome.result); the outbox has its own statuses for the delivery.
+ACCEPTED, RETRY, REFUSED = "accepted", "retry", "refused"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one attempt came to: delivered, retry (not before retry_at, if set) or failed for good."""
+    """What one attempt came to: accepted, retry (not before retry_at, if set) or refused for good."""
 
     result: str
     http_status: int | None = None
@@ -104,7 +105,7 @@ class Transport:
 
 
 class AuthError(Exception):
-    """No credentials for a repository: `result` says whether to retry (RETRY) or give up (FAILED)."""
+    """No credentials for a repository: `result` says whether to retry (RETRY) or give up (REFUSED)."""
 
     def __init__(self, result: str, message: str):
         super().__init__(message)
@@ -149,6 +150,21 @@ class TokenAuth:
             return False, (f"GITHUB_TOKEN accepted for {login}, but its scopes ({scopes or 'none'}) lack repo, "
                            "which a dispatch needs")
         return True, f"GITHUB_TOKEN accepted for {login}, scopes: {scopes}"
+
+    def check_target(self, target: str, permission: str) -> tuple[bool, str]:
+        """Whether the token can read `target` ("owner/name") and, where GitHub says, write to it."""
+        response = self._transport.send("GET", f"/repos/{target}", self.authorization(target))
+        if isinstance(response, Outcome):
+            return False, response.error or "cannot reach GitHub"
+        if response.status_code != 200:
+            return False, f"GitHub answered {response.status_code}: {_message(response)}"
+        try:
+            push = response.json().get("permissions", {}).get("push")
+        except (ValueError, AttributeError):
+            push = None
+        if push is False:
+            return False, f"readable, but the token cannot write to it (a dispatch needs {permission}: write)"
+        return True, "readable" + (", writable" if push else "")
 
 
 class GitHubClient:
@@ -211,26 +227,25 @@ class GitHubClient:
         self._default_branches[repo] = (branch, time.monotonic() + 3600)
         return branch, None
 
-    def check_repository(self, target: str) -> tuple[bool, str]:
-        """Whether the credentials can read `target` ("owner/name"), and what GitHub said of its rights."""
-        response = self._request("GET", f"/repos/{target}", target)
-        if isinstance(response, Outcome):
-            return False, response.error or "cannot reach GitHub"
-        if response.status_code != 200:
-            return False, f"GitHub answered {response.status_code}: {_message(response)}"
-        try:
-            push = response.json().get("permissions", {}).get("push")
-        except (ValueError, AttributeError):
-            push = None
-        if push is False:
-            return False, "readable, but the token cannot write to it (a dispatch needs Contents: write)"
-        return True, "readable" + (", writable" if push else "")
+    def check_credentials(self) -> tuple[bool, str]:
+        """Whether GitHub accepts the credentials, and what it says they may do."""
+        return self.auth.check()
+
+    def check_target(self, target: str, permission: str) -> tuple[bool, str]:
+        """Whether a dispatch to `target` could go: `permission` ("contents" or "actions") is what it needs."""
+        return self.auth.check_target(target, permission)
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The error that says it all, which requests and urllib3 wrap (a TLS alert, a refused connection)."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _cause(exc: BaseException) -> str:
-    """The innermost reason of a requests error, short (a TLS verification failure, a refused connection)."""
-    while exc.__cause__ or exc.__context__:
-        exc = exc.__cause__ or exc.__context__
+    """The innermost reason of a requests error, short."""
+    exc = innermost(exc)
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
 
 
@@ -241,14 +256,14 @@ def classify(response: requests.Response, now: float | None = None) -> Outcome:
     remaining_text = response.headers.get("X-RateLimit-Remaining", "")
     remaining = int(remaining_text) if remaining_text.isdigit() else None  # GHES often sends none
     if 200 <= status < 300:
-        return Outcome(DELIVERED, status, request_id, rate_limit_remaining=remaining)
+        return Outcome(ACCEPTED, status, request_id, rate_limit_remaining=remaining)
     message = f"GitHub answered {status}: {_message(response)}"
     retry_at = rate_limit_reset(response, now)
     if status in (403, 429) and retry_at is not None:
         return Outcome(RETRY, status, request_id, "rate limited; " + message, retry_at, remaining)
     if status == 429 or status >= 500:
         return Outcome(RETRY, status, request_id, message, rate_limit_remaining=remaining)
-    return Outcome(FAILED, status, request_id, message, rate_limit_remaining=remaining)
+    return Outcome(REFUSED, status, request_id, message, rate_limit_remaining=remaining)
 
 
 def rate_limit_reset(response: requests.Response, now: float | None = None) -> float | None:

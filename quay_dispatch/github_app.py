@@ -15,7 +15,7 @@ import time
 import jwt
 import requests
 
-from .github import FAILED, RETRY, AuthError, Outcome, Transport, classify
+from .github import REFUSED, RETRY, AuthError, Outcome, Transport, classify
 
 JWT_BACKDATE = 60  # seconds: GitHub's advice against clock drift
 JWT_LIFETIME = 540  # seconds: GitHub allows at most 10 minutes
@@ -102,15 +102,25 @@ class AppAuth:
                            f"GitHub App {name}; it is installed on {where}")
         return True, f"GitHub App {name}'s JWT accepted; installed on {where}"
 
+    def check_target(self, target: str, permission: str) -> tuple[bool, str]:
+        """Whether the App is installed on `target` ("owner/name") with `permission`: write."""
+        try:
+            installation, permissions = self.installation(target)
+        except AuthError as exc:
+            return False, str(exc)
+        if self.fixed_installation is None and permissions.get(permission) != "write":
+            return False, f"the App's installation {installation} lacks {permission}: write"
+        return True, f"the App's installation {installation} may write {permission}"
+
     def _as_app(self, method: str, path: str, doing: str, not_found: str | None = None, expect: type = dict):
         """A request authenticated with the App's JWT; its JSON answer (an `expect`), or AuthError."""
         response = self._transport.send(method, path, f"Bearer {self.app_jwt()}", "{}" if method == "POST" else None)
         if isinstance(response, Outcome):
             raise AuthError(response.result, f"{doing}: {response.error}")
         if response.status_code == 404 and not_found:
-            raise AuthError(FAILED, not_found)
+            raise AuthError(REFUSED, not_found)
         if response.status_code == 401:
-            raise AuthError(FAILED, f"GitHub refused the App's JWT while {doing} (check GITHUB_APP_ID and the "
+            raise AuthError(REFUSED, f"GitHub refused the App's JWT while {doing} (check GITHUB_APP_ID and the "
                                     f"private key): {classify(response).error}")
         if not 200 <= response.status_code < 300:
             outcome = classify(response)

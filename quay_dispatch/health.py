@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify
 
 from . import metrics
 from .outbox import StoreUnavailable
-from .quay import ALL_EVENTS
-from .services import services
+from .services import services_of
 
 bp = Blueprint("health", __name__)
 
@@ -22,7 +21,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """The service can accept events: the store is writable and the deliverer runs."""
-    svc = services()
+    svc = services_of()
     problems = []
     try:
         svc.outbox.check_writable()
@@ -41,17 +40,8 @@ def readyz():
 def prometheus_metrics():
     """Prometheus text format."""
     g.outcome = "ok"
-    return Response(metrics.exposition(services().outbox), mimetype=metrics.MEDIA_TYPE)
-
-
-def _count_incoming(response):
-    if request.path == "/incoming" or request.path.startswith("/incoming/"):
-        event = (request.view_args or {}).get("event")
-        metrics.INCOMING.labels(event if event in ALL_EVENTS else "unknown", str(response.status_code),
-                                g.get("outcome") or "error").inc()
-    return response
+    return Response(metrics.exposition(services_of().outbox), mimetype=metrics.MEDIA_TYPE)
 
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-    app.after_request(_count_incoming)

@@ -10,6 +10,7 @@ import requests
 from urllib3.exceptions import InsecureRequestWarning
 
 from .config import ConfigError, Settings, load_settings
+from .github import innermost
 
 TIMEOUT = 5.0  # seconds; shorter than the HEALTHCHECK's --timeout, so that this one explains itself
 
@@ -33,17 +34,10 @@ def check(settings: Settings) -> str | None:
     except requests.Timeout:
         return f"no answer from {url} within {TIMEOUT:g} s"
     except OSError as exc:  # requests' own errors, and a certificate file that cannot be read
-        return f"{url}: {_innermost(exc)}"
+        return f"{url}: {innermost(exc)}"
     if response.status_code != 200:
         return f"{url} answered {response.status_code}"
     return None
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    # requests and urllib3 wrap the error that says it all ("Connection refused", a TLS alert).
-    while exc.__cause__ or exc.__context__:
-        exc = exc.__cause__ or exc.__context__
-    return exc
 
 
 def main() -> int:

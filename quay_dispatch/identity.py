@@ -45,7 +45,6 @@ class Caller:
     """A caller proven to be Quay."""
 
     hostname: str
-    subject: str
     valid_until: float  # seconds since the epoch: when the chain stops being valid
 
 
@@ -167,7 +166,7 @@ class QuayVerifier:
                 reasons.append(f"it could not be verified ({type(exc).__name__}: {exc})")
                 continue
             expiry = min(cert.not_valid_after_utc for cert in chain).timestamp()
-            return Caller(hostname=hostname, subject=leaf.subject.rfc4514_string(), valid_until=expiry)
+            return Caller(hostname=hostname, valid_until=expiry)
         return self._refuse(leaf, now, reasons)
 
     def _refuse(self, leaf: x509.Certificate, now: datetime.datetime, reasons: list[str]):

@@ -18,7 +18,7 @@ from .limits import MAX_BODY
 from .outbox import Accepted, StoreUnavailable
 from .quay import ALL_EVENTS, PayloadError, parse_event
 from .routes import select_routes
-from .services import Services, services
+from .services import Services, services_of
 from .tls import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
 
 # Quay gives up after 10 s; what the service does for a notification ends by then, with room to answer.
@@ -43,7 +43,7 @@ class Refusal(Exception):
 @bp.post("/incoming/<event>")
 def incoming(event: str):
     """Receive one Quay notification; see docs/api.md for every answer."""
-    svc = services()
+    svc = services_of()
     if event not in ALL_EVENTS:
         raise Refusal(404, f"unknown event {event[:60]!r}; known events: {', '.join(ALL_EVENTS)}")
     if request.content_length is not None and request.content_length > MAX_BODY:
@@ -74,7 +74,7 @@ def incoming(event: str):
 
     planned = plan_dispatches(quay_event, selection.routes, body)
     notification = dict(event=event, quay_repository=quay_event.subject, build_id=quay_event.build_id,
-                        host=svc.github_host, dry_run=svc.settings.dry_run)
+                        host=svc.deliverer.host, dry_run=svc.settings.dry_run)
     try:
         accepted, duplicates = svc.outbox.add(planned, **notification)
     except StoreUnavailable as exc:
@@ -103,9 +103,9 @@ def dispatch_directly(svc: Services, planned: list[DispatchRequest], notificatio
     outcomes = []
     with github.deadline(g.started + ANSWER_WITHIN):
         for req in fresh:
-            outcomes.append(svc.deliverer.client.dispatch(req.kind, req.path, canonical_json(req.body), req.target))
+            outcomes.append(svc.github.dispatch(req.kind, req.path, canonical_json(req.body), req.target))
     svc.deliverer.sent_directly(DirectDispatch(fresh, outcomes, notification))
-    refused = [(req, o) for req, o in zip(fresh, outcomes, strict=True) if o.result != github.DELIVERED]
+    refused = [(req, o) for req, o in zip(fresh, outcomes, strict=True) if o.result != github.ACCEPTED]
     if refused:
         metrics.STORE_BYPASS.labels("unavailable").inc()
         g.error_detail += "; GitHub did not take it either: " + "; ".join(f"{r.target}: {o.error}" for r, o in refused)
@@ -243,12 +243,22 @@ def _unexpected(exc: Exception):
     return _refusal(Refusal(500, "internal error; see the service's log"))
 
 
+def _count(response):
+    """Every answer to /incoming in the metrics, refusals before routing (405, 413) included."""
+    if request.path == "/incoming" or request.path.startswith("/incoming/"):
+        event = (request.view_args or {}).get("event")
+        metrics.INCOMING.labels(event if event in ALL_EVENTS else "unknown", str(response.status_code),
+                                g.get("outcome") or "error").inc()
+    return response
+
+
 def init_app(app: Flask) -> None:
     # Otherwise werkzeug answers /incoming/build_success with a 308 to /incoming (the same
     # view with its default): an extra round trip for Quay instead of the promised answer.
     app.url_map.redirect_defaults = False
     app.register_blueprint(bp)
     app.before_request(_options)
+    app.after_request(_count)
     app.register_error_handler(Refusal, _refusal)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -15,7 +15,7 @@ from flask import Flask, current_app
 from . import logs
 from .config import NO_TRUSTED_PROXY, ConfigError, Settings, listing, load_settings, quay_certificates
 from .delivery import Deliverer
-from .github import GitHubClient, TokenAuth, Transport, host_of
+from .github import GitHubClient, TokenAuth, Transport
 from .github_app import AppAuth
 from .identity import QuayVerifier
 from .outbox import Outbox, open_outbox
@@ -26,16 +26,13 @@ _lock = threading.Lock()
 
 @dataclass
 class Services:
-    """Settings plus what is built from them: the Quay verifier, the outbox, the deliverer."""
+    """Settings plus what is built from them: the Quay verifier, the outbox, the GitHub client, the deliverer."""
 
     settings: Settings
     verifier: QuayVerifier | None
     outbox: Outbox
+    github: GitHubClient
     deliverer: Deliverer
-
-    @property
-    def github_host(self) -> str:
-        return host_of(self.settings.github_api_url)
 
     def start_delivery(self) -> None:
         """Create the schema if needed and start sending; called once per serving process."""
@@ -69,7 +66,7 @@ def build(settings: Settings) -> Services:
         auth = TokenAuth(transport, settings.github_token or "")
     client = GitHubClient(transport, auth)
     deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
-    return Services(settings, verifier, outbox, deliverer)
+    return Services(settings, verifier, outbox, client, deliverer)
 
 
 def init_app(app: Flask, settings: Settings | None) -> None:
@@ -77,7 +74,7 @@ def init_app(app: Flask, settings: Settings | None) -> None:
     app.extensions[_EXTENSION] = settings
 
 
-def services(app: Flask | None = None) -> Services:
+def services_of(app: Flask | None = None) -> Services:
     """The Services of `app` (default: the current application), built on first use.
 
     Raises config.ConfigError when the environment is not a usable configuration.

@@ -116,7 +116,7 @@ def base_env(test_pki: PKI, github: FakeGitHub, database_url: str) -> dict[str, 
     return env
 
 
-class Services:
+class ServiceStarter:
     """Starts services in one directory and stops them all at the end."""
 
     def __init__(self, workdir: Path, test_pki: PKI, github: FakeGitHub, database_url: str):

@@ -14,7 +14,7 @@ from testkit.credentials import leaks
 from testkit.github import FakeGitHub
 from testkit.pki import PKI, make_pki
 from testkit.postgres import create_database, find_initdb, private_postgresql
-from testkit.service import Services
+from testkit.service import ServiceStarter
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,7 +78,7 @@ def database_url(backend, request, tmp_path) -> str:
 def start_service(tmp_path, test_pki, github, database_url):
     """Start a service for one test: start_service(env_overrides, args)."""
     github.reset()
-    services = Services(tmp_path, test_pki, github, database_url)
+    services = ServiceStarter(tmp_path, test_pki, github, database_url)
     yield services
     services.stop_all()
 
@@ -87,7 +87,7 @@ def start_service(tmp_path, test_pki, github, database_url):
 def relay(tmp_path_factory, test_pki, github, backend, request):
     """One service (2 workers) shared by a module's tests, with the default test configuration."""
     workdir = tmp_path_factory.mktemp("relay")
-    services = Services(workdir, test_pki, github, new_database(backend, request, workdir))
+    services = ServiceStarter(workdir, test_pki, github, new_database(backend, request, workdir))
     service = services(args=["--workers", "2"])
     yield service
     services.stop_all()

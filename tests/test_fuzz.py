@@ -18,7 +18,7 @@ from quay_dispatch.dispatch import plan_dispatches
 from quay_dispatch.quay import BUILD_EVENTS, EVENTS, PayloadError, QuayEvent, parse_event
 from quay_dispatch.routes import parse_inline_routes, select_routes
 from quay_dispatch.sample import sample_body
-from quay_dispatch.services import services
+from quay_dispatch.services import services_of
 from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN
 from tests.bad_bodies import VALID_TEXT
 from tests.test_quay import edited
@@ -196,7 +196,7 @@ def client(tmp_path_factory):
         "ROUTES": "acme/*", "DRY_RUN": "1", "GITHUB_TOKEN": GITHUB_TOKEN, "CLIENT_CERT_SOURCE": "none",
         "INCOMING_TOKEN": INCOMING_TOKEN, "DATABASE_URL": f"sqlite:///{directory / 'outbox.sqlite3'}",
     }))
-    services(app).outbox.migrate()
+    services_of(app).outbox.migrate()
     return app.test_client()
 
 

@@ -5,7 +5,7 @@ import email.utils
 import pytest
 import requests
 
-from quay_dispatch.github import DELIVERED, FAILED, RETRY, classify
+from quay_dispatch.github import ACCEPTED, REFUSED, RETRY, classify
 
 
 def response(status, headers=None, body=b'{"message": "Bad credentials"}'):
@@ -17,8 +17,8 @@ def response(status, headers=None, body=b'{"message": "Bad credentials"}'):
 
 
 @pytest.mark.parametrize("status, result", [
-    (204, DELIVERED), (200, DELIVERED), (500, RETRY), (502, RETRY), (503, RETRY), (429, RETRY),
-    (401, FAILED), (404, FAILED), (422, FAILED), (403, FAILED), (400, FAILED),
+    (204, ACCEPTED), (200, ACCEPTED), (500, RETRY), (502, RETRY), (503, RETRY), (429, RETRY),
+    (401, REFUSED), (404, REFUSED), (422, REFUSED), (403, REFUSED), (400, REFUSED),
 ])
 def test_status_classes(status, result):
     assert classify(response(status)).result == result

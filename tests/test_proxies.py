@@ -37,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from quay_dispatch import pki
 from quay_dispatch.sample import sample_body
 from testkit.credentials import ALL_LOGS
-from testkit.service import ROOT, Service, Services, free_port, stop_process_group, wait_for_readyz, wait_until
+from testkit.service import ROOT, Service, ServiceStarter, free_port, stop_process_group, wait_for_readyz, wait_until
 
 DOC = ROOT / "docs" / "deployment.md"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -143,7 +143,7 @@ class Relay:
     forged_certificate: str
 
 
-def start_nginx(home: Path, services: Services) -> Relay:
+def start_nginx(home: Path, services: ServiceStarter) -> Relay:
     """nginx passing TLS through (ssl_preread) to the service in TLS mode."""
     require(missing_package("nginx", "nginx-light libnginx-mod-stream")
             or (None if STREAM_MODULE.exists() else
@@ -164,7 +164,7 @@ def start_nginx(home: Path, services: Services) -> Relay:
     return Relay(proxy, service, f"https://{HOST}:{port}", nginx_style, HANDSHAKE_REFUSED, "self-signed")
 
 
-def start_haproxy(home: Path, services: Services) -> Relay:
+def start_haproxy(home: Path, services: ServiceStarter) -> Relay:
     """HAProxy terminating TLS and forwarding the leaf in X-SSL-Client-Cert; the service in header mode."""
     require(missing_package("haproxy", "haproxy"))
     leaf = pem_blocks(services.pki.pair("quay")[0])[0]
@@ -188,7 +188,7 @@ def start_haproxy(home: Path, services: Services) -> Relay:
                  "the proxy sent no X-SSL-Client-Cert header", HANDSHAKE_REFUSED)
 
 
-def start_traefik(home: Path, services: Services, trust_forwarded_headers: bool = False) -> Relay:
+def start_traefik(home: Path, services: ServiceStarter, trust_forwarded_headers: bool = False) -> Relay:
     """Traefik requesting a client certificate and passing the chain on; the service in header mode.
 
     `trust_forwarded_headers` sets the entry point's forwardedHeaders.insecure, as trusting
@@ -222,11 +222,11 @@ def start_traefik(home: Path, services: Services, trust_forwarded_headers: bool 
 
 
 @contextlib.contextmanager
-def running(start: Callable[[Path, Services], Relay], workdir: Path, test_pki, github) -> Iterator[Relay]:
+def running(start: Callable[[Path, ServiceStarter], Relay], workdir: Path, test_pki, github) -> Iterator[Relay]:
     """A service and the proxy `start` puts in front of it, until the block ends."""
     home = workdir / "proxy"
     home.mkdir()
-    services = Services(workdir, test_pki, github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
+    services = ServiceStarter(workdir, test_pki, github, f"sqlite:///{workdir / 'outbox.sqlite3'}")
     add_quay_via_server_auth_ca(test_pki)
     relay = None
     try:
