@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import github, metrics
 from .dispatch import DispatchRequest
-from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Outbox, StoreUnavailable
+from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Notification, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
 
@@ -40,7 +40,7 @@ class DirectDispatch:
 
     requests: list[DispatchRequest]
     outcomes: list[github.Outcome]
-    event: dict  # the outbox's notification fields: event, quay_repository, build_id, host, dry_run
+    notification: Notification
 
 
 def backoff(attempts: int) -> float:
@@ -132,10 +132,10 @@ class Deliverer:
             delivered = [(r, o) for r, o in zip(direct.requests, direct.outcomes, strict=True)
                          if o.result == github.ACCEPTED]
             if delivered:
-                self.outbox.record_dispatched([r for r, _ in delivered], [o for _, o in delivered], **direct.event)
+                self.outbox.record_dispatched([r for r, _ in delivered], [o for _, o in delivered], direct.notification)
             self._direct.popleft()
-            log.info("recorded %d direct dispatch(es) of %s %s as delivered", len(delivered), direct.event["event"],
-                     direct.event["quay_repository"])
+            log.info("recorded %d direct dispatch(es) of %s %s as delivered", len(delivered),
+                     direct.notification.event, direct.notification.quay_repository)
 
     def _prune_when_due(self) -> None:
         if time.monotonic() < self._next_prune:

@@ -30,44 +30,44 @@ class DispatchRequest:
     dedup_window: float | None  # None: a build event is the same forever
 
 
-def client_payload(event: QuayEvent) -> dict:
+def client_payload(quay_event: QuayEvent) -> dict:
     """The client_payload GitHub receives: at most 10 keys (GitHub's maximum), unknown values null."""
-    if event.is_namespace_event:
+    if quay_event.is_namespace_event:
         return {
-            "namespace": event.namespace,
-            "event": event.event,
-            "url": event.homepage,
-            **{figure: getattr(event, figure) for figure in QUOTA_FIGURES},
+            "namespace": quay_event.namespace,
+            "event": quay_event.event,
+            "url": quay_event.homepage,
+            **{figure: getattr(quay_event, figure) for figure in QUOTA_FIGURES},
         }
     return {
-        "text": event.commit[:7] if event.commit else None,  # what the original service sent
-        "sha": event.commit,
-        "ref": event.ref,
-        "branch": event.branch,
-        "tags": list(event.tags),
-        "image": event.docker_url,
-        "build_id": event.build_id,
-        "quay_repository": event.repository,
-        "event": event.event,
-        "url": event.homepage,
+        "text": quay_event.commit[:7] if quay_event.commit else None,  # what the original service sent
+        "sha": quay_event.commit,
+        "ref": quay_event.ref,
+        "branch": quay_event.branch,
+        "tags": list(quay_event.tags),
+        "image": quay_event.docker_url,
+        "build_id": quay_event.build_id,
+        "quay_repository": quay_event.repository,
+        "event": quay_event.event,
+        "url": quay_event.homepage,
     }
 
 
-def plan_dispatches(event: QuayEvent, routes: tuple[Route, ...], body: bytes) -> list[DispatchRequest]:
+def plan_dispatches(quay_event: QuayEvent, routes: tuple[Route, ...], body: bytes) -> list[DispatchRequest]:
     """One request per distinct target and workflow among `routes` (already selected for `event`)."""
     requests: dict[tuple, DispatchRequest] = {}
-    payload = client_payload(event)
+    payload = client_payload(quay_event)
     body_hash = hashlib.sha256(body).hexdigest()
-    if event.is_build and not event.is_test:
-        identity, window = f"build|{event.event}|{event.build_id}", None
+    if quay_event.is_build and not quay_event.is_test:
+        identity, window = f"build|{quay_event.event}|{quay_event.build_id}", None
     else:
-        identity, window = f"body|{event.event}|{body_hash}", BODY_DEDUP_WINDOW
+        identity, window = f"body|{quay_event.event}|{body_hash}", BODY_DEDUP_WINDOW
     for route in routes:
-        target = route.target(event)
+        target = route.target(quay_event)
         kind = WORKFLOW_DISPATCH if route.workflow else REPOSITORY_DISPATCH
         if (target, kind, route.workflow) in requests:
             continue
-        event_type = route.event_type_for(event)
+        event_type = route.event_type_for(quay_event)
         if route.workflow:
             path = f"/repos/{target}/actions/workflows/{route.workflow}/dispatches"
             request_body = workflow_body(route, payload)

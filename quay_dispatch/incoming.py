@@ -15,7 +15,7 @@ from .delivery import DirectDispatch
 from .dispatch import DispatchRequest, canonical_json, plan_dispatches
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
-from .outbox import Accepted, StoreUnavailable
+from .outbox import Accepted, Notification, StoreUnavailable
 from .quay import ALL_EVENTS, PayloadError, parse_event
 from .routes import select_routes
 from .services import Services, services_of
@@ -73,10 +73,10 @@ def incoming(event: str):
         ))
 
     planned = plan_dispatches(quay_event, selection.routes, body)
-    notification = dict(event=event, quay_repository=quay_event.subject, build_id=quay_event.build_id,
-                        host=svc.deliverer.host, dry_run=svc.settings.dry_run)
+    notification = Notification(event, quay_event.subject, quay_event.build_id, svc.deliverer.host,
+                                svc.settings.dry_run)
     try:
-        accepted, duplicates = svc.outbox.add(planned, **notification)
+        accepted, duplicates = svc.outbox.add(planned, notification)
     except StoreUnavailable as exc:
         return dispatch_directly(svc, planned, notification, str(exc))
     if not accepted:
@@ -85,7 +85,7 @@ def incoming(event: str):
     return answer(202, "accepted", deliveries=[{"id": a.id} | _described(a) for a in accepted])
 
 
-def dispatch_directly(svc: Services, planned: list[DispatchRequest], notification: dict, reason: str):
+def dispatch_directly(svc: Services, planned: list[DispatchRequest], notification: Notification, reason: str):
     """The outbox cannot take the event: send it to GitHub now, so that Quay's call still succeeds.
 
     Answered 202 "dispatched" when GitHub accepts every request; else 503, and Quay
@@ -110,12 +110,12 @@ def dispatch_directly(svc: Services, planned: list[DispatchRequest], notificatio
         metrics.STORE_BYPASS.labels("unavailable").inc()
         g.error_detail += "; GitHub did not take it either: " + "; ".join(f"{r.target}: {o.error}" for r, o in refused)
         log.warning("%s %s: the outbox cannot take it (%s) and GitHub did not either: answered 503",
-                    notification["event"], notification["quay_repository"], reason)
+                    notification.event, notification.quay_repository, reason)
         raise Refusal(503, "the event can neither be stored nor sent to GitHub right now; Quay will retry",
                       headers={"Retry-After": "30"})
     metrics.STORE_BYPASS.labels("dispatched").inc()
     log.warning("%s %s: the outbox cannot take it (%s): sent to GitHub directly, to %s",
-                notification["event"], notification["quay_repository"], reason,
+                notification.event, notification.quay_repository, reason,
                 ", ".join(req.target for req in fresh))
     return answer(202, "dispatched", reason=f"the outbox cannot take the event right now ({reason}); "
                   "it was sent to GitHub directly", deliveries=[_described(req) for req in fresh])

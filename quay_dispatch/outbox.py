@@ -103,6 +103,17 @@ class StoreUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class Notification:
+    """What the outbox keeps of the Quay notification beside each dispatch it asked for."""
+
+    event: str  # Quay's event name: build_success, repo_push, quota_warning, ...
+    quay_repository: str  # "namespace/name", or the namespace of a quota event
+    build_id: str | None
+    host: str  # the GitHub API host the dispatches go to
+    dry_run: bool
+
+
+@dataclass(frozen=True)
 class Accepted:
     """A stored delivery, as the 202 answer names it."""
 
@@ -144,7 +155,7 @@ class _PendingAdd:
     """One request's notification, waiting for the group commit that will hold it."""
 
     requests: list[DispatchRequest]
-    event: dict
+    notification: Notification
     done: threading.Event = field(default_factory=threading.Event)  # set when committed, or to lead
     leads: bool = False  # this request's thread commits the queue
     result: tuple[list[Accepted], list[str]] | None = None
@@ -210,18 +221,12 @@ class Outbox:
                     run(statement.format(**self.ddl))
                 run("INSERT INTO schema_version (version) VALUES (?)", version)
 
-    def add(self, requests: list[DispatchRequest], **event: object) -> tuple[list[Accepted], list[str]]:
-        """Store the requests that are not duplicates; return them, and the targets that were.
-
-        `event` names the notification: event, quay_repository, build_id, host, dry_run.
-        """
+    def add(self, requests: list[DispatchRequest], notification: Notification) -> tuple[list[Accepted], list[str]]:
+        """Store the requests of `notification` that are not duplicates; return them, and the targets that were."""
         with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
-            return self._insert(run, requests, **event)
+            return self._insert(run, requests, notification)
 
-    def _insert(
-        self, run: Run, requests: list[DispatchRequest], *, event: str, quay_repository: str,
-        build_id: str | None, host: str, dry_run: bool,
-    ) -> tuple[list[Accepted], list[str]]:
+    def _insert(self, run: Run, requests: list[DispatchRequest], n: Notification) -> tuple[list[Accepted], list[str]]:
         now = time.time()
         accepted, duplicates = [], []
         for req in requests:
@@ -236,10 +241,10 @@ class Outbox:
                 """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
                        host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                now, now, now, event, quay_repository, build_id, host, req.target, req.kind, req.event_type,
+                now, now, now, n.event, n.quay_repository, n.build_id, n.host, req.target, req.kind, req.event_type,
                 req.path, canonical_json(req.body), req.dedup_key,
                 None if req.dedup_window is None else now + req.dedup_window,
-                DRY_RUN if dry_run else PENDING, now,
+                DRY_RUN if n.dry_run else PENDING, now,
             ).fetchone()
             accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
         return accepted, duplicates
@@ -376,7 +381,7 @@ class Outbox:
                          VALUES (0, 0, 0, '', '', '', '', '', '', '', '', '', 'probe', 0) RETURNING id""").fetchone()
             run("DELETE FROM deliveries WHERE id = ?", row["id"])
 
-    def record_dispatched(self, requests: list[DispatchRequest], outcomes: list, **event: object) -> None:
+    def record_dispatched(self, requests: list[DispatchRequest], outcomes: list, notification: Notification) -> None:
         """Record requests that were sent to GitHub directly, while the outbox could not take them, as delivered.
 
         `outcomes` are GitHub's answers (github.Outcome), one per request. A request the
@@ -389,14 +394,14 @@ class Outbox:
                 row = run("SELECT id, status FROM deliveries WHERE dedup_key = ? ORDER BY id DESC LIMIT 1",
                           req.dedup_key).fetchone()
                 if row is None:
-                    [accepted], _ = self._insert(run, [req], **event)
+                    [accepted], _ = self._insert(run, [req], notification)
                     delivery_id = accepted.id
                 elif row["status"] == PENDING:
                     delivery_id = row["id"]
                 else:
                     continue
                 run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
-                       VALUES (?, ?, ?, ?, ?, ?)""", delivery_id, event["host"], now, outcome.http_status,
+                       VALUES (?, ?, ?, ?, ?, ?)""", delivery_id, notification.host, now, outcome.http_status,
                     outcome.request_id, "sent directly: the outbox could not take it")
                 run("""UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
                            last_status = ?, last_error = NULL, last_request_id = ?, delivered_at = ?
@@ -421,7 +426,7 @@ class SQLiteOutbox(Outbox):
         self._queue_lock = threading.Lock()
         self._committing = False  # a thread is committing; others queue for the next commit
 
-    def add(self, requests: list[DispatchRequest], **event: object) -> tuple[list[Accepted], list[str]]:
+    def add(self, requests: list[DispatchRequest], notification: Notification) -> tuple[list[Accepted], list[str]]:
         """As Outbox.add, committed together with whatever other threads add meanwhile (group commit).
 
         The first thread to come commits its own notification; those that come while it
@@ -430,7 +435,7 @@ class SQLiteOutbox(Outbox):
         answer still comes only after the commit that holds it. A lone caller never waits
         for another thread; a waiting one, no longer than the outbox's timeout.
         """
-        pending = _PendingAdd(requests, event)
+        pending = _PendingAdd(requests, notification)
         with self._queue_lock:
             self._queue.append(pending)
             pending.leads = not self._committing
@@ -461,7 +466,7 @@ class SQLiteOutbox(Outbox):
         settled = batch
         try:
             with self._transaction(slot=self._group) as run:
-                results = [self._insert(run, p.requests, **p.event) for p in batch]
+                results = [self._insert(run, p.requests, p.notification) for p in batch]
         except Exception as exc:
             if isinstance(exc, StoreUnavailable):
                 with self._queue_lock:

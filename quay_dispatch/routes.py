@@ -51,9 +51,9 @@ class Route:
     ref: str = "{branch}"  # with workflow; falls back to the repository's default branch
     inputs: tuple[str, ...] = ()  # with workflow: client_payload keys sent as inputs
 
-    def target(self, event: QuayEvent) -> str:
+    def target(self, quay_event: QuayEvent) -> str:
         """The GitHub repository "owner/name" this route sends `event` to."""
-        return self.github.format(namespace=event.namespace, name=event.name)
+        return self.github.format(namespace=quay_event.namespace, name=quay_event.name)
 
     def fixed_target(self) -> str | None:
         """The one GitHub repository this route can send to, or None when it depends on the Quay name."""
@@ -64,8 +64,8 @@ class Route:
             return self.github.format(namespace=namespace, name=name)
         return None
 
-    def event_type_for(self, event: QuayEvent) -> str:
-        return self.event_type or "QUAY_" + event.event.upper()
+    def event_type_for(self, quay_event: QuayEvent) -> str:
+        return self.event_type or "QUAY_" + quay_event.event.upper()
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,14 @@ class Selection:
     reasons: tuple[str, ...]
 
 
-def select_routes(routes: tuple[Route, ...], event: QuayEvent) -> Selection:
+def select_routes(routes: tuple[Route, ...], quay_event: QuayEvent) -> Selection:
     """Routes whose filters all match `event`; with the reason each other matching route skipped it."""
     selected, reasons, routed = [], [], False
     for route in routes:
-        if not _matches(route, event):
+        if not _matches(route, quay_event):
             continue
         routed = True
-        reason = _filter_reason(route, event)
+        reason = _filter_reason(route, quay_event)
         if reason:
             reasons.append(f"route {route.quay!r}: {reason}")
         else:
@@ -92,11 +92,11 @@ def select_routes(routes: tuple[Route, ...], event: QuayEvent) -> Selection:
     return Selection(tuple(selected), routed, tuple(reasons))
 
 
-def _matches(route: Route, event: QuayEvent) -> bool:
+def _matches(route: Route, quay_event: QuayEvent) -> bool:
     """Whether the route's `quay` glob covers the event: its repository, or for a namespace event its namespace."""
-    if event.is_namespace_event:
-        return fnmatchcase(event.namespace, route.quay.partition("/")[0])
-    return fnmatchcase(event.repository, route.quay)
+    if quay_event.is_namespace_event:
+        return fnmatchcase(quay_event.namespace, route.quay.partition("/")[0])
+    return fnmatchcase(quay_event.repository, route.quay)
 
 
 def _namespace_target_problem(route: Route) -> str | None:
@@ -107,20 +107,20 @@ def _namespace_target_problem(route: Route) -> str | None:
     return None
 
 
-def _filter_reason(route: Route, event: QuayEvent) -> str | None:
-    if event.event not in route.events:
-        return f"event {event.event} is not in {list(route.events)}"
-    if event.is_namespace_event and (problem := _namespace_target_problem(route)):
+def _filter_reason(route: Route, quay_event: QuayEvent) -> str | None:
+    if quay_event.event not in route.events:
+        return f"event {quay_event.event} is not in {list(route.events)}"
+    if quay_event.is_namespace_event and (problem := _namespace_target_problem(route)):
         return problem
     if route.branches is not None:
-        if event.branch is None:
+        if quay_event.branch is None:
             return f"the build has no branch, and the route only allows branches {list(route.branches)}"
-        if not any(fnmatchcase(event.branch, glob) for glob in route.branches):
-            return f"branch {event.branch!r} does not match {list(route.branches)}"
+        if not any(fnmatchcase(quay_event.branch, glob) for glob in route.branches):
+            return f"branch {quay_event.branch!r} does not match {list(route.branches)}"
     if route.tags is not None and not any(
-        fnmatchcase(tag, glob) for tag in event.tags for glob in route.tags
+        fnmatchcase(tag, glob) for tag in quay_event.tags for glob in route.tags
     ):
-        return f"no tag of {list(event.tags)} matches {list(route.tags)}"
+        return f"no tag of {list(quay_event.tags)} matches {list(route.tags)}"
     return None
 
 

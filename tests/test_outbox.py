@@ -10,7 +10,7 @@ import pytest
 
 from quay_dispatch import outbox as outbox_module
 from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.outbox import DELIVERED, DRY_RUN, FAILED, PENDING, StoreUnavailable, open_outbox
+from quay_dispatch.outbox import DELIVERED, DRY_RUN, FAILED, PENDING, Notification, StoreUnavailable, open_outbox
 from quay_dispatch.quay import QuayEvent
 from quay_dispatch.routes import parse_inline_routes
 
@@ -23,8 +23,7 @@ def event(build_id: str, event_name: str = "build_success") -> QuayEvent:
 
 def add(box, build_id: str, dry_run: bool = False, routes: str = "acme/*"):
     requests = plan_dispatches(event(build_id), parse_inline_routes(routes), build_id.encode())
-    return box.add(requests, event="build_success", quay_repository="acme/api", build_id=build_id,
-                   host=HOST, dry_run=dry_run)
+    return box.add(requests, Notification("build_success", "acme/api", build_id, HOST, dry_run))
 
 
 @pytest.fixture
@@ -218,13 +217,13 @@ def test_a_failed_group_commit_fails_its_requests_and_the_next_ones_go_on(tmp_pa
     insert = box._insert
     leading, release = threading.Event(), threading.Event()
 
-    def insert_or_fail(run, requests, **event):
-        if event["build_id"] == "first":
+    def insert_or_fail(run, requests, notification):
+        if notification.build_id == "first":
             leading.set()
             release.wait(5)  # holds the commit while the others queue behind it
-        if event["build_id"].startswith("doomed"):
+        if notification.build_id.startswith("doomed"):
             raise StoreUnavailable("disk I/O error")
-        return insert(run, requests, **event)
+        return insert(run, requests, notification)
 
     monkeypatch.setattr(box, "_insert", insert_or_fail)
     with ThreadPoolExecutor(4) as pool:
