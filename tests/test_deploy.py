@@ -27,7 +27,7 @@ from testkit.service import ROOT, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_FILES = {"app.py", "wsgi.py", "gunicorn.conf.py", "requirements.txt"} | {
-    f"quay_dispatch/{path.name}" for path in (ROOT / "quay_dispatch").glob("*.py")
+    str(path.relative_to(ROOT)) for path in (ROOT / "quay_dispatch").rglob("*.py")
 }
 SERVICE_USER = "nobody"  # stands in for the image's uid 10001 when the tests run as root
 

@@ -8,9 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from quay_dispatch import outbox as outbox_module
 from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.outbox import DELIVERED, DRY_RUN, FAILED, PENDING, Notification, StoreUnavailable, open_outbox
+from quay_dispatch.outbox import (
+    DELIVERED,
+    DRY_RUN,
+    FAILED,
+    PENDING,
+    Notification,
+    StoreUnavailable,
+    open_outbox,
+    schema,
+    store,
+)
 from quay_dispatch.quay import QuayEvent
 from quay_dispatch.routes import parse_inline_routes
 
@@ -127,7 +136,7 @@ def test_a_success_brings_forward_retries_waiting_out_a_backoff(box):
 
 
 def test_writes_to_a_host_are_paced_under_githubs_limit(box, monkeypatch):
-    monkeypatch.setattr(outbox_module, "GITHUB_WRITES_PER_MINUTE", 3)
+    monkeypatch.setattr(store, "GITHUB_WRITES_PER_MINUTE", 3)
     for i in range(4):
         add(box, f"b{i}")
     for _ in range(3):
@@ -170,7 +179,7 @@ def test_dry_run_deliveries_are_never_claimed(box):
 
 
 def test_a_database_of_an_older_version_is_migrated(database_url, monkeypatch):
-    monkeypatch.setattr(outbox_module, "MIGRATIONS", outbox_module.MIGRATIONS[:1])
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
     old = open_outbox(database_url)
     old.migrate()
     add(old, "before-upgrade")
@@ -180,7 +189,7 @@ def test_a_database_of_an_older_version_is_migrated(database_url, monkeypatch):
     store.migrate()
     with store._transaction() as run:
         version = run("SELECT MAX(version) AS version FROM schema_version").fetchone()["version"]
-    assert version == len(outbox_module.MIGRATIONS)
+    assert version == len(schema.MIGRATIONS)
     assert store.counts()[PENDING] == 1
 
 
@@ -191,7 +200,7 @@ def test_the_look_for_a_lease_in_flight_does_not_read_the_backlog(box, database_
     with box._transaction() as run:
         if not database_url.startswith("sqlite"):
             run("ANALYZE deliveries")
-        rows = run(explain + outbox_module.LEASE_IN_FLIGHT, HOST, PENDING, time.time()).fetchall()
+        rows = run(explain + store.LEASE_IN_FLIGHT, HOST, PENDING, time.time()).fetchall()
     plan = " ".join(str(value) for row in rows for value in dict(row).values())
     assert "deliveries_leased" in plan
 

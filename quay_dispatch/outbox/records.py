@@ -1,0 +1,69 @@
+"""What the outbox stores and answers: delivery statuses, the notification kept beside each dispatch, the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN = "pending", "delivered", "failed", "expired", "dry_run"
+STATUSES = (PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN)
+DEFAULT_TIMEOUT = 2.0  # seconds a transaction may take, locks included (STORE_TIMEOUT)
+
+Run = Callable[..., object]  # run(sql, *params) -> cursor, inside a transaction
+
+
+class StoreUnavailable(Exception):
+    """The outbox cannot store anything right now (locked, disk full, unreachable)."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What the outbox keeps of the Quay notification beside each dispatch it asked for."""
+
+    event: str  # Quay's event name: build_success, repo_push, quota_warning, ...
+    quay_repository: str  # "namespace/name", or the namespace of a quota event
+    build_id: str | None
+    host: str  # the GitHub API host the dispatches go to
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A stored delivery, as the 202 answer names it."""
+
+    id: int
+    target: str
+    event_type: str
+    workflow: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery row, as the deliverer and the CLI see it."""
+
+    id: int
+    created_at: float
+    queued_at: float
+    event: str
+    quay_repository: str
+    host: str
+    target: str
+    kind: str
+    event_type: str
+    path: str
+    body: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    last_request_id: str | None
+    delivered_at: float | None
+
+
+Run = Callable[..., object]  # run(sql, *params) -> cursor, inside a transaction
+
+
+def delivery_of(row) -> Delivery:
+    """The Delivery a `deliveries` row holds."""
+    return Delivery(**{f.name: row[f.name] for f in fields(Delivery)})

@@ -1,0 +1,237 @@
+"""The outbox's queries, shared by SQLite and PostgreSQL; each store says how it opens a serialised transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..dispatch import DispatchRequest, canonical_json
+from . import schema
+from .records import (
+    DELIVERED,
+    DRY_RUN,
+    EXPIRED,
+    FAILED,
+    PENDING,
+    STATUSES,
+    Accepted,
+    Delivery,
+    Notification,
+    Run,
+    delivery_of,
+)
+
+GITHUB_WRITES_PER_MINUTE = 80  # GitHub's limit on content-creating requests
+
+# Whether a delivery to a host is being sent (claim() looks before every send).
+LEASE_IN_FLIGHT = "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1"
+
+
+class Outbox:
+    """The durable store of deliveries; subclasses say how to open a serialised transaction."""
+
+    ddl = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
+    skip_locked = ""
+    description = ""
+
+    @contextmanager
+    def _transaction(self, *lock_keys: str) -> Iterator[Run]:
+        raise NotImplementedError
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version; safe at every start, from every worker."""
+        with self._transaction("schema") as run:
+            run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = run("SELECT MAX(version) AS version FROM schema_version").fetchone()["version"] or 0
+            for version, statements in enumerate(schema.MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
+                    run(statement.format(**self.ddl))
+                run("INSERT INTO schema_version (version) VALUES (?)", version)
+
+    def add(self, requests: list[DispatchRequest], notification: Notification) -> tuple[list[Accepted], list[str]]:
+        """Store the requests of `notification` that are not duplicates; return them, and the targets that were."""
+        with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
+            return self._insert(run, requests, notification)
+
+    def _insert(self, run: Run, requests: list[DispatchRequest], n: Notification) -> tuple[list[Accepted], list[str]]:
+        now = time.time()
+        accepted, duplicates = [], []
+        for req in requests:
+            seen = run(
+                "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
+                req.dedup_key, now,
+            ).fetchone()
+            if seen:
+                duplicates.append(req.target)
+                continue
+            row = run(
+                """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
+                       host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                now, now, now, n.event, n.quay_repository, n.build_id, n.host, req.target, req.kind, req.event_type,
+                req.path, canonical_json(req.body), req.dedup_key,
+                None if req.dedup_window is None else now + req.dedup_window,
+                DRY_RUN if n.dry_run else PENDING, now,
+            ).fetchone()
+            accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
+        return accepted, duplicates
+
+    def claim(self, host: str, lease_seconds: float) -> Delivery | None:
+        """Lease the oldest due delivery for `host`, if GitHub's rules for that host allow a write now.
+
+        At most one delivery per host is leased at a time across every worker
+        and replica (GitHub asks for writes one at a time), none while the host
+        is rate-limited, and no more than GITHUB_WRITES_PER_MINUTE a minute.
+        """
+        now = time.time()
+        with self._transaction(f"host:{host}") as run:
+            if run(LEASE_IN_FLIGHT, host, PENDING, now).fetchone():
+                return None
+            if run("SELECT 1 FROM hosts WHERE host = ? AND paused_until > ?", host, now).fetchone():
+                return None
+            recent = run("SELECT COUNT(*) AS n FROM attempts WHERE host = ? AND at > ?", host, now - 60).fetchone()
+            if recent["n"] >= GITHUB_WRITES_PER_MINUTE:
+                return None
+            row = run(
+                """SELECT * FROM deliveries WHERE host = ? AND status = ? AND next_attempt_at <= ?
+                   ORDER BY next_attempt_at, id LIMIT 1""" + self.skip_locked,
+                host, PENDING, now,
+            ).fetchone()
+            if row is None:
+                return None
+            run("UPDATE deliveries SET lease_until = ? WHERE id = ?", now + lease_seconds, row["id"])
+        return delivery_of(row)
+
+    def record(
+        self, delivery: Delivery, *, status: str, http_status: int | None, request_id: str | None,
+        error: str | None, next_attempt_at: float | None = None, pause_host_until: float | None = None,
+    ) -> None:
+        """Record an attempt and the delivery's new status; release its lease.
+
+        A delivered attempt proves the host is back: retries of that host
+        waiting out a backoff are brought forward, to go one at a time.
+        A rate-limited one pauses every delivery to the host until it may retry.
+        """
+        now = time.time()
+        with self._transaction(f"host:{delivery.host}") as run:
+            run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
+                   VALUES (?, ?, ?, ?, ?, ?)""", delivery.id, delivery.host, now, http_status, request_id, error)
+            run(
+                """UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
+                       next_attempt_at = COALESCE(?, next_attempt_at), last_status = ?, last_error = ?,
+                       last_request_id = ?, delivered_at = ?
+                   WHERE id = ?""",
+                status, now, next_attempt_at, http_status, error, request_id,
+                now if status == DELIVERED else None, delivery.id,
+            )
+            if status == DELIVERED:
+                run("UPDATE deliveries SET next_attempt_at = ? WHERE host = ? AND status = ? AND next_attempt_at > ?",
+                    now, delivery.host, PENDING, now)
+            if pause_host_until is not None:
+                run("""INSERT INTO hosts (host, paused_until) VALUES (?, ?)
+                       ON CONFLICT (host) DO UPDATE SET paused_until = excluded.paused_until""",
+                    delivery.host, pause_host_until)
+
+    def list(self, status: str | None = None, limit: int = 50) -> list[Delivery]:
+        """The newest deliveries, optionally of one status."""
+        with self._transaction() as run:
+            if status:
+                rows = run("SELECT * FROM deliveries WHERE status = ? ORDER BY id DESC LIMIT ?", status, limit)
+            else:
+                rows = run("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", limit)
+            return [delivery_of(row) for row in rows.fetchall()]
+
+    def attempts(self, delivery_id: int) -> list[dict]:
+        """Every attempt of a delivery, oldest first."""
+        with self._transaction() as run:
+            rows = run("SELECT at, http_status, request_id, error FROM attempts WHERE delivery_id = ? ORDER BY at",
+                       delivery_id).fetchall()
+        return [dict(row) for row in rows]
+
+    def redeliver(self, ids: list[int] | None = None) -> tuple[list[int], dict[int, str]]:
+        """Queue deliveries again (by id, or every failed and expired one when `ids` is None).
+
+        Returns the ids queued, and for each id that was not, why.
+        """
+        now = time.time()
+        refused: dict[int, str] = {}
+        with self._transaction() as run:
+            if ids is None:
+                rows = run("SELECT id, status FROM deliveries WHERE status IN (?, ?)", FAILED, EXPIRED).fetchall()
+            else:
+                marks = ", ".join("?" * len(ids))
+                rows = run(f"SELECT id, status FROM deliveries WHERE id IN ({marks})", *ids).fetchall()
+                found = {row["id"] for row in rows}
+                refused.update({i: "no such delivery" for i in ids if i not in found})
+            queued = []
+            for row in rows:
+                if row["status"] == PENDING:
+                    refused[row["id"]] = "already pending"
+                elif row["status"] == DRY_RUN:
+                    refused[row["id"]] = "recorded in dry-run mode; it was never meant to be sent"
+                else:
+                    queued.append(row["id"])
+            for delivery_id in queued:
+                run("""UPDATE deliveries SET status = ?, queued_at = ?, updated_at = ?, next_attempt_at = ?,
+                           lease_until = NULL WHERE id = ?""", PENDING, now, now, now, delivery_id)
+        return sorted(queued), refused
+
+    def prune(self, older_than: float) -> int:
+        """Delete delivered and dry-run deliveries last updated before `older_than`; return how many."""
+        with self._transaction() as run:
+            cursor = run("DELETE FROM deliveries WHERE status IN (?, ?) AND updated_at < ?",
+                         DELIVERED, DRY_RUN, older_than)
+            return cursor.rowcount
+
+    def counts(self) -> dict[str, int]:
+        """How many deliveries have each status."""
+        with self._transaction() as run:
+            rows = run("SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status").fetchall()
+        return {status: 0 for status in STATUSES} | {row["status"]: row["n"] for row in rows}
+
+    def close(self) -> None:
+        """Close this thread's connection (the next use opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a notification could be committed now.
+
+        A real write of the pages a notification writes: a delivery row inserted and
+        deleted in one transaction, which leaves nothing behind.
+        """
+        with self._transaction() as run:
+            row = run("""INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, host,
+                             target, kind, event_type, path, body, dedup_key, status, next_attempt_at)
+                         VALUES (0, 0, 0, '', '', '', '', '', '', '', '', '', 'probe', 0) RETURNING id""").fetchone()
+            run("DELETE FROM deliveries WHERE id = ?", row["id"])
+
+    def record_dispatched(self, requests: list[DispatchRequest], outcomes: list, notification: Notification) -> None:
+        """Record requests that were sent to GitHub directly, while the outbox could not take them, as delivered.
+
+        `outcomes` are GitHub's answers (github.Outcome), one per request. A request the
+        outbox holds already (its commit landed after all) is marked delivered unless
+        it was delivered meanwhile; so a retry from Quay is a duplicate, and nothing is sent twice.
+        """
+        now = time.time()
+        with self._transaction(*sorted(f"dedup:{r.dedup_key}" for r in requests)) as run:
+            for req, outcome in zip(requests, outcomes, strict=True):
+                row = run("SELECT id, status FROM deliveries WHERE dedup_key = ? ORDER BY id DESC LIMIT 1",
+                          req.dedup_key).fetchone()
+                if row is None:
+                    [accepted], _ = self._insert(run, [req], notification)
+                    delivery_id = accepted.id
+                elif row["status"] == PENDING:
+                    delivery_id = row["id"]
+                else:
+                    continue
+                run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
+                       VALUES (?, ?, ?, ?, ?, ?)""", delivery_id, notification.host, now, outcome.http_status,
+                    outcome.request_id, "sent directly: the outbox could not take it")
+                run("""UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
+                           last_status = ?, last_error = NULL, last_request_id = ?, delivered_at = ?
+                       WHERE id = ?""",
+                    DELIVERED, now, outcome.http_status, outcome.request_id, now, delivery_id)

@@ -1,0 +1,62 @@
+"""Deadlines for the store's transactions, and a warning for a slow one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+SLOW = 1.0  # seconds: a transaction slower than this is logged as a warning, with its cause
+WATCHDOG_TICK = 0.1  # seconds between the watchdog's looks at transactions in flight
+
+log = logging.getLogger("quay_dispatch.outbox")
+
+
+class Watchdog:
+    """Interrupts transactions still running at their deadline; one thread per outbox, started on first use.
+
+    It looks every WATCHDOG_TICK instead of being woken per transaction: nothing
+    to do on the request path but two dictionary writes.
+    """
+
+    def __init__(self):
+        self._running: dict[object, tuple[float, Callable[[], None]]] = {}
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def guard(self, deadline: float, interrupt: Callable[[], None]) -> Iterator[None]:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="outbox-watchdog", daemon=True)
+                    self._thread.start()
+        key = object()  # this transaction's own: a late look cannot interrupt the thread's next one
+        self._running[key] = (deadline, interrupt)
+        try:
+            yield
+        finally:
+            self._running.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_TICK)
+            now = time.monotonic()
+            for key, (deadline, interrupt) in list(self._running.items()):
+                if deadline <= now and self._running.pop(key, None) is not None:
+                    try:
+                        interrupt()
+                    except Exception:  # the connection may be gone already
+                        log.debug("interrupting a transaction failed", exc_info=True)
+
+
+def warn_if_slow(description: str, started: float, cause: Callable[[], str]) -> None:
+    """A transaction that succeeded, slowly: a warning with its cause (a failed one is the caller's to log).
+
+    `cause` is only worked out for a slow one: this runs after every commit.
+    """
+    elapsed = time.monotonic() - started
+    if elapsed > SLOW:
+        log.warning("the outbox (%s) took %.1f s for one transaction: %s", description, elapsed, cause())
