@@ -1,0 +1,118 @@
+"""Settings: everything the service needs to know, read once from the environment by one parser per concern."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..routes import Route, RouteError, parse_inline_routes, parse_toml_routes
+from .github import github_settings
+from .quay import DEFAULT_CLIENT_CERT_HEADER, Network, quay_settings
+from .reader import ConfigError, Env, read_file
+from .store import DEFAULT_DATABASE_URL, DEFAULT_STORE_TIMEOUT, store_settings
+from .tls import tls_settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to know, validated."""
+
+    routes: tuple[Route, ...]
+    github_token: str | None = None
+    github_app_id: str | None = None
+    github_app_private_key: str | None = None
+    github_app_installation_id: int | None = None
+    github_ca_file: str | None = None
+    github_api_url: str = "https://api.github.com"
+    quay_hostnames: tuple[str, ...] = ("quay.io",)
+    quay_ca_file: str | None = None
+    quay_intermediates_file: str | None = None
+    client_cert_source: str = "tls"
+    client_cert_header: str = DEFAULT_CLIENT_CERT_HEADER
+    forwarded_allow_ips: tuple[Network, ...] = ()
+    incoming_token: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_cert_setting: str = "TLS_CERT_FILE"  # the variable tls_cert_file came from (or its alias CRT)
+    tls_key_setting: str = "TLS_KEY_FILE"
+    port: int = 8443
+    debug: bool = False
+    log_format: str = "text"
+    dry_run: bool = False
+    delivery_max_age: float = 24 * 3600.0
+    delivery_retention: float = 14 * 86400.0
+    github_timeout: float = 10.0
+    forward_test_notifications: bool = False
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, when the operator chose it
+
+    def __repr__(self) -> str:
+        # Never let a secret reach a log or a traceback through repr().
+        return (f"Settings(client_cert_source={self.client_cert_source!r}, github_api_url={self.github_api_url!r}, "
+                f"routes={len(self.routes)}, dry_run={self.dry_run})")
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from environment variables, or raise ConfigError naming each problem."""
+    env = Env(environ)
+    dry_run = env.flag("DRY_RUN")
+    fields = github_settings(env, dry_run)
+    fields["routes"] = _routes(env)
+    fields |= quay_settings(env)
+    fields |= store_settings(env)
+    fields |= _ops_settings(env)
+    fields |= tls_settings(env)
+    fields |= _delivery_settings(env)
+    env.check()
+    return Settings(dry_run=dry_run, **fields)
+
+
+def load_store_settings(environ: Mapping[str, str]) -> tuple[str, float]:
+    """DATABASE_URL and STORE_TIMEOUT: all that the commands that read or requeue the outbox need."""
+    env = Env(environ)
+    store = store_settings(env)
+    env.check()
+    return store["database_url"], store["store_timeout"]
+
+
+def _routes(env: Env) -> tuple[Route, ...]:
+    """ROUTES or ROUTES_FILE: which Quay repositories go to which GitHub repositories."""
+    routes_file, routes_inline = env.get("ROUTES_FILE"), env.get("ROUTES")
+    try:
+        if routes_file and routes_inline:
+            env.problems.append("both ROUTES_FILE and ROUTES are set: use one")
+        elif routes_file:
+            try:
+                text = read_file("ROUTES_FILE", routes_file).decode("utf-8")
+            except UnicodeDecodeError:
+                raise RouteError(f"ROUTES_FILE={routes_file} is not UTF-8 text") from None
+            return parse_toml_routes(text, source=f"ROUTES_FILE={routes_file}")
+        elif routes_inline:
+            return parse_inline_routes(routes_inline)
+        else:
+            env.problems.append("no routes: set ROUTES (for example ROUTES='myorg/*') or ROUTES_FILE; "
+                                "without a route nothing would ever be forwarded")
+    except (RouteError, ConfigError) as exc:
+        env.problems.append(str(exc))
+    return ()
+
+
+def _ops_settings(env: Env) -> dict:
+    """PORT and LOG_FORMAT (Settings' fields)."""
+    port_text = env.get("PORT") or "8443"
+    port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else 0
+    if not port:
+        env.problems.append(f"PORT={port_text!r} is not a TCP port number")
+    log_format = (env.get("LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        env.problems.append(f"LOG_FORMAT={log_format!r}: use text or json")
+    return dict(port=port, log_format=log_format)
+
+
+def _delivery_settings(env: Env) -> dict:
+    """DEBUG, DELIVERY_MAX_AGE, DELIVERY_RETENTION, GITHUB_TIMEOUT, FORWARD_TEST_NOTIFICATIONS (Settings' fields)."""
+    return dict(debug=env.flag("DEBUG"), delivery_max_age=env.duration("DELIVERY_MAX_AGE", "24h"),
+                delivery_retention=env.duration("DELIVERY_RETENTION", "14d"),
+                github_timeout=env.duration("GITHUB_TIMEOUT", "10"),
+                forward_test_notifications=env.flag("FORWARD_TEST_NOTIFICATIONS"))
