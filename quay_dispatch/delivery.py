@@ -1,23 +1,20 @@
-"""Delivery: a background thread per worker that sends due deliveries to GitHub and retries failures.
+"""Delivery: a background thread per worker that sends due deliveries to GitHub and records what follows.
 
-The policy (docs/operations.md): 2xx delivered; 5xx, 429, timeouts and
-connection errors retried with exponential backoff and full jitter until
-DELIVERY_MAX_AGE; a rate limit pauses the whole host until GitHub's reset;
-any other 4xx fails at once with GitHub's message kept.
+What follows each attempt (delivered, retry, a paused host, failed or expired) is
+policy.py's to decide; this module claims, sends, records and logs.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from . import github, metrics
+from . import github, metrics, policy
 from .dispatch import DispatchRequest
-from .outbox import DELIVERED, EXPIRED, FAILED, PENDING, Delivery, Notification, Outbox, StoreUnavailable
+from .outbox import DELIVERED, PENDING, Delivery, Notification, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
 
@@ -26,9 +23,6 @@ POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody wakes us
 # no sooner than this, however often new events wake the deliverer: under a burst, requests
 # then do not queue behind a claim per accepted event for the database's write lock.
 MIN_LOOK_INTERVAL = 0.2
-LEASE_MARGIN = 5.0  # a lease outlives the longest GitHub call by this much
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 600.0
 PRUNE_INTERVAL = 3600.0
 MAX_UNRECORDED = 10_000  # results and direct dispatches kept in memory while the store cannot take them
 DIRECT_DEDUP_WINDOW = 600.0  # seconds a direct dispatch is remembered, so that Quay's retry is a duplicate
@@ -39,14 +33,8 @@ class DirectDispatch:
     """Notifications sent to GitHub directly while the outbox could not take them, to record once it can."""
 
     requests: list[DispatchRequest]
-    outcomes: list[github.Outcome]
+    outcomes: list[policy.Outcome]
     notification: Notification
-
-
-def backoff(attempts: int) -> float:
-    """Seconds to wait after `attempts` failed attempts: exponential, capped, with full jitter."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(attempts - 1, 0))
-    return max(0.5, random.uniform(0, ceiling))
 
 
 class Deliverer:
@@ -56,11 +44,8 @@ class Deliverer:
         self.outbox = outbox
         self.client = client
         self.host = github.host_of(client.api_url)
-        self.max_age = max_age
+        self.policy = policy.DeliveryPolicy(max_age, longest_call=github.CONNECT_TIMEOUT + client.timeout)
         self.retention = retention
-        # While a lease is held nothing else goes to the host, so it is kept short: a worker
-        # killed mid-send delays the others by this much at most.
-        self.lease_seconds = github.CONNECT_TIMEOUT + client.timeout + LEASE_MARGIN
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_prune = 0.0
@@ -86,7 +71,7 @@ class Deliverer:
         with self._lock:
             self._direct.append(direct)
             for req, outcome in zip(direct.requests, direct.outcomes, strict=True):
-                if outcome.result == github.ACCEPTED:
+                if outcome.result == policy.ACCEPTED:
                     self._recent_direct[req.dedup_key] = until
             if len(self._recent_direct) > MAX_UNRECORDED:
                 now = time.monotonic()
@@ -130,7 +115,7 @@ class Deliverer:
         while self._direct:
             direct = self._direct[0]
             delivered = [(r, o) for r, o in zip(direct.requests, direct.outcomes, strict=True)
-                         if o.result == github.ACCEPTED]
+                         if o.result == policy.ACCEPTED]
             if delivered:
                 self.outbox.record_dispatched([r for r, _ in delivered], [o for _, o in delivered], direct.notification)
             self._direct.popleft()
@@ -147,16 +132,16 @@ class Deliverer:
 
     def deliver_one(self) -> bool:
         """Send the next due delivery, if any; return whether there was one."""
-        delivery = self.outbox.claim(self.host, self.lease_seconds)
+        delivery = self.outbox.claim(self.host, self.policy.lease_seconds, self.policy.writes_per_minute)
         if delivery is None:
             return False
         started = time.monotonic()
         log.debug("delivery %s: POST %s %s", delivery.id, delivery.path, delivery.body)
         outcome = self.client.dispatch(delivery.kind, delivery.path, delivery.body, delivery.target)
-        status, next_at = self._decide(delivery, outcome)
-        # retry_at is set for rate limits only: they hold every delivery to the host.
+        decision = self.policy.decide(outcome, delivery.attempts, delivery.queued_at)
+        status, next_at = decision.status, decision.next_attempt_at
         result = dict(status=status, http_status=outcome.http_status, request_id=outcome.request_id,
-                      error=outcome.error, next_attempt_at=next_at, pause_host_until=outcome.retry_at)
+                      error=outcome.error, next_attempt_at=next_at, pause_host_until=decision.pause_host_until)
         try:
             self.outbox.record(delivery, **result)
         except StoreUnavailable as exc:
@@ -181,14 +166,3 @@ class Deliverer:
             extra={"delivery_id": delivery.id, "duration_ms": round((time.monotonic() - started) * 1000)},
         )
         return True
-
-    def _decide(self, delivery: Delivery, outcome: github.Outcome) -> tuple[str, float | None]:
-        """The delivery's new status, and when to try again if it stays pending."""
-        if outcome.result == github.ACCEPTED:
-            return DELIVERED, None
-        if outcome.result == github.REFUSED:
-            return FAILED, None
-        next_at = outcome.retry_at or time.time() + backoff(delivery.attempts + 1)
-        if next_at - delivery.queued_at > self.max_age:
-            return EXPIRED, None
-        return PENDING, next_at

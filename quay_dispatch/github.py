@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
 
 from . import __version__
 from .dispatch import WORKFLOW_DISPATCH, canonical_json
+from .policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, message_of
 
 API_VERSION = "2022-11-28"
 CONNECT_TIMEOUT = 5.0
 USER_AGENT = f"quay-github-actions-dispatch/{__version__}"
-MAX_ERROR_LENGTH = 300
-
-# What GitHub made of one attempt (Outcome.result); the outbox has its own statuses for the delivery.
-ACCEPTED, RETRY, REFUSED = "accepted", "retry", "refused"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt came to: accepted, retry (not before retry_at, if set) or refused for good."""
-
-    result: str
-    http_status: int | None = None
-    request_id: str | None = None
-    error: str | None = None
-    retry_at: float | None = None
-    rate_limit_remaining: int | None = None
-
 
 _budget = threading.local()
 
@@ -135,9 +117,9 @@ class TokenAuth:
         if isinstance(response, Outcome):
             return False, response.error or "cannot reach GitHub"
         if response.status_code == 401:
-            return False, f"GitHub refused GITHUB_TOKEN: {_message(response)}"
+            return False, f"GitHub refused GITHUB_TOKEN: {message_of(response)}"
         if response.status_code != 200:
-            return False, f"GitHub answered {response.status_code} to GET /user: {_message(response)}"
+            return False, f"GitHub answered {response.status_code} to GET /user: {message_of(response)}"
         try:
             login = response.json().get("login")
         except (ValueError, AttributeError):
@@ -157,7 +139,7 @@ class TokenAuth:
         if isinstance(response, Outcome):
             return False, response.error or "cannot reach GitHub"
         if response.status_code != 200:
-            return False, f"GitHub answered {response.status_code}: {_message(response)}"
+            return False, f"GitHub answered {response.status_code}: {message_of(response)}"
         try:
             push = response.json().get("permissions", {}).get("push")
         except (ValueError, AttributeError):
@@ -247,47 +229,3 @@ def _cause(exc: BaseException) -> str:
     """The innermost reason of a requests error, short."""
     exc = innermost(exc)
     return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
-
-
-def classify(response: requests.Response, now: float | None = None) -> Outcome:
-    """Turn GitHub's answer into an Outcome (see docs/operations.md for the policy)."""
-    status = response.status_code
-    request_id = response.headers.get("X-GitHub-Request-Id")
-    remaining_text = response.headers.get("X-RateLimit-Remaining", "")
-    remaining = int(remaining_text) if remaining_text.isdigit() else None  # GHES often sends none
-    if 200 <= status < 300:
-        return Outcome(ACCEPTED, status, request_id, rate_limit_remaining=remaining)
-    message = f"GitHub answered {status}: {_message(response)}"
-    retry_at = rate_limit_reset(response, now)
-    if status in (403, 429) and retry_at is not None:
-        return Outcome(RETRY, status, request_id, "rate limited; " + message, retry_at, remaining)
-    if status == 429 or status >= 500:
-        return Outcome(RETRY, status, request_id, message, rate_limit_remaining=remaining)
-    return Outcome(REFUSED, status, request_id, message, rate_limit_remaining=remaining)
-
-
-def rate_limit_reset(response: requests.Response, now: float | None = None) -> float | None:
-    """When a rate-limited request may be retried: Retry-After, else x-ratelimit-reset when none remain."""
-    now = time.time() if now is None else now
-    retry_after = response.headers.get("Retry-After")
-    if retry_after:
-        if retry_after.strip().isdigit():
-            return now + int(retry_after)
-        try:
-            return email.utils.parsedate_to_datetime(retry_after).timestamp()
-        except (TypeError, ValueError):
-            pass
-    if response.headers.get("X-RateLimit-Remaining") == "0":
-        reset = response.headers.get("X-RateLimit-Reset", "")
-        if reset.isdigit():
-            return float(reset)
-    return None
-
-
-def _message(response: requests.Response) -> str:
-    try:
-        message = response.json().get("message")
-    except (ValueError, AttributeError):
-        message = None
-    text = message if isinstance(message, str) else response.text.strip() or response.reason or ""
-    return " ".join(text.split())[:MAX_ERROR_LENGTH]

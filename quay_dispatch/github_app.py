@@ -15,7 +15,8 @@ import time
 import jwt
 import requests
 
-from .github import REFUSED, RETRY, AuthError, Outcome, Transport, classify
+from .github import AuthError, Transport
+from .policy import REFUSED, RETRY, Outcome, classify
 
 JWT_BACKDATE = 60  # seconds: GitHub's advice against clock drift
 JWT_LIFETIME = 540  # seconds: GitHub allows at most 10 minutes

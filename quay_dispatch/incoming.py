@@ -9,7 +9,7 @@ import logging
 from flask import Blueprint, Flask, Request, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import github, metrics
+from . import github, metrics, policy
 from .config import Settings
 from .delivery import DirectDispatch
 from .dispatch import DispatchRequest, canonical_json, plan_dispatches
@@ -105,7 +105,7 @@ def dispatch_directly(svc: Services, planned: list[DispatchRequest], notificatio
         for req in fresh:
             outcomes.append(svc.github.dispatch(req.kind, req.path, canonical_json(req.body), req.target))
     svc.deliverer.sent_directly(DirectDispatch(fresh, outcomes, notification))
-    refused = [(req, o) for req, o in zip(fresh, outcomes, strict=True) if o.result != github.ACCEPTED]
+    refused = [(req, o) for req, o in zip(fresh, outcomes, strict=True) if o.result != policy.ACCEPTED]
     if refused:
         metrics.STORE_BYPASS.labels("unavailable").inc()
         g.error_detail += "; GitHub did not take it either: " + "; ".join(f"{r.target}: {o.error}" for r, o in refused)

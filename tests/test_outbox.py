@@ -20,10 +20,12 @@ from quay_dispatch.outbox import (
     schema,
     store,
 )
+from quay_dispatch.policy import WRITES_PER_MINUTE
 from quay_dispatch.quay import QuayEvent
 from quay_dispatch.routes import parse_inline_routes
 
 HOST = "api.github.test"
+PACE = WRITES_PER_MINUTE
 
 
 def event(build_id: str, event_name: str = "build_success") -> QuayEvent:
@@ -72,11 +74,11 @@ def test_one_lease_per_host_at_a_time_and_an_expired_lease_is_taken_up_again(box
     add(box, "b2")
     other_worker = open_outbox(database_url)
 
-    first = box.claim(HOST, lease_seconds=0.5)
+    first = box.claim(HOST, 0.5, PACE)
     assert first is not None
-    assert other_worker.claim(HOST, lease_seconds=0.5) is None  # b2 waits: one write at a time
+    assert other_worker.claim(HOST, 0.5, PACE) is None  # b2 waits: one write at a time
     time.sleep(0.6)  # the first worker died holding its lease
-    again = other_worker.claim(HOST, lease_seconds=30)
+    again = other_worker.claim(HOST, 30, PACE)
 
     assert again is not None and again.id == first.id
 
@@ -89,7 +91,7 @@ def test_concurrent_claimers_never_hold_two_leases(database_url, box):
 
     def claim(store):
         barrier.wait()
-        return store.claim(HOST, lease_seconds=30)
+        return store.claim(HOST, 30, PACE)
 
     with ThreadPoolExecutor(8) as pool:
         claimed = [d for d in pool.map(claim, stores) if d is not None]
@@ -99,10 +101,10 @@ def test_concurrent_claimers_never_hold_two_leases(database_url, box):
 
 def test_record_releases_the_lease_and_keeps_each_attempt(box):
     [accepted], _ = add(box, "b1")
-    delivery = box.claim(HOST, 30)
+    delivery = box.claim(HOST, 30, PACE)
     box.record(delivery, status=PENDING, http_status=502, request_id="R1", error="GitHub answered 502: x",
                next_attempt_at=time.time() - 1)
-    delivery = box.claim(HOST, 30)
+    delivery = box.claim(HOST, 30, PACE)
     box.record(delivery, status=DELIVERED, http_status=204, request_id="R2", error=None)
 
     [row] = box.list()
@@ -114,42 +116,43 @@ def test_record_releases_the_lease_and_keeps_each_attempt(box):
 def test_a_rate_limit_pauses_every_delivery_to_the_host(box):
     add(box, "b1")
     add(box, "b2")
-    delivery = box.claim(HOST, 30)
+    delivery = box.claim(HOST, 30, PACE)
     box.record(delivery, status=PENDING, http_status=403, request_id=None, error="rate limited",
                next_attempt_at=time.time() + 0.8, pause_host_until=time.time() + 0.8)
 
-    assert box.claim(HOST, 30) is None  # b2 is due, but the host is paused
+    assert box.claim(HOST, 30, PACE) is None  # b2 is due, but the host is paused
     time.sleep(0.9)
-    assert box.claim(HOST, 30) is not None
+    assert box.claim(HOST, 30, PACE) is not None
 
 
 def test_a_success_brings_forward_retries_waiting_out_a_backoff(box):
     add(box, "b1")
     add(box, "b2")
-    first = box.claim(HOST, 30)
+    first = box.claim(HOST, 30, PACE)
     box.record(first, status=PENDING, http_status=503, request_id=None, error="x", next_attempt_at=time.time() + 600)
-    second = box.claim(HOST, 30)
+    second = box.claim(HOST, 30, PACE)
     box.record(second, status=DELIVERED, http_status=204, request_id=None, error=None)
 
-    again = box.claim(HOST, 30)
+    again = box.claim(HOST, 30, PACE)
     assert again is not None and again.id == first.id
 
 
-def test_writes_to_a_host_are_paced_under_githubs_limit(box, monkeypatch):
-    monkeypatch.setattr(store, "GITHUB_WRITES_PER_MINUTE", 3)
+def test_writes_to_a_host_are_paced_under_githubs_limit(box):
     for i in range(4):
         add(box, f"b{i}")
     for _ in range(3):
-        box.record(box.claim(HOST, 30), status=DELIVERED, http_status=204, request_id=None, error=None)
+        box.record(box.claim(HOST, 30, writes_per_minute=3), status=DELIVERED, http_status=204, request_id=None,
+                   error=None)
 
-    assert box.claim(HOST, 30) is None
+    assert box.claim(HOST, 30, writes_per_minute=3) is None
 
 
 def test_redeliver_by_id_or_all_failed(box):
     ids = [add(box, f"b{i}")[0][0].id for i in range(3)]
     [dry] = add(box, "dry", dry_run=True)[0]
     for _ in ids[:2]:
-        box.record(box.claim(HOST, 30), status=FAILED, http_status=404, request_id=None, error="GitHub answered 404")
+        box.record(box.claim(HOST, 30, PACE), status=FAILED, http_status=404, request_id=None,
+                   error="GitHub answered 404")
 
     queued, refused = box.redeliver([ids[0], ids[2], dry.id, 999])
     assert queued == [ids[0]]
@@ -163,8 +166,8 @@ def test_prune_removes_old_delivered_rows_and_keeps_failed_ones(box):
     add(box, "b1")
     add(box, "b2")
     add(box, "dry", dry_run=True)
-    box.record(box.claim(HOST, 30), status=DELIVERED, http_status=204, request_id=None, error=None)
-    box.record(box.claim(HOST, 30), status=FAILED, http_status=404, request_id=None, error="x")
+    box.record(box.claim(HOST, 30, PACE), status=DELIVERED, http_status=204, request_id=None, error=None)
+    box.record(box.claim(HOST, 30, PACE), status=FAILED, http_status=404, request_id=None, error="x")
 
     assert box.prune(older_than=time.time() - 60) == 0
     assert box.prune(older_than=time.time() + 1) == 2
@@ -174,7 +177,7 @@ def test_prune_removes_old_delivered_rows_and_keeps_failed_ones(box):
 def test_dry_run_deliveries_are_never_claimed(box):
     add(box, "b1", dry_run=True)
 
-    assert box.claim(HOST, 30) is None
+    assert box.claim(HOST, 30, PACE) is None
     assert box.list()[0].status == DRY_RUN
 
 

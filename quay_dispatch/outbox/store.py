@@ -22,8 +22,6 @@ from .records import (
     delivery_of,
 )
 
-GITHUB_WRITES_PER_MINUTE = 80  # GitHub's limit on content-creating requests
-
 # Whether a delivery to a host is being sent (claim() looks before every send).
 LEASE_IN_FLIGHT = "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1"
 
@@ -77,12 +75,12 @@ class Outbox:
             accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
         return accepted, duplicates
 
-    def claim(self, host: str, lease_seconds: float) -> Delivery | None:
+    def claim(self, host: str, lease_seconds: float, writes_per_minute: int) -> Delivery | None:
         """Lease the oldest due delivery for `host`, if GitHub's rules for that host allow a write now.
 
         At most one delivery per host is leased at a time across every worker
         and replica (GitHub asks for writes one at a time), none while the host
-        is rate-limited, and no more than GITHUB_WRITES_PER_MINUTE a minute.
+        is rate-limited, and no more than `writes_per_minute` a minute (policy.py has the rules).
         """
         now = time.time()
         with self._transaction(f"host:{host}") as run:
@@ -91,7 +89,7 @@ class Outbox:
             if run("SELECT 1 FROM hosts WHERE host = ? AND paused_until > ?", host, now).fetchone():
                 return None
             recent = run("SELECT COUNT(*) AS n FROM attempts WHERE host = ? AND at > ?", host, now - 60).fetchone()
-            if recent["n"] >= GITHUB_WRITES_PER_MINUTE:
+            if recent["n"] >= writes_per_minute:
                 return None
             row = run(
                 """SELECT * FROM deliveries WHERE host = ? AND status = ? AND next_attempt_at <= ?
@@ -212,7 +210,7 @@ class Outbox:
     def record_dispatched(self, requests: list[DispatchRequest], outcomes: list, notification: Notification) -> None:
         """Record requests that were sent to GitHub directly, while the outbox could not take them, as delivered.
 
-        `outcomes` are GitHub's answers (github.Outcome), one per request. A request the
+        `outcomes` are GitHub's answers (policy.Outcome), one per request. A request the
         outbox holds already (its commit landed after all) is marked delivered unless
         it was delivered meanwhile; so a retry from Quay is a duplicate, and nothing is sent twice.
         """
