@@ -38,7 +38,7 @@ def host_of(api_url: str) -> str:
 
 
 class Transport:
-    """One GitHub API: its URL, CA, timeouts and headers. Network trouble becomes an Outcome, never an exception."""
+    """One GitHub API: its URL, CA, timeouts and headers. Network trouble is a NoAnswer, never requests' own error."""
 
     def __init__(self, api_url: str, timeout: float = 10.0, ca_file: str | None = None):
         self.api_url = api_url.rstrip("/")
@@ -63,8 +63,8 @@ class Transport:
     def __repr__(self) -> str:
         return f"Transport({self.api_url!r})"
 
-    def send(self, method: str, path: str, authorization: str, body: str | None = None) -> requests.Response | Outcome:
-        """The response to one request, or a RETRY Outcome when GitHub could not be reached in time."""
+    def send(self, method: str, path: str, authorization: str, body: str | None = None) -> requests.Response:
+        """GitHub's response to one request; NoAnswer (a RETRY) when GitHub could not be reached in time."""
         headers = {"Authorization": authorization}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -73,7 +73,7 @@ class Transport:
         if at is not None:
             remaining = at - time.monotonic()
             if remaining < 0.1:
-                return Outcome(RETRY, error="no time left to call GitHub")
+                raise NoAnswer(Outcome(RETRY, error="no time left to call GitHub"))
             connect, read = min(connect, remaining), min(read, remaining)
         try:
             return self._session.request(
@@ -81,9 +81,17 @@ class Transport:
                 timeout=(connect, read), allow_redirects=False, verify=self._verify,
             )
         except requests.Timeout:
-            return Outcome(RETRY, error=f"GitHub did not answer within {read:g} s")
+            raise NoAnswer(Outcome(RETRY, error=f"GitHub did not answer within {read:g} s")) from None
         except requests.RequestException as exc:
-            return Outcome(RETRY, error=f"cannot reach GitHub: {_cause(exc)}")
+            raise NoAnswer(Outcome(RETRY, error=f"cannot reach GitHub: {_cause(exc)}")) from None
+
+
+class NoAnswer(Exception):
+    """No answer from GitHub to go by: it could not be reached in time, or asked without credentials."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.error)
+        self.outcome = outcome  # what the attempt came to: RETRY, or REFUSED for credentials that cannot be had
 
 
 class AuthError(Exception):
@@ -113,9 +121,10 @@ class TokenAuth:
 
     def check(self) -> tuple[bool, str]:
         """Whether GitHub accepts the token (GET /user), and the rights GitHub lists for it."""
-        response = self._transport.send("GET", "/user", self.authorization(""))
-        if isinstance(response, Outcome):
-            return False, response.error or "cannot reach GitHub"
+        try:
+            response = self._transport.send("GET", "/user", self.authorization(""))
+        except NoAnswer as exc:
+            return False, str(exc)
         if response.status_code == 401:
             return False, f"GitHub refused GITHUB_TOKEN: {message_of(response)}"
         if response.status_code != 200:
@@ -135,9 +144,10 @@ class TokenAuth:
 
     def check_target(self, target: str, permission: str) -> tuple[bool, str]:
         """Whether the token can read `target` ("owner/name") and, where GitHub says, write to it."""
-        response = self._transport.send("GET", f"/repos/{target}", self.authorization(target))
-        if isinstance(response, Outcome):
-            return False, response.error or "cannot reach GitHub"
+        try:
+            response = self._transport.send("GET", f"/repos/{target}", self.authorization(target))
+        except NoAnswer as exc:
+            return False, str(exc)
         if response.status_code != 200:
             return False, f"GitHub answered {response.status_code}: {message_of(response)}"
         try:
@@ -164,50 +174,52 @@ class GitHubClient:
 
     def post(self, path: str, body: str, repo: str) -> Outcome:
         """POST `body` (JSON text) to `path` for `repo`; a 401 is retried once with fresh credentials."""
-        response = self._request("POST", path, repo, body)
-        if isinstance(response, requests.Response) and response.status_code == 401 and self.auth.refresh(repo):
+        try:
             response = self._request("POST", path, repo, body)
-        return response if isinstance(response, Outcome) else classify(response)
+            if response.status_code == 401 and self.auth.refresh(repo):
+                response = self._request("POST", path, repo, body)
+        except NoAnswer as exc:
+            return exc.outcome
+        return classify(response)
 
     def dispatch(self, kind: str, path: str, body: str, repo: str) -> Outcome:
         """Send one stored dispatch; a workflow_dispatch without a ref runs on the repository's default branch."""
         if kind == WORKFLOW_DISPATCH:
             fields = json.loads(body)
             if fields.get("ref") is None:
-                branch, outcome = self.default_branch(repo)
-                if outcome is not None:
-                    return outcome
-                body = canonical_json(fields | {"ref": branch})
+                try:
+                    body = canonical_json(fields | {"ref": self.default_branch(repo)})
+                except NoAnswer as exc:
+                    return exc.outcome
         return self.post(path, body, repo)
 
-    def _request(self, method: str, path: str, repo: str, body: str | None = None) -> requests.Response | Outcome:
+    def _request(self, method: str, path: str, repo: str, body: str | None = None) -> requests.Response:
+        """GitHub's response, with `repo`'s credentials; NoAnswer when there is none to go by."""
         try:
             authorization = self.auth.authorization(repo)
         except AuthError as exc:
-            return Outcome(exc.result, error=str(exc))
+            raise NoAnswer(Outcome(exc.result, error=str(exc))) from None
         return self.transport.send(method, path, authorization, body)
 
-    def default_branch(self, repo: str) -> tuple[str | None, Outcome | None]:
-        """The repository's default branch (cached for an hour), or why it could not be read."""
+    def default_branch(self, repo: str) -> str:
+        """The repository's default branch (cached for an hour); NoAnswer says why it could not be read."""
         cached = self._default_branches.get(repo)
         if cached and cached[1] > time.monotonic():
-            return cached[0], None
+            return cached[0]
         response = self._request("GET", f"/repos/{repo}", repo)
-        if isinstance(response, Outcome):
-            return None, response
         if response.status_code != 200:
             outcome = classify(response)
-            return None, Outcome(outcome.result, outcome.http_status, outcome.request_id,
-                                 "reading the default branch: " + (outcome.error or ""), outcome.retry_at)
+            raise NoAnswer(Outcome(outcome.result, outcome.http_status, outcome.request_id,
+                                   "reading the default branch: " + (outcome.error or ""), outcome.retry_at))
         try:
             branch = response.json().get("default_branch")
         except (ValueError, AttributeError):
             branch = None
         if not isinstance(branch, str) or not branch:
-            return None, Outcome(RETRY, 200, response.headers.get("X-GitHub-Request-Id"),
-                                 "reading the default branch: GitHub's answer did not name one")
+            raise NoAnswer(Outcome(RETRY, 200, response.headers.get("X-GitHub-Request-Id"),
+                                   "reading the default branch: GitHub's answer did not name one"))
         self._default_branches[repo] = (branch, time.monotonic() + 3600)
-        return branch, None
+        return branch
 
     def check_credentials(self) -> tuple[bool, str]:
         """Whether GitHub accepts the credentials, and what it says they may do."""

@@ -15,8 +15,8 @@ import time
 import jwt
 import requests
 
-from .github import AuthError, Transport
-from .policy import REFUSED, RETRY, Outcome, classify
+from .github import AuthError, NoAnswer, Transport
+from .policy import REFUSED, RETRY, classify
 
 JWT_BACKDATE = 60  # seconds: GitHub's advice against clock drift
 JWT_LIFETIME = 540  # seconds: GitHub allows at most 10 minutes
@@ -115,9 +115,11 @@ class AppAuth:
 
     def _as_app(self, method: str, path: str, doing: str, not_found: str | None = None, expect: type = dict):
         """A request authenticated with the App's JWT; its JSON answer (an `expect`), or AuthError."""
-        response = self._transport.send(method, path, f"Bearer {self.app_jwt()}", "{}" if method == "POST" else None)
-        if isinstance(response, Outcome):
-            raise AuthError(response.result, f"{doing}: {response.error}")
+        body = "{}" if method == "POST" else None
+        try:
+            response = self._transport.send(method, path, f"Bearer {self.app_jwt()}", body)
+        except NoAnswer as exc:
+            raise AuthError(exc.outcome.result, f"{doing}: {exc}") from None
         if response.status_code == 404 and not_found:
             raise AuthError(REFUSED, not_found)
         if response.status_code == 401:
