@@ -1,7 +1,8 @@
 """Transport: gunicorn's gthread worker, TLS by pyOpenSSL, each request buffered whole before a thread serves it.
 
 The event loop does the TLS handshake and reads each request until it is whole,
-never waiting (quay_dispatch.tls has the TLS machinery). A client that connects
+never waiting (quay_dispatch.tls and tls_stream have the TLS machinery, quay_dispatch.conn
+the connection the loop buffers and the threads it goes to). A client that connects
 and says nothing, or dribbles its handshake, headers or body, holds nothing but a
 place in the poller, until murder_pending() closes it at its deadline. A whole
 request is then served by a thread: the application never runs on the loop, so
@@ -36,28 +37,21 @@ import errno
 import gc
 import json
 import logging
-import re
 import secrets
 import selectors
 import ssl
-import threading
 import time
-from collections import deque
 from functools import partial
 
-from gunicorn import http
 from gunicorn.http import errors as http_errors
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import ThreadWorker
 from OpenSSL import SSL
 
-from .limits import MAX_BODY, REQUEST_TIMEOUT
-from .tls import PlainStream, ReloadingContext, Stream, TLSStream, WouldBlock, handshake_reason
+from .conn import Conn, Threads, max_head
+from .limits import REQUEST_TIMEOUT
+from .tls import ReloadingContext, handshake_reason
+from .tls_stream import Stream
 
-_HEADERS_END = b"\r\n\r\n"
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")
-_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})[ \t]*(;[^\r\n]*)?")
-READ_SIZE = 65536
-WHOLE, HEADERS = "whole", "headers"
 # gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
 _REFUSALS = (
     (http_errors.LimitRequestLine, 414, "URI Too Long"),
@@ -69,174 +63,6 @@ _REFUSALS = (
 _NOT_REFUSALS = (http_errors.ConfigurationProblem, http_errors.InvalidResponseHeader,
                  http_errors.InvalidResponseHeaderName)  # the service's faults: gunicorn's 500 and traceback
 http_log = logging.getLogger("quay_dispatch.http")
-
-
-def max_head(cfg) -> int:
-    """The most bytes of request line and headers gunicorn's limits let through (0 means its maximum, as there)."""
-    line = cfg.limit_request_line if 0 < cfg.limit_request_line < 8190 else 8190
-    fields = cfg.limit_request_fields if 0 < cfg.limit_request_fields < 32768 else 32768
-    field_size = cfg.limit_request_field_size if cfg.limit_request_field_size > 0 else 8190
-    return line + 2 + fields * (field_size + 2) + 4
-
-
-def buffered_request(data: bytes | bytearray, head_limit: int) -> str | None:
-    """How much of a request `data` holds: None while the loop should read on,
-    WHOLE for a whole request, HEADERS for as much as the loop buffers of it.
-
-    Bodies, by Content-Length or chunked, are buffered up to MAX_BODY. A request
-    with a larger body, or one that asks for 100-continue (its client waits for
-    gunicorn's interim answer), is handed on once its headers are in: a thread
-    reads the rest, or refuses it, by the request's deadline. Headers over
-    gunicorn's limits are handed on for its parser to refuse.
-    """
-    end = data.find(_HEADERS_END)
-    if end < 0:
-        return HEADERS if len(data) > head_limit else None
-    head = bytes(data[:end]).lower()
-    body_start = end + len(_HEADERS_END)
-    if b"100-continue" in head:
-        return HEADERS
-    if b"transfer-encoding" in head:
-        return _chunked_body(data, body_start)
-    match = _CONTENT_LENGTH.search(head)
-    length = int(match[1]) if match else 0
-    if len(data) >= body_start + length:
-        return WHOLE
-    return HEADERS if length > MAX_BODY else None
-
-
-def _chunked_body(data: bytes | bytearray, start: int) -> str | None:
-    """Whether a chunked body starting at `start` is whole (WHOLE), incomplete (None) or too large (HEADERS).
-
-    Anything that is not chunk framing is handed on (HEADERS) for gunicorn's parser to refuse.
-    """
-    at, size = start, 0
-    while True:
-        line_end = data.find(b"\r\n", at)
-        if line_end < 0:
-            return None if len(data) - at <= 64 else HEADERS
-        size_text = _CHUNK_SIZE.fullmatch(bytes(data[at:line_end]))
-        if size_text is None:
-            return HEADERS
-        chunk = int(size_text[1], 16)
-        size += chunk
-        if size > MAX_BODY:
-            return HEADERS
-        if chunk == 0:  # then any trailers, and an empty line
-            return WHOLE if data.find(_HEADERS_END, line_end) >= 0 else None
-        at = line_end + 2 + chunk + 2
-        if at > len(data):
-            return None
-
-
-class Conn(TConn):
-    """A connection the event loop reads: handshake (TLS only), then a request until it is whole."""
-
-    def __init__(self, cfg, sock, client, server, context: SSL.Context | None):
-        super().__init__(cfg, sock, client, server)  # leaves the socket non-blocking
-        io_timeout = float(cfg.timeout) or None
-        self.sock: Stream = TLSStream(sock, context, io_timeout) if context else PlainStream(sock, io_timeout)
-        self.handshaken = context is None
-        self.received = bytearray()
-        self.served = 0  # requests answered on this connection
-        self.awaiting_room = False  # a pipelined request waits for the client to read earlier answers
-        self.awaiting = False  # the loop reads it (in pending_conns and the poller)
-        self.waiting_since = 0.0  # when it was queued for a thread
-
-    def advance(self, head_limit: int) -> str | None:
-        """Handshake, then read what has arrived: how much of the request is buffered (see buffered_request).
-
-        Never waits. Raises SSL.Error or OSError when the connection is to be dropped.
-        """
-        if not self.handshaken:
-            if not self.sock.handshake_nowait():
-                return None
-            self.handshaken = True
-        limit = head_limit + MAX_BODY
-        while len(self.received) <= limit:
-            try:
-                data = self.sock.recv_nowait(READ_SIZE)
-            except WouldBlock:  # all read for now
-                break
-            if not data:
-                raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
-            self.received += data
-        buffered = buffered_request(self.received, head_limit)
-        if buffered is None and len(self.received) > limit:
-            return HEADERS  # framing larger than any body taken: the thread's parser refuses it
-        return buffered
-
-    def init(self):
-        if not self.initialized:
-            self.initialized = True
-            self.parser = http.get_parser(self.cfg, self.sock, self.client)
-
-    def hand_over(self) -> None:
-        """Give the bytes buffered in the loop to the HTTP parser; bound what a thread may still read."""
-        self.init()
-        if self.received:
-            self.parser.unreader.unread(bytes(self.received))
-            self.received.clear()
-        self.sock.deadline = time.monotonic() + REQUEST_TIMEOUT
-
-    def take_back(self) -> bool:
-        """After a response: keep what the parser read past it; whether a next request is already here."""
-        self.received += self.parser.unreader.take_buffered()
-        return bool(self.received) or self.sock.pending() > 0
-
-    def close(self, graceful=False):
-        self.sock.close()
-
-
-class _Threads:
-    """The threads that serve whole requests. A request goes to the thread idle most recently:
-    its caches are warm, and under light load one thread serves nearly everything."""
-
-    def __init__(self, count: int, serve):
-        self._serve = serve
-        self._lock = threading.Lock()
-        self._idle: list[_Slot] = []  # a stack: the last one idle is woken first
-        self._backlog: deque[Conn] = deque()  # when every thread is busy
-        self._slots = [_Slot() for _ in range(count)]
-        for i, slot in enumerate(self._slots):
-            threading.Thread(target=self._run, args=(slot,), name=f"request-{i}", daemon=True).start()
-
-    def put(self, conn: Conn | None) -> None:
-        with self._lock:
-            if not self._idle:
-                self._backlog.append(conn)
-                return
-            slot = self._idle.pop()
-        slot.conn = conn
-        slot.wake.release()
-
-    def _run(self, slot: _Slot) -> None:
-        while True:
-            with self._lock:
-                queued = bool(self._backlog)
-                if queued:
-                    conn = self._backlog.popleft()
-                else:
-                    self._idle.append(slot)
-            if not queued:
-                slot.wake.acquire()
-                conn, slot.conn = slot.conn, None
-            if conn is None:  # shutdown
-                return
-            self._serve(conn)
-
-    def shutdown(self, wait: bool = False) -> None:
-        for _ in self._slots:
-            self.put(None)
-
-
-class _Slot:
-    """One thread's mailbox: the connection to serve next, and a lock released to wake it."""
-
-    def __init__(self):
-        self.conn: Conn | None = None
-        self.wake = threading.Lock()
-        self.wake.acquire()
 
 
 class TLSWorker(ThreadWorker):
@@ -253,7 +79,7 @@ class TLSWorker(ThreadWorker):
         super().init_process()
 
     def get_thread_pool(self):
-        return _Threads(self.cfg.threads, self._serve)
+        return Threads(self.cfg.threads, self._serve)
 
     def load_wsgi(self):
         super().load_wsgi()

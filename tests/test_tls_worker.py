@@ -16,10 +16,10 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.config import Config
 
 from quay_dispatch import pki
+from quay_dispatch.conn import HEADERS, WHOLE, buffered_request
 from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
-from quay_dispatch.tls_worker import HEADERS, WHOLE, buffered_request
 from testkit.service import wait_until
 
 
