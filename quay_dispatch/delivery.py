@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import github, metrics, policy
-from .dispatch import DispatchRequest
+from .dispatch_request import DispatchRequest
 from .outbox import DELIVERED, PENDING, Delivery, Notification, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")

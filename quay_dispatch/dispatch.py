@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
 
+from .dispatch_request import REPOSITORY_DISPATCH, WORKFLOW_DISPATCH, DispatchRequest
 from .quay import QUOTA_FIGURES, QuayEvent
 from .routes import Route, template_fields
 
-REPOSITORY_DISPATCH = "repository_dispatch"
-WORKFLOW_DISPATCH = "workflow_dispatch"
 # Quay retries a call whose answer it missed within minutes; an identical body
 # for the same target within this window is the same notification.
 BODY_DEDUP_WINDOW = 600.0
-
-
-@dataclass(frozen=True)
-class DispatchRequest:
-    """One request to send to GitHub, with what identifies it for deduplication."""
-
-    target: str
-    kind: str
-    event_type: str
-    workflow: str | None
-    path: str
-    body: dict
-    dedup_key: str
-    dedup_window: float | None  # None: a build event is the same forever
 
 
 def client_payload(quay_event: QuayEvent) -> dict:
@@ -104,8 +87,3 @@ def workflow_body(route: Route, payload: dict) -> dict:
         if value is not None:
             inputs[name] = ",".join(value) if isinstance(value, list) else str(value)
     return {"ref": ref, "inputs": inputs} if inputs else {"ref": ref}
-
-
-def canonical_json(body: dict) -> str:
-    """The exact JSON text stored and sent, so that what is recorded is what GitHub receives."""
-    return json.dumps(body, separators=(",", ":"), sort_keys=False)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
-from .dispatch import WORKFLOW_DISPATCH, canonical_json
+from .dispatch_request import WORKFLOW_DISPATCH, canonical_json
 from .policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, message_of
 
 API_VERSION = "2022-11-28"

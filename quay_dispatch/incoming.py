@@ -12,7 +12,8 @@ from werkzeug.exceptions import HTTPException
 from . import github, metrics, policy
 from .config import Settings
 from .delivery import DirectDispatch
-from .dispatch import DispatchRequest, canonical_json, plan_dispatches
+from .dispatch import plan_dispatches
+from .dispatch_request import DispatchRequest, canonical_json
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
 from .outbox import Accepted, Notification, StoreUnavailable

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..dispatch import DispatchRequest, canonical_json
+from ..dispatch_request import DispatchRequest, canonical_json
 from . import schema
 from .records import (
     DELIVERED,

@@ -1,0 +1,31 @@
+"""What one dispatch to GitHub is, as the domain plans it, the outbox stores it and the client sends it.
+
+A leaf: it imports nothing of the service, so every step of the request's path can use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+REPOSITORY_DISPATCH = "repository_dispatch"
+WORKFLOW_DISPATCH = "workflow_dispatch"
+
+
+@dataclass(frozen=True)
+class DispatchRequest:
+    """One request to send to GitHub, with what identifies it for deduplication."""
+
+    target: str
+    kind: str
+    event_type: str
+    workflow: str | None
+    path: str
+    body: dict
+    dedup_key: str
+    dedup_window: float | None  # None: a build event is the same forever
+
+
+def canonical_json(body: dict) -> str:
+    """The exact JSON text stored and sent, so that what is recorded is what GitHub receives."""
+    return json.dumps(body, separators=(",", ":"), sort_keys=False)
