@@ -9,7 +9,7 @@ from ..routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 from .github import github_settings
 from .quay import DEFAULT_CLIENT_CERT_HEADER, Network, quay_settings
 from .reader import ConfigError, Env, read_file
-from .store import DEFAULT_DATABASE_URL, DEFAULT_STORE_TIMEOUT, store_settings
+from .store import DEFAULT_DATABASE_URL, DEFAULT_STORE_TIMEOUT, metrics_settings, store_settings
 from .tls import tls_settings
 
 
@@ -61,6 +61,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     fields["routes"] = _routes(env)
     fields |= quay_settings(env)
     fields |= store_settings(env)
+    fields |= metrics_settings(env, fields["database_url"])
     fields |= _ops_settings(env)
     fields |= tls_settings(env)
     fields |= _delivery_settings(env)

@@ -14,14 +14,18 @@ _METRICS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db") 
 
 
 def store_settings(env: Env) -> dict:
-    """DATABASE_URL, STORE_TIMEOUT and PROMETHEUS_MULTIPROC_DIR (Settings' fields)."""
+    """DATABASE_URL and STORE_TIMEOUT (Settings' fields): all that the outbox commands need."""
     database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     _check_database_url(database_url, env.problems)
-    store_timeout = _store_timeout(env.get("STORE_TIMEOUT"), env.problems)
+    return dict(database_url=database_url, store_timeout=_store_timeout(env.get("STORE_TIMEOUT"), env.problems))
+
+
+def metrics_settings(env: Env, database_url: str) -> dict:
+    """PROMETHEUS_MULTIPROC_DIR (Settings' field), which must not hold the outbox."""
     metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:
         _check_metrics_dir(metrics_dir, database_url, env.problems)
-    return dict(database_url=database_url, store_timeout=store_timeout, metrics_dir=metrics_dir)
+    return dict(metrics_dir=metrics_dir)
 
 
 def _check_database_url(url: str, problems: list[str]) -> None:
