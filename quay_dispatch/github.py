@@ -13,7 +13,7 @@ import requests
 
 from . import __version__
 from .dispatch_request import WORKFLOW_DISPATCH, canonical_json
-from .policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, message_of
+from .policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, json_object, message_of
 
 API_VERSION = "2022-11-28"
 CONNECT_TIMEOUT = 5.0
@@ -129,10 +129,7 @@ class TokenAuth:
             return False, f"GitHub refused GITHUB_TOKEN: {message_of(response)}"
         if response.status_code != 200:
             return False, f"GitHub answered {response.status_code} to GET /user: {message_of(response)}"
-        try:
-            login = response.json().get("login")
-        except (ValueError, AttributeError):
-            login = None
+        login = json_object(response).get("login")
         scopes = response.headers.get("X-OAuth-Scopes")
         if scopes is None:  # a fine-grained token: its rights are per repository
             return True, f"GITHUB_TOKEN accepted for {login}; GitHub lists a fine-grained token's rights per repository"
@@ -150,10 +147,8 @@ class TokenAuth:
             return False, str(exc)
         if response.status_code != 200:
             return False, f"GitHub answered {response.status_code}: {message_of(response)}"
-        try:
-            push = response.json().get("permissions", {}).get("push")
-        except (ValueError, AttributeError):
-            push = None
+        permissions = json_object(response).get("permissions")
+        push = permissions.get("push") if isinstance(permissions, dict) else None
         if push is False:
             return False, f"readable, but the token cannot write to it (a dispatch needs {permission}: write)"
         return True, "readable" + (", writable" if push else "")
@@ -211,10 +206,7 @@ class GitHubClient:
             outcome = classify(response)
             raise NoAnswer(Outcome(outcome.result, outcome.http_status, outcome.request_id,
                                    "reading the default branch: " + (outcome.error or ""), outcome.retry_at))
-        try:
-            branch = response.json().get("default_branch")
-        except (ValueError, AttributeError):
-            branch = None
+        branch = json_object(response).get("default_branch")
         if not isinstance(branch, str) or not branch:
             raise NoAnswer(Outcome(RETRY, 200, response.headers.get("X-GitHub-Request-Id"),
                                    "reading the default branch: GitHub's answer did not name one"))

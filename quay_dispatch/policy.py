@@ -126,11 +126,17 @@ def rate_limit_reset(response: requests.Response, now: float | None = None) -> f
     return None
 
 
+def json_object(response: requests.Response) -> dict:
+    """GitHub's answer as a JSON object; an empty one when it is none (a proxy's HTML page, a list)."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
 def message_of(response: requests.Response) -> str:
     """GitHub's message in an error answer, on one line and short."""
-    try:
-        message = response.json().get("message")
-    except (ValueError, AttributeError):
-        message = None
+    message = json_object(response).get("message")
     text = message if isinstance(message, str) else response.text.strip() or response.reason or ""
     return " ".join(text.split())[:MAX_ERROR_LENGTH]
