@@ -10,24 +10,13 @@ import ssl
 import sys
 import tempfile
 
-from quay_dispatch.config import (
-    NO_TRUSTED_PROXY,
-    ConfigError,
-    load_settings,
-    quay_certificates,
-    stale_metric_files,
-    tls_problems,
-    trusted_proxies,
-)
-from quay_dispatch.outbox import StoreUnavailable, open_outbox
+from quay_dispatch.config import ConfigError, environment_settings, stale_metric_files
+from quay_dispatch.startup import TLS_WORKER, serving_problems
 
 try:
-    _settings = load_settings(os.environ)
+    _settings = environment_settings()
 except ConfigError as _exc:
     sys.exit(f"quay-dispatch: {_exc}")
-
-TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
-STARTUP_STORE_TIMEOUT = 30.0  # seconds the schema migration at start may take (a big outbox's new index)
 
 bind = [f"0.0.0.0:{_settings.port}"]
 worker_class = TLS_WORKER
@@ -58,68 +47,13 @@ forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_a
 
 
 def on_starting(server):
-    """Refuse to start on an insecure or unworkable combination, saying what to set."""
-    cfg = server.cfg
-    problems = []
-    if _settings.client_cert_source == "tls":
-        if not cfg.is_ssl:
-            problems.append(
-                "CLIENT_CERT_SOURCE=tls needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE (or --certfile/--keyfile); "
-                "behind a router that terminates TLS use CLIENT_CERT_SOURCE=none with INCOMING_TOKEN"
-            )
-        if cfg.cert_reqs == ssl.CERT_NONE:
-            problems.append("CLIENT_CERT_SOURCE=tls needs --cert-reqs 2 (or 1): Quay is identified by its certificate")
-        if cfg.worker_class_str != TLS_WORKER:
-            problems.append(f"CLIENT_CERT_SOURCE=tls needs --worker-class {TLS_WORKER}")
-    outbox = open_outbox(_settings.database_url, STARTUP_STORE_TIMEOUT)
-    try:
-        outbox.migrate()  # once, before the workers, so that a store problem is one clear message
-    except StoreUnavailable as exc:
-        problems.append(f"the outbox ({outbox.description}) cannot be opened: {exc}")
-    finally:
-        outbox.close()
-    problems += _trust_what_gunicorn_trusts(cfg)
-    problems += _file_problems(cfg)
-    if problems:
+    """Refuse to start on an insecure or unworkable combination, saying what to set (quay_dispatch/startup.py)."""
+    if problems := serving_problems(_settings, server.cfg):
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))
+    # The workers read their settings from the environment they inherit from this process: hand them
+    # gunicorn's effective forwarded_allow_ips, whichever setting it came from, before any is forked.
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(server.cfg.forwarded_allow_ips)
     _prepare_metrics()
-
-
-def _trust_what_gunicorn_trusts(cfg):
-    """Hand gunicorn's effective forwarded_allow_ips to the workers, whichever setting it came from.
-
-    The workers read their settings from the environment they inherit from this
-    process, so FORWARDED_ALLOW_IPS is set here, before any of them is forked.
-    """
-    from_environment = cfg.forwarded_allow_ips == [entry for entry in forwarded_allow_ips.split(",") if entry]
-    setting = "FORWARDED_ALLOW_IPS" if from_environment else "--forwarded-allow-ips"
-    problems = []
-    proxies = trusted_proxies(cfg.forwarded_allow_ips, _settings.client_cert_source, setting, problems)
-    if _settings.client_cert_source == "header" and not proxies and not problems:
-        problems.append(NO_TRUSTED_PROXY)
-    if _settings.client_cert_source == "header" and cfg.header_map == "dangerous":
-        # A proxy removes the header it sets, not every spelling a server may read as the same one.
-        problems.append(f"CLIENT_CERT_SOURCE=header needs gunicorn's --header-map drop or refuse, not dangerous: "
-                        f"a client's own {_settings.client_cert_header.replace('-', '_')} header would pass "
-                        "the proxy and be read as the certificate")
-    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(cfg.forwarded_allow_ips)
-    return problems
-
-
-def _file_problems(cfg):
-    """The files a worker would load, tried here first: a message naming each setting, not a worker's traceback."""
-    problems = []
-    if cfg.is_ssl:
-        # gunicorn's --certfile and --keyfile win over the environment; name the one in effect.
-        cert_setting = _settings.tls_cert_setting if cfg.certfile == _settings.tls_cert_file else "--certfile"
-        key_setting = _settings.tls_key_setting if cfg.keyfile == _settings.tls_key_file else "--keyfile"
-        problems += tls_problems((cert_setting, cfg.certfile), (key_setting, cfg.keyfile))
-    if _settings.client_cert_source in ("tls", "header"):
-        try:
-            quay_certificates(_settings)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    return problems
 
 
 _own_metrics_dir = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +11,7 @@ import click
 import requests
 from flask import Flask
 
-from .config import ConfigError, listing, load_store_settings, tls_problems
+from .config import ConfigError, environment_store_settings, listing, tls_problems
 from .outbox import STATUSES, Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
 from .pki import make_dev_pki
 from .quay import ALL_EVENTS
@@ -195,7 +194,7 @@ def _services():
 def _outbox() -> Outbox:
     """The outbox DATABASE_URL names, schema up to date, without the rest of the configuration."""
     try:
-        outbox = open_outbox(*load_store_settings(os.environ))
+        outbox = open_outbox(*environment_store_settings())
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if isinstance(outbox, SQLiteOutbox) and not outbox.path.exists():  # a typo would make a new, empty one

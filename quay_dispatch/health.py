@@ -40,7 +40,8 @@ def readyz():
 def prometheus_metrics():
     """Prometheus text format."""
     g.outcome = "ok"
-    return Response(metrics.exposition(services_of().outbox), mimetype=metrics.MEDIA_TYPE)
+    svc = services_of()
+    return Response(metrics.exposition(svc.outbox, svc.settings.metrics_dir), mimetype=metrics.MEDIA_TYPE)
 
 
 def init_app(app: Flask) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, environment_settings
 from .github import innermost
 
 TIMEOUT = 5.0  # seconds; shorter than the HEALTHCHECK's --timeout, so that this one explains itself
@@ -43,7 +42,7 @@ def check(settings: Settings) -> str | None:
 def main() -> int:
     """Check once; say why on stderr, in one line, when unhealthy."""
     try:
-        problem = check(load_settings(os.environ))
+        problem = check(environment_settings())
     except ConfigError as exc:
         problem = " ".join(line.strip() for line in str(exc).splitlines())
     if problem:

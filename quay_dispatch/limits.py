@@ -1,6 +1,6 @@
 """The service's limits on what a client may send and how long it may take: one constant each.
 
-The transport (quay_dispatch.worker) and the HTTP layer (quay_dispatch.incoming) both
+The transport (tls_worker.py, conn.py) and the HTTP layer (incoming.py) both
 read them from here; docs/operations.md lists them.
 """
 

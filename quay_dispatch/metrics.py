@@ -8,8 +8,6 @@ scrape time, so they are right across workers and replicas alike.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -62,10 +60,13 @@ class OutboxCollector:
             yield family
 
 
-def exposition(outbox: Outbox) -> bytes:
-    """Every counter of every worker, and the outbox's counts, in Prometheus text format."""
-    # prometheus-client's own switch; gunicorn.conf.py sets it for the workers.
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+def exposition(outbox: Outbox, multiprocess_dir: str | None) -> bytes:
+    """Every counter of every worker, and the outbox's counts, in Prometheus text format.
+
+    `multiprocess_dir` is Settings.metrics_dir: PROMETHEUS_MULTIPROC_DIR, prometheus-client's own
+    switch to its multiprocess mode, which gunicorn.conf.py sets for the workers.
+    """
+    if multiprocess_dir is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:

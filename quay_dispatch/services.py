@@ -6,19 +6,19 @@ configuration (dev-certs, send-sample) work before the service is configured.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
 from flask import Flask, current_app
 
 from . import logs
-from .config import NO_TRUSTED_PROXY, ConfigError, Settings, listing, load_settings, quay_certificates
+from .config import Settings, environment_settings, listing, quay_certificates
 from .delivery import Deliverer
 from .github import GitHubClient, TokenAuth, Transport
 from .github_app import AppAuth
 from .identity import QuayVerifier
 from .outbox import Outbox, open_outbox
+from .startup import service_problems
 
 _EXTENSION = "quay_dispatch"
 _lock = threading.Lock()
@@ -46,16 +46,11 @@ def build(settings: Settings) -> Services:
     Raises config.ConfigError naming the setting when a file it names cannot be used.
     """
     logs.configure(settings)
-    header_without_proxy = settings.client_cert_source == "header" and not settings.forwarded_allow_ips
-    problems = [NO_TRUSTED_PROXY] if header_without_proxy else []
+    if problems := service_problems(settings):
+        raise listing(problems)
     verifier = None
     if settings.client_cert_source in ("tls", "header"):
-        try:
-            verifier = QuayVerifier(settings.quay_hostnames, *quay_certificates(settings))
-        except ConfigError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise listing(problems)
+        verifier = QuayVerifier(settings.quay_hostnames, *quay_certificates(settings))
     outbox = open_outbox(settings.database_url, settings.store_timeout)
     # In dry-run mode there may be no credentials and nothing is pending; the deliverer only prunes.
     transport = Transport(settings.github_api_url, settings.github_timeout, settings.github_ca_file)
@@ -86,5 +81,5 @@ def services_of(app: Flask | None = None) -> Services:
     with _lock:
         value = app.extensions[_EXTENSION]
         if not isinstance(value, Services):
-            value = app.extensions[_EXTENSION] = build(value or load_settings(os.environ))
+            value = app.extensions[_EXTENSION] = build(value or environment_settings())
     return value

@@ -35,7 +35,7 @@ def quay_settings(env: Env) -> dict:
     if source not in CLIENT_CERT_SOURCES:
         env.problems.append(f"CLIENT_CERT_SOURCE={source!r}: use one of {', '.join(CLIENT_CERT_SOURCES)}")
     # That header mode names a proxy is checked where gunicorn's --forwarded-allow-ips is known too:
-    # gunicorn.conf.py's on_starting, and services.build.
+    # quay_dispatch/startup.py (proxy_problems).
     proxies = trusted_proxies((env.get("FORWARDED_ALLOW_IPS") or "").split(","), source, "FORWARDED_ALLOW_IPS",
                               env.problems)
     return dict(quay_hostnames=hostnames or ("quay.io",), quay_ca_file=env.get("QUAY_CA_FILE"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,12 +46,28 @@ class Settings:
     github_timeout: float = 10.0
     forward_test_notifications: bool = False
     store_timeout: float = DEFAULT_STORE_TIMEOUT
-    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, when the operator chose it
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: the operator's, or in a worker the master's own
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
         return (f"Settings(client_cert_source={self.client_cert_source!r}, github_api_url={self.github_api_url!r}, "
                 f"routes={len(self.routes)}, dry_run={self.dry_run})")
+
+
+def environment_settings() -> Settings:
+    """This process's Settings, from its environment: with environment_store_settings, the one reader of os.environ.
+
+    Each process calls it once, where it starts (gunicorn.conf.py in the master, wsgi.py's application in
+    a worker, a CLI command, the health check) and passes the result down. A worker reads its own rather
+    than the master's: it inherits what the master settled before forking it (gunicorn's effective
+    FORWARDED_ALLOW_IPS, the metrics directory), and the workers a SIGHUP starts read ROUTES_FILE anew.
+    """
+    return load_settings(os.environ)
+
+
+def environment_store_settings() -> tuple[str, float]:
+    """DATABASE_URL and STORE_TIMEOUT from this process's environment (the commands that read the outbox)."""
+    return load_store_settings(os.environ)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:

@@ -1,0 +1,93 @@
+"""Every check made before the service serves, in one place.
+
+What the environment says by itself is checked where it is read (config/, each parser
+gathering its problems). What needs more is checked here: gunicorn's settings in
+effect (its flags win over gunicorn.conf.py), the files the settings name, the store.
+Each problem names the setting to change; all of them are reported together.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from .config import NO_TRUSTED_PROXY, ConfigError, Settings, quay_certificates, tls_problems, trusted_proxies
+from .outbox import StoreUnavailable, open_outbox
+
+TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
+STARTUP_STORE_TIMEOUT = 30.0  # seconds the schema migration at start may take (a big outbox's new index)
+
+
+def serving_problems(settings: Settings, cfg) -> list[str]:
+    """What gunicorn's master finds wrong before it forks a worker; `cfg` is gunicorn's Config."""
+    problems = _tls_mode_problems(settings, cfg)
+    # gunicorn's --forwarded-allow-ips, --certfile and --keyfile win over the environment: name the one in effect.
+    from_environment = cfg.forwarded_allow_ips == [str(network) for network in settings.forwarded_allow_ips]
+    problems += proxy_problems(settings, cfg.forwarded_allow_ips,
+                               "FORWARDED_ALLOW_IPS" if from_environment else "--forwarded-allow-ips")
+    if settings.client_cert_source == "header" and cfg.header_map == "dangerous":
+        # A proxy removes the header it sets, not every spelling a server may read as the same one.
+        problems.append(f"CLIENT_CERT_SOURCE=header needs gunicorn's --header-map drop or refuse, not dangerous: "
+                        f"a client's own {settings.client_cert_header.replace('-', '_')} header would pass "
+                        "the proxy and be read as the certificate")
+    problems += _quay_file_problems(settings)
+    if cfg.is_ssl:
+        cert_setting = settings.tls_cert_setting if cfg.certfile == settings.tls_cert_file else "--certfile"
+        key_setting = settings.tls_key_setting if cfg.keyfile == settings.tls_key_file else "--keyfile"
+        problems += tls_problems((cert_setting, cfg.certfile), (key_setting, cfg.keyfile))
+    problems += _store_problems(settings)
+    return problems
+
+
+def service_problems(settings: Settings) -> list[str]:
+    """What the application needs besides valid settings, wherever it runs: a trusted proxy, Quay's CA files."""
+    proxies = [str(network) for network in settings.forwarded_allow_ips]
+    return proxy_problems(settings, proxies, "FORWARDED_ALLOW_IPS") + _quay_file_problems(settings)
+
+
+def proxy_problems(settings: Settings, entries: list[str], setting: str) -> list[str]:
+    """In header mode, the proxies `setting` names: at least one, and not `*` (a forged header from anyone)."""
+    problems: list[str] = []
+    proxies = trusted_proxies(entries, settings.client_cert_source, setting, problems)
+    if settings.client_cert_source == "header" and not proxies and not problems:
+        problems.append(NO_TRUSTED_PROXY)
+    return problems
+
+
+def _quay_file_problems(settings: Settings) -> list[str]:
+    """QUAY_CA_FILE and QUAY_INTERMEDIATES_FILE, when a certificate identifies Quay: readable certificates."""
+    if settings.client_cert_source not in ("tls", "header"):
+        return []
+    try:
+        quay_certificates(settings)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def _tls_mode_problems(settings: Settings, cfg) -> list[str]:
+    """CLIENT_CERT_SOURCE=tls needs the TLS worker, serving TLS and asking for a certificate."""
+    if settings.client_cert_source != "tls":
+        return []
+    problems = []
+    if not cfg.is_ssl:
+        problems.append(
+            "CLIENT_CERT_SOURCE=tls needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE (or --certfile/--keyfile); "
+            "behind a router that terminates TLS use CLIENT_CERT_SOURCE=none with INCOMING_TOKEN"
+        )
+    if cfg.cert_reqs == ssl.CERT_NONE:
+        problems.append("CLIENT_CERT_SOURCE=tls needs --cert-reqs 2 (or 1): Quay is identified by its certificate")
+    if cfg.worker_class_str != TLS_WORKER:
+        problems.append(f"CLIENT_CERT_SOURCE=tls needs --worker-class {TLS_WORKER}")
+    return problems
+
+
+def _store_problems(settings: Settings) -> list[str]:
+    """The outbox opened and its schema brought up to date, once, before the workers."""
+    outbox = open_outbox(settings.database_url, STARTUP_STORE_TIMEOUT)
+    try:
+        outbox.migrate()
+    except StoreUnavailable as exc:
+        return [f"the outbox ({outbox.description}) cannot be opened: {exc}"]
+    finally:
+        outbox.close()
+    return []
