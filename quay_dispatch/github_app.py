@@ -16,7 +16,7 @@ import jwt
 import requests
 
 from .github import AuthError, NoAnswer, Transport
-from .policy import REFUSED, RETRY, classify
+from .policy import ACCEPTED, RETRY, classify
 
 JWT_BACKDATE = 60  # seconds: GitHub's advice against clock drift
 JWT_LIFETIME = 540  # seconds: GitHub allows at most 10 minutes
@@ -120,13 +120,13 @@ class AppAuth:
             response = self._transport.send(method, path, f"Bearer {self.app_jwt()}", body)
         except NoAnswer as exc:
             raise AuthError(exc.outcome.result, f"{doing}: {exc}") from None
-        if response.status_code == 404 and not_found:
-            raise AuthError(REFUSED, not_found)
-        if response.status_code == 401:
-            raise AuthError(REFUSED, f"GitHub refused the App's JWT while {doing} (check GITHUB_APP_ID and the "
-                                    f"private key): {classify(response).error}")
-        if not 200 <= response.status_code < 300:
-            outcome = classify(response)
+        outcome = classify(response)  # what GitHub's answer means is policy's; only the words are this module's
+        if outcome.result != ACCEPTED:
+            if response.status_code == 404 and not_found:
+                raise AuthError(outcome.result, not_found)
+            if response.status_code == 401:
+                raise AuthError(outcome.result, f"GitHub refused the App's JWT while {doing} (check GITHUB_APP_ID "
+                                                f"and the private key): {outcome.error}")
             raise AuthError(outcome.result, f"{doing}: {outcome.error}")
         try:
             answer = response.json()
