@@ -68,35 +68,44 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
             proc.wait(timeout)
 
 
-class Service:
-    """A real gunicorn running the service on loopback, its log in a file."""
+class LoggedProcess:
+    """A program a test starts, in a session of its own (it and its children stop together), its output in a file."""
 
-    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True):
-        self.port = free_port()
-        self.workdir = workdir
-        self.log_path = workdir / f"gunicorn-{self.port}.log"
-        ALL_LOGS.append(self.log_path)
-        self.scheme = "https" if tls else "http"
-        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
-        self.env = env
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-             "--bind", f"127.0.0.1:{self.port}", *args, "wsgi:app"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_ready(self, cert: tuple[str, str] | None, verify: str | bool, timeout: float = 20.0) -> None:
-        def exited():
-            return None if self.proc.poll() is None else f"gunicorn exited with {self.proc.returncode}"
-        wait_for_readyz(self.url, cert, verify, exited, self.log, timeout)
+    def __init__(self, name: str, argv: list[str], cwd: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log_path = log_path
+        ALL_LOGS.append(log_path)
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self) -> None:
-        stop_process_group(self.proc)
+    def exited(self) -> str | None:
+        """Why the program is gone, or None while it runs."""
+        return None if self.proc.poll() is None else f"{self.name} exited with {self.proc.returncode}"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        stop_process_group(self.proc, timeout)
         self._log.close()
+
+
+class Service(LoggedProcess):
+    """A real gunicorn running the service on loopback."""
+
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True):
+        self.port = free_port()
+        self.workdir = workdir
+        self.scheme = "https" if tls else "http"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.env = env
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                "--bind", f"127.0.0.1:{self.port}", *args, "wsgi:app"]
+        super().__init__("gunicorn", argv, ROOT, workdir / f"gunicorn-{self.port}.log", env)
+
+    def wait_ready(self, cert: tuple[str, str] | None, verify: str | bool, timeout: float = 20.0) -> None:
+        wait_for_readyz(self.url, cert, verify, self.exited, self.log, timeout)
 
 
 def base_env(test_pki: PKI, github: FakeGitHub, database_url: str) -> dict[str, str]:
@@ -171,3 +180,8 @@ def deliveries(service: Service, *args: str) -> list[dict]:
     result = outbox_command(service, "deliveries", "--json", *args)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def wait_for_log(service, text: str, count: int = 1, timeout: float = 3.0) -> bool:
+    """Whether `text` appears `count` times in the service's log within `timeout` (logs lag answers)."""
+    return wait_until(lambda: service.log().count(text) >= count, timeout)

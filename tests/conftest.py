@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from testkit.credentials import leaks
 from testkit.github import FakeGitHub
@@ -91,3 +92,9 @@ def relay(tmp_path_factory, test_pki, github, backend, request):
     service = services(args=["--workers", "2"])
     yield service
     services.stop_all()
+
+
+@pytest.fixture(scope="module")
+def app_key() -> rsa.RSAPrivateKey:
+    """A GitHub App's private key (testkit.credentials.as_app), one per test module."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)

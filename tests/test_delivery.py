@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.faults import hold_sqlite_lock
 from testkit.service import deliveries, outbox_command, wait_until
-from tests.faults import hold_sqlite_lock
 
 
 def accept(service, test_pki, count, repository="acme/widget"):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
 from testkit.service import wait_until
-from tests.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
 
 
 def in_background(call) -> Future:

@@ -13,7 +13,7 @@ import requests
 from quay_dispatch.limits import REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.service import wait_until
-from tests.test_tls_worker import client_context, read_responses, tls_connect
+from testkit.tls import client_context, read_responses, tls_connect
 
 ATTACK_SECONDS = 14.0  # the hard limit of every attacker loop
 GENUINE_COUNT, GENUINE_INTERVAL = 20, 0.5  # 2 notifications a second for 10 s

@@ -19,9 +19,8 @@ from quay_dispatch.quay import BUILD_EVENTS, EVENTS, PayloadError, QuayEvent, pa
 from quay_dispatch.routes import parse_inline_routes, select_routes
 from quay_dispatch.sample import sample_body
 from quay_dispatch.services import services_of
+from testkit.bodies import VALID_TEXT, edited
 from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN
-from tests.bad_bodies import VALID_TEXT
-from tests.test_quay import edited
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

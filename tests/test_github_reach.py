@@ -5,28 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.credentials import APP_ID, as_app, key_pem
 from testkit.github import FakeApp, FakeGitHub
 from testkit.service import base_env, run_flask, wait_until
-
-APP_ID = "123456"
-
-
-@pytest.fixture(scope="module")
-def app_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def key_pem(key) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def as_app(key, **overrides) -> dict:
-    return {"GITHUB_TOKEN": None, "GITHUB_APP_ID": APP_ID, "GITHUB_APP_PRIVATE_KEY": key_pem(key), **overrides}
 
 
 def accept(service, test_pki, repository="acme/widget", **kwargs) -> dict:

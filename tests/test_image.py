@@ -26,8 +26,8 @@ import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
+from testkit.deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 from testkit.service import ROOT, free_port, wait_for_readyz, wait_until
-from tests.test_deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 
 IMAGE = "localhost/quay-dispatch-test"
 CONTAINER = "quay-dispatch"

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
-import json
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -14,27 +11,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.client import PLAIN, pem_blocks, post_from
 from testkit.credentials import INCOMING_TOKEN
 from testkit.service import run_gunicorn
 
 TOKEN = INCOMING_TOKEN
-PLAIN = {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None}
-
-
-def pem_blocks(path: str) -> list[bytes]:
-    return [c.public_bytes(Encoding.PEM) for c in x509.load_pem_x509_certificates(Path(path).read_bytes())]
-
-
-def post_from(service, source: str, body: dict, headers: dict) -> tuple[int, dict]:
-    """POST from a chosen loopback source address, as a proxy (or a forger) on that address would."""
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10, source_address=(source, 0))
-    try:
-        conn.request("POST", "/incoming", body=json.dumps(body),
-                     headers={"Content-Type": "application/json", **headers})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def test_token_mode_on_plain_http_behind_a_router(start_service, github):

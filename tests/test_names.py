@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.bodies import edited
 from testkit.credentials import INCOMING_TOKEN
 from testkit.service import wait_until
-from tests.test_quay import edited
 
 PLAIN_TOKEN_MODE = {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None, "CLIENT_CERT_SOURCE": "none",
                     "INCOMING_TOKEN": INCOMING_TOKEN}

@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.credentials import APP_ID, as_app
 from testkit.github import FakeApp
 from testkit.service import ROOT, wait_until
-from tests.test_github_reach import APP_ID, app_key, as_app  # noqa: F401 (app_key is a fixture)
 
 SPECS = ROOT / "var/openapi/node_modules/@octokit/openapi/generated"
 

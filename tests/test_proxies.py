@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,8 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from quay_dispatch import pki
 from quay_dispatch.sample import sample_body
-from testkit.credentials import ALL_LOGS
-from testkit.service import ROOT, Service, ServiceStarter, free_port, stop_process_group, wait_for_readyz, wait_until
+from testkit.service import ROOT, LoggedProcess, Service, ServiceStarter, free_port, wait_for_readyz, wait_until
 
 DOC = ROOT / "docs" / "deployment.md"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -80,31 +78,19 @@ def missing_package(binary: str, packages: str) -> str | None:
     return f"{binary} is missing: `make test` installs {packages} with apt-get when run as root"
 
 
-class Proxy:
-    """A proxy process started by a test, in a session of its own, its output in a file."""
+class Proxy(LoggedProcess):
+    """A proxy process started by a test."""
 
     def __init__(self, name: str, argv: list[str], home: Path):
-        self.name = name
-        self.log_path = home / f"{name}.log"
-        ALL_LOGS.append(self.log_path)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=home, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def log(self) -> str:
-        """The end of the proxy's output, for a failure's message."""
-        return self.log_path.read_text(errors="replace")[-4000:]
+        super().__init__(name, argv, home, home / f"{name}.log")
 
     def wait_ready(self, url: str, test_pki) -> None:
         """Until the service's /readyz answers 200 through the proxy."""
-        def exited():
-            return None if self.proc.poll() is None else f"{self.name} exited with {self.proc.returncode}"
         # Any certificate the test CA issued: in TLS mode the service's handshake wants one.
-        wait_for_readyz(url, test_pki.pair("server"), test_pki.ca_file, exited, self.log)
+        wait_for_readyz(url, test_pki.pair("server"), test_pki.ca_file, self.exited, lambda: self.log()[-4000:])
 
     def stop(self) -> None:
-        stop_process_group(self.proc, timeout=10)
-        self._log.close()
+        super().stop(timeout=10)
 
 
 def add_quay_via_server_auth_ca(test_pki) -> None:
@@ -293,7 +279,7 @@ def test_genuine_quay_certificate_through_the_proxy_is_dispatched_once(proxied, 
 
     response = post(proxied.url, body, test_pki.pair(chain), test_pki.ca_file)
 
-    assert response.status_code == 202, f"{response.text}\n{proxied.proxy.log()}"
+    assert response.status_code == 202, f"{response.text}\n{proxied.proxy.log()[-4000:]}"
     assert wait_until(lambda: github.dispatches(), timeout=10)
     assert not wait_until(lambda: len(github.dispatches()) > 1, timeout=0.5)
     [sent] = github.dispatches()

@@ -2,14 +2,13 @@
 
 import codecs
 import json
-from collections.abc import Callable
 
 import pytest
 
 from quay_dispatch.limits import MAX_BODY
 from quay_dispatch.quay import PayloadError, parse_event
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body
-from tests.bad_bodies import BAD_BODIES, VALID_TEXT, with_extra
+from testkit.bodies import BAD_BODIES, VALID_TEXT, edited, value_at, with_extra
 
 
 def parse(event, body):
@@ -154,30 +153,6 @@ NAME_FIELDS = [
 ]
 
 
-
-def _place(body: dict, field: str) -> tuple[dict | list, str | int]:
-    """The container and key of `field` ("a", "a.b" or "a[0]", as PayloadError names it) in `body`."""
-    if "." in field:
-        parent, key = field.split(".")
-        return body[parent], key
-    if field.endswith("]"):
-        parent, index = field[:-1].split("[")
-        return body[parent], int(index)
-    return body, field
-
-
-def value_at(body: dict, field: str) -> str:
-    container, key = _place(body, field)
-    return container[key]
-
-
-def edited(body: dict, field: str, change: Callable[[str], str]) -> dict:
-    """`body` with the string at `field` replaced by change(it)."""
-    container, key = _place(body, field)
-    container[key] = change(container[key])
-    return body
-
-
 @pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=[repr(c) for c in CONTROL_CHARACTERS])
 @pytest.mark.parametrize("event, field", NAME_FIELDS, ids=[field for _, field in NAME_FIELDS])
 def test_a_control_character_at_the_end_of_a_name_is_refused_naming_field_character_and_position(event, field, char):
@@ -191,7 +166,6 @@ def test_a_control_character_at_the_end_of_a_name_is_refused_naming_field_charac
     assert raised.value.field == field
     assert raised.value.reason == f"contains a control character ({char!r}) at position {position}"
     assert char not in str(raised.value)
-
 
 
 @pytest.mark.parametrize("event", sorted({event for event, _ in NAME_FIELDS}))

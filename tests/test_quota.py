@@ -10,8 +10,8 @@ from quay_dispatch.dispatch import client_payload, plan_dispatches
 from quay_dispatch.quay import PayloadError, QuayEvent, parse_event
 from quay_dispatch.routes import Route, RouteError, parse_toml_routes, select_routes
 from quay_dispatch.sample import sample_body
+from testkit.client import post
 from testkit.service import wait_until
-from tests.test_relay import post
 
 # Quay's own sample for quota_warning (QuotaWarningEvent.get_sample_data), as its webhook sends it.
 QUAY_WARNING_SAMPLE = {

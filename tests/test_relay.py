@@ -16,15 +16,11 @@ import requests
 
 from quay_dispatch.quay import EVENTS
 from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
+from testkit.bodies import BAD_BODIES
+from testkit.client import post
 from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN
 from testkit.service import deliveries, wait_until
-from tests.bad_bodies import BAD_BODIES
-from tests.test_tls_worker import client_context, tls_connect
-
-
-def post(service, test_pki, body, event=None, cert="quay", **kwargs):
-    url = service.url + ("/incoming" if event is None else f"/incoming/{event}")
-    return send_like_quay(url, body, test_pki.pair(cert) if cert else None, verify=test_pki.ca_file, **kwargs)
+from testkit.tls import client_context, tls_connect
 
 
 def dispatches_for(github, build_id, count=1, timeout=10.0):

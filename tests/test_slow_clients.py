@@ -18,9 +18,11 @@ import pytest
 
 from quay_dispatch.limits import REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
-from tests.test_modes import PLAIN, TOKEN, pem_blocks, post_from
-from tests.test_store_faults import HealthProbe, assert_healthy
-from tests.test_tls_worker import client_context, tls_connect, wait_for_log
+from testkit.client import PLAIN, pem_blocks, post_from
+from testkit.credentials import INCOMING_TOKEN as TOKEN
+from testkit.faults import HealthProbe, assert_healthy
+from testkit.service import wait_for_log
+from testkit.tls import client_context, tls_connect
 
 SLOW_EACH = 8  # connections of each kind: as many as the worker has threads
 DRIBBLE_INTERVAL = 0.5  # seconds between two dribbled pieces

@@ -8,8 +8,6 @@ GitHub exactly once, and the health check must answer within 1 s throughout.
 from __future__ import annotations
 
 import json
-import statistics
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +17,10 @@ import pytest
 import requests
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.faults import FreezableProxy, HealthProbe, assert_healthy, fill_disk, hold_sqlite_lock, small_tmpfs
 from testkit.service import deliveries, wait_until
-from tests.faults import FreezableProxy, fill_disk, hold_sqlite_lock, small_tmpfs
 
 ANSWER_WITHIN = 8.0  # seconds: what DESIGN.md promises Quay
-HEALTH_WITHIN = 1.0  # seconds: what a platform's health check allows
 
 
 def notify(service, test_pki, build_id: str) -> tuple[requests.Response, float]:
@@ -40,37 +37,6 @@ def notify_all(service, test_pki, build_ids: list[str]) -> list[tuple[requests.R
         return list(pool.map(lambda b: notify(service, test_pki, b), build_ids))
 
 
-class HealthProbe:
-    """GET /healthz every 0.25 s in the background, as a platform does; the slowest answer is kept."""
-
-    def __init__(self, service, test_pki):
-        self.times: list[float] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-
-        def probe():
-            while not self._stop.wait(0.25):
-                started = time.monotonic()
-                try:
-                    status = requests.get(service.url + "/healthz", cert=test_pki.pair("quay"),
-                                          verify=test_pki.ca_file, timeout=5).status_code
-                    if status != 200:
-                        self.failures.append(f"status {status}")
-                except requests.RequestException as exc:
-                    self.failures.append(str(exc))
-                self.times.append(time.monotonic() - started)
-
-        self._thread = threading.Thread(target=probe, daemon=True)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 def delivered_builds(service) -> set[str]:
     return {json.loads(d["body"])["client_payload"]["build_id"] for d in deliveries(service, "--limit", "100")
             if d["status"] == "delivered"}
@@ -85,13 +51,6 @@ def assert_answered_in_time(answers, status: str) -> None:
         assert response.status_code == 202, response.text
         assert response.json()["status"] == status, response.text
         assert seconds < ANSWER_WITHIN
-
-
-def assert_healthy(probe: HealthProbe) -> None:
-    assert probe.times, "the health probe never ran"
-    assert not probe.failures
-    assert max(probe.times) < HEALTH_WITHIN, f"slowest /healthz {max(probe.times):.2f} s, median " \
-                                             f"{statistics.median(probe.times):.2f} s"
 
 
 def test_a_locked_sqlite_outbox_neither_stalls_the_service_nor_fails_quay(start_service, test_pki, github, backend,

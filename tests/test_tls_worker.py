@@ -20,45 +20,8 @@ from quay_dispatch.conn import HEADERS, WHOLE, buffered_request
 from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
-from testkit.service import wait_until
-
-
-def client_context(test_pki, cert="quay", **kwargs) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=test_pki.ca_file)
-    for name, value in kwargs.items():
-        setattr(ctx, name, value)
-    if cert:
-        ctx.load_cert_chain(*test_pki.pair(cert))
-    return ctx
-
-
-def tls_connect(service, ctx) -> ssl.SSLSocket:
-    raw = socket.create_connection(("127.0.0.1", service.port), timeout=10)
-    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-
-
-def read_responses(conn: ssl.SSLSocket, count: int, timeout: float) -> list[bytes]:
-    """Read until `count` complete HTTP responses (with Content-Length) arrived, or the timeout."""
-    conn.settimeout(timeout)
-    data, responses = b"", []
-    deadline = time.monotonic() + timeout
-    while len(responses) < count and time.monotonic() < deadline:
-        try:
-            chunk = conn.recv(65536)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        data += chunk
-        while b"\r\n\r\n" in data:
-            head, _, rest = data.partition(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            if len(rest) < length:
-                break
-            responses.append(head)
-            data = rest[length:]
-    return responses
+from testkit.service import wait_for_log, wait_until
+from testkit.tls import client_context, read_responses, tls_connect
 
 
 def timed_notification(service, test_pki):
@@ -67,11 +30,6 @@ def timed_notification(service, test_pki):
     response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
                               test_pki.pair("quay"), verify=test_pki.ca_file)
     return response, time.monotonic() - started
-
-
-def wait_for_log(service, text: str, count: int = 1, timeout: float = 3.0) -> bool:
-    """Whether `text` appears `count` times in the service's log within `timeout` (logs lag answers)."""
-    return wait_until(lambda: service.log().count(text) >= count, timeout)
 
 
 def test_stock_gunicorn_tls_rejects_quay_chain_that_our_worker_accepts(start_service, test_pki):
@@ -361,7 +319,6 @@ def test_a_client_that_does_not_read_its_answers_holds_no_thread(start_service, 
     # The one that never reads is closed at the request deadline.
     assert wait_for_log(service, "answers to 127.0.0.1 not read within 5 s: closed", timeout=REQUEST_TIMEOUT + 3)
     deaf.close()
-
 
 
 @pytest.mark.parametrize("data, expected", [

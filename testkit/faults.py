@@ -1,4 +1,5 @@
-"""Faults for end-to-end tests, on loopback only: a database that stops answering, a held lock, a full disk.
+"""Faults for end-to-end tests, on loopback only: a database that stops answering, a held lock, a full disk;
+and the health probe that shows the service unaffected.
 
 Each helper cleans up after itself: use them as context managers.
 """
@@ -11,10 +12,12 @@ import os
 import select
 import selectors
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 
 CONNECT_TIMEOUT = 2.0  # to the proxy's target, on loopback
 HOLD_LIMIT = 1 << 20  # bytes held per direction before the proxy stops reading (TCP then pushes back)
 STOP_TIMEOUT = 5.0  # for a helper's thread or child process to end once told to
 FILL_LIMIT = 64 << 20  # fill_disk fills small filesystems only, never the real disk
+HEALTH_WITHIN = 1.0  # seconds: what a platform's health check allows
 
 
 @dataclass(eq=False)
@@ -311,3 +316,42 @@ def fill_disk(directory: str | os.PathLike) -> Path:
     finally:
         os.close(fd)
     return Path(name)
+
+
+
+class HealthProbe:
+    """GET /healthz every 0.25 s in the background, as a platform does; the slowest answer is kept."""
+
+    def __init__(self, service, test_pki):
+        self.times: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+
+        def probe():
+            while not self._stop.wait(0.25):
+                started = time.monotonic()
+                try:
+                    status = requests.get(service.url + "/healthz", cert=test_pki.pair("quay"),
+                                          verify=test_pki.ca_file, timeout=5).status_code
+                    if status != 200:
+                        self.failures.append(f"status {status}")
+                except requests.RequestException as exc:
+                    self.failures.append(str(exc))
+                self.times.append(time.monotonic() - started)
+
+        self._thread = threading.Thread(target=probe, daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def assert_healthy(probe: HealthProbe) -> None:
+    assert probe.times, "the health probe never ran"
+    assert not probe.failures
+    assert max(probe.times) < HEALTH_WITHIN, f"slowest /healthz {max(probe.times):.2f} s, median " \
+                                             f"{statistics.median(probe.times):.2f} s"
