@@ -180,6 +180,7 @@ class TLSStream(Stream):
         self._handshake_bytes = 0  # given to OpenSSL before the handshake was done
         self._plain = bytearray()  # decrypted, not yet read: nothing waits unseen inside OpenSSL
         self._cipher = b""  # what OpenSSL wrote that the socket has not taken yet
+        self._output = False  # OpenSSL may have written since its buffer was last found empty
         self._closed = False  # the peer sent close_notify
 
     def handshake_nowait(self) -> bool:
@@ -188,15 +189,9 @@ class TLSStream(Stream):
         Raises SSL.Error when the client is refused (no certificate, an old protocol, junk,
         a handshake or chain over the limits).
         """
+        # Read first: the loop calls this when the socket is readable, and OpenSSL can only
+        # move on with bytes it has not seen (calling it without any costs an exception).
         while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except SSL.WantReadError:
-                self._flush_nowait()  # our flight: a few kB, which the socket's buffer takes
-            except SSL.Error:
-                self._flush_nowait()  # the alert that tells the client why
-                raise
             room = MAX_HANDSHAKE_BYTES - self._handshake_bytes
             if room <= 0:
                 raise HandshakeRefused(f"the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing "
@@ -209,6 +204,15 @@ class TLSStream(Stream):
                 raise ConnectionResetError(errno.ECONNRESET, "closed by the peer during the handshake")
             self._handshake_bytes += len(data)
             self.tls.bio_write(data)
+            self._output = True
+            try:
+                self.tls.do_handshake()
+                break
+            except SSL.WantReadError:
+                self._flush_nowait()  # our flight: a few kB, which the socket's buffer takes
+            except SSL.Error:
+                self._flush_nowait()  # the alert that tells the client why
+                raise
         self._flush_nowait()
         chain = self.tls.get_peer_cert_chain() or []  # on the server side, without the leaf
         if len(chain) + 1 > MAX_CHAIN_CERTIFICATES:
@@ -221,6 +225,7 @@ class TLSStream(Stream):
     def _decrypt(self) -> None:
         """Take every whole record OpenSSL holds into _plain."""
         while True:
+            self._output = True  # a key update's answer, an alert
             try:
                 self._plain += self.tls.recv(_CHUNK)
             except SSL.WantReadError:
@@ -249,6 +254,7 @@ class TLSStream(Stream):
     def send_nowait(self, data) -> int:
         if not self._flush_nowait():
             raise WouldBlock(select.POLLOUT)
+        self._output = True
         try:
             sent = self.tls.send(data[:_CHUNK])
         except SSL.Error as exc:
@@ -260,10 +266,15 @@ class TLSStream(Stream):
         """Send what OpenSSL wrote, as far as the socket takes it now; True when all is sent."""
         while True:
             if not self._cipher:
+                if not self._output:  # no OpenSSL call since its buffer was found empty
+                    return True
                 try:
                     self._cipher = self.tls.bio_read(_CHUNK)
                 except SSL.WantReadError:  # nothing more to send
+                    self._output = False
                     return True
+                # A memory BIO hands over all it holds, up to the size asked: a shorter read emptied it.
+                self._output = len(self._cipher) == _CHUNK
             try:
                 sent = self.raw.send(self._cipher)
             except BlockingIOError:
@@ -285,6 +296,7 @@ class TLSStream(Stream):
         return len(self._plain)
 
     def shutdown(self, how: int) -> None:
+        self._output = True
         try:
             self.tls.shutdown()  # close_notify, sent if the socket takes it now; the peer's is not awaited
             self._flush_nowait()
