@@ -111,12 +111,17 @@ class TLSWorker(ThreadWorker):
         conn = Conn(self.cfg, client_sock, client_addr, listener.getsockname(), context)
         self._await_request(conn)
 
-    def _await_request(self, conn: Conn) -> None:
-        """Let the loop read the request; murder_pending() ends it at its deadline."""
+    def _await_request(self, conn: Conn, registered: bool = False) -> None:
+        """Let the loop read the request; murder_pending() ends it at its deadline.
+
+        `registered`: the poller already watches the connection for reading (kept alive):
+        only the callback changes, without a system call.
+        """
         conn.timeout = time.monotonic() + REQUEST_TIMEOUT
         conn.awaiting = True
         self.pending_conns.append(conn)  # every entry has the same deadline length: the deque stays sorted
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        watch = self.poller.modify if registered else self.poller.register
+        watch(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def _on_readable(self, conn: Conn, _fileobj=None) -> None:
         handshaken = conn.handshaken
@@ -178,9 +183,8 @@ class TLSWorker(ThreadWorker):
 
     def on_client_socket_readable(self, conn, client):
         """A kept-alive connection has a request coming: the loop reads it too."""
-        self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self._await_request(conn)
+        self._await_request(conn, registered=True)
         self._on_readable(conn)
 
     def murder_pending(self):
