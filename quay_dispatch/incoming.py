@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 
-from flask import Blueprint, Flask, Request, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import github, metrics, policy
@@ -24,6 +25,10 @@ from .tls import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
 
 # Quay gives up after 10 s; what the service does for a notification ends by then, with room to answer.
 ANSWER_WITHIN = 7.5
+
+# jsonify's output outside debug mode (compact, keys sorted, ASCII), from one encoder made once:
+# jsonify makes one per answer. The answers hold only strings, numbers and lists.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, sort_keys=True, separators=(",", ":"))
 
 bp = Blueprint("incoming", __name__)
 log = logging.getLogger("quay_dispatch.http")
@@ -198,19 +203,20 @@ def answer(status: int, outcome: str, **fields):
     g.outcome = outcome
     if "reason" in fields:
         g.error_detail = fields["reason"]
-    response = jsonify({"status": outcome, **fields})
-    response.status_code = status
-    return response
+    return _json(status, {"status": outcome, **fields})
 
 
 def _refusal(exc: Refusal):
     extra = {k: v for k, v in exc.extra.items() if v is not None}
-    response = jsonify({"status": "error", "error": exc.message, **extra})
-    response.status_code = exc.status
+    response = _json(exc.status, {"status": "error", "error": exc.message, **extra})
     response.headers.update(exc.headers)
     g.outcome = "error"
     g.error_detail = g.get("error_detail") or exc.message
     return response
+
+
+def _json(status: int, body: dict) -> Response:
+    return current_app.response_class(_ENCODER.encode(body) + "\n", status=status, mimetype="application/json")
 
 
 def _options():
@@ -219,7 +225,7 @@ def _options():
         return None
     allowed = sorted(current_app.url_map.bind_to_environ(request.environ).allowed_methods())
     g.outcome = "options"
-    response = jsonify({"status": "ok", "allow": allowed})
+    response = _json(200, {"status": "ok", "allow": allowed})
     response.headers["Allow"] = ", ".join(allowed)
     return response
 
