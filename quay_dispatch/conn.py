@@ -14,7 +14,8 @@ from gunicorn.workers.gthread import TConn
 from OpenSSL import SSL
 
 from .limits import MAX_BODY, REQUEST_TIMEOUT
-from .tls_stream import PlainStream, Stream, TLSStream, WouldBlock
+from .stream import PlainStream, Stream, WouldBlock
+from .tls_stream import TLSStream
 
 _HEADERS_END = b"\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")

@@ -12,7 +12,7 @@ a server certificate for Quay.
 - A client's handshake is bounded before OpenSSL parses it: OpenSSL works on memory
   buffers that TLSStream fills, and is given MAX_HANDSHAKE_BYTES before the handshake
   is done, no more; then MAX_CHAIN_CERTIFICATES are checked.
-- quay_dispatch.tls_stream: Stream, TLSStream, PlainStream, a non-blocking connection
+- quay_dispatch.stream and tls_stream: Stream, PlainStream, TLSStream, a non-blocking connection
   that a thread can use like a blocking socket, every wait bounded (what gunicorn's
   parser and response need).
 """

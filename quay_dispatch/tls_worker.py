@@ -1,7 +1,7 @@
 """Transport: gunicorn's gthread worker, TLS by pyOpenSSL, each request buffered whole before a thread serves it.
 
 The event loop does the TLS handshake and reads each request until it is whole,
-never waiting (quay_dispatch.tls and tls_stream have the TLS machinery, quay_dispatch.conn
+never waiting (quay_dispatch.tls, tls_stream and stream have the TLS machinery, quay_dispatch.conn
 the connection the loop buffers and the threads it goes to). A client that connects
 and says nothing, or dribbles its handshake, headers or body, holds nothing but a
 place in the poller, until murder_pending() closes it at its deadline. A whole
@@ -49,8 +49,8 @@ from OpenSSL import SSL
 
 from .conn import Conn, Threads, max_head
 from .limits import REQUEST_TIMEOUT
+from .stream import Stream
 from .tls import ReloadingContext, handshake_reason
-from .tls_stream import Stream
 
 # gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
 _REFUSALS = (
