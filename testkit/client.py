@@ -1,15 +1,17 @@
-"""What a caller sends the service: a notification as Quay sends it, a POST from a chosen loopback address."""
+"""What a caller sends the service: a notification as Quay sends it (timed, if need be), a POST from a chosen
+loopback address."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from quay_dispatch.sample import send_like_quay
+from quay_dispatch.sample import sample_body, send_like_quay
 
 PLAIN = {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None}  # a service without TLS: behind a proxy or a router
 
@@ -33,3 +35,11 @@ def post_from(service, source: str, body: dict, headers: dict) -> tuple[int, dic
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+def timed_notification(service, test_pki, build_id: str | None = None):
+    """A build_success sent as Quay sends it: its response, and the seconds it took."""
+    started = time.monotonic()
+    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget", build_id=build_id),
+                              test_pki.pair("quay"), verify=test_pki.ca_file)
+    return response, time.monotonic() - started

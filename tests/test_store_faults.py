@@ -16,25 +16,17 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.client import timed_notification
 from testkit.faults import FreezableProxy, HealthProbe, assert_healthy, fill_disk, hold_sqlite_lock, small_tmpfs
 from testkit.service import deliveries, wait_until
 
 ANSWER_WITHIN = 8.0  # seconds: what DESIGN.md promises Quay
 
 
-def notify(service, test_pki, build_id: str) -> tuple[requests.Response, float]:
-    """A build_success as Quay sends it: the answer, and the seconds it took."""
-    started = time.monotonic()
-    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget", build_id=build_id),
-                              test_pki.pair("quay"), verify=test_pki.ca_file)
-    return response, time.monotonic() - started
-
-
 def notify_all(service, test_pki, build_ids: list[str]) -> list[tuple[requests.Response, float]]:
     """Concurrent notifications, as Quay's workers send them."""
     with ThreadPoolExecutor(len(build_ids)) as pool:
-        return list(pool.map(lambda b: notify(service, test_pki, b), build_ids))
+        return list(pool.map(lambda b: timed_notification(service, test_pki, b), build_ids))
 
 
 def delivered_builds(service) -> set[str]:
@@ -75,7 +67,7 @@ def test_a_locked_sqlite_outbox_neither_stalls_the_service_nor_fails_quay(start_
 
     # Once the lock is gone, the direct dispatches are recorded: Quay's retry is a duplicate.
     assert wait_until(lambda: delivered_builds(service) >= set(builds), timeout=15)
-    retry, _ = notify(service, test_pki, builds[0])
+    retry, _ = timed_notification(service, test_pki, builds[0])
     assert retry.status_code == 200 and retry.json()["status"] == "duplicate"
     assert sorted(sent_builds(github)) == sorted(builds)
     assert "the outbox cannot take it (database is locked" in service.log()
@@ -98,7 +90,7 @@ def test_a_frozen_postgresql_neither_stalls_the_service_nor_fails_quay(start_ser
             finally:
                 proxy.thaw()
             later = str(uuid.uuid4())
-            after, seconds = notify(service, test_pki, later)
+            after, seconds = timed_notification(service, test_pki, later)
         assert_answered_in_time(answers, "dispatched")
         assert_healthy(probe)
         assert after.status_code == 202 and after.json()["status"] == "accepted", after.text
@@ -114,14 +106,14 @@ def test_a_full_disk_is_answered_by_dispatching_directly(start_service, test_pki
         pytest.skip("SQLite on a full disk")
     with small_tmpfs(2048) as disk:
         service = start_service({"DATABASE_URL": f"sqlite:///{disk / 'outbox.sqlite3'}"})
-        first, _ = notify(service, test_pki, str(uuid.uuid4()))
+        first, _ = timed_notification(service, test_pki, str(uuid.uuid4()))
         assert first.json()["status"] == "accepted"
         filler = fill_disk(disk)
         full = [str(uuid.uuid4()) for _ in range(3)]
-        answers = [notify(service, test_pki, build) for build in full]
+        answers = [timed_notification(service, test_pki, build) for build in full]
         ready = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=test_pki.ca_file, timeout=10)
         filler.unlink()
-        freed, _ = notify(service, test_pki, str(uuid.uuid4()))
+        freed, _ = timed_notification(service, test_pki, str(uuid.uuid4()))
 
         for response, seconds in answers:
             assert response.status_code == 202, response.text
@@ -168,14 +160,14 @@ def test_a_missing_or_replaced_outbox_file_is_answered_by_dispatching_directly(s
     with small_tmpfs(4096) as disk:
         database = disk / "outbox.sqlite3"
         service = start_service({"DATABASE_URL": f"sqlite:///{database}"})
-        assert notify(service, test_pki, str(uuid.uuid4()))[0].json()["status"] == "accepted"
+        assert timed_notification(service, test_pki, str(uuid.uuid4()))[0].json()["status"] == "accepted"
 
         database.rename(disk / "aside.sqlite3")  # deleted by mistake: SQLite would write on into the lost file
-        missing, _ = notify(service, test_pki, str(uuid.uuid4()))
+        missing, _ = timed_notification(service, test_pki, str(uuid.uuid4()))
         database.write_bytes(b"not a database, " * 512)  # a restore gone wrong: another file at the path
-        replaced, _ = notify(service, test_pki, str(uuid.uuid4()))
+        replaced, _ = timed_notification(service, test_pki, str(uuid.uuid4()))
         (disk / "aside.sqlite3").replace(database)
-        back, _ = notify(service, test_pki, str(uuid.uuid4()))
+        back, _ = timed_notification(service, test_pki, str(uuid.uuid4()))
 
         assert missing.status_code == 202 and missing.json()["status"] == "dispatched", missing.text
         assert "is missing" in missing.json()["reason"]

@@ -20,16 +20,9 @@ from quay_dispatch.conn import HEADERS, WHOLE, buffered_request
 from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
+from testkit.client import timed_notification
 from testkit.service import wait_for_log, wait_until
 from testkit.tls import client_context, read_responses, tls_connect
-
-
-def timed_notification(service, test_pki):
-    """A notification sent as Quay sends it: its response, and the seconds it took."""
-    started = time.monotonic()
-    response = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
-                              test_pki.pair("quay"), verify=test_pki.ca_file)
-    return response, time.monotonic() - started
 
 
 def test_stock_gunicorn_tls_rejects_quay_chain_that_our_worker_accepts(start_service, test_pki):
