@@ -1,10 +1,12 @@
 """`make bench`: what a notification costs, side by side with nginx and with stock gunicorn + Flask.
 
-For each certificate key type (ECDSA P-256, RSA-2048), each server is started on
-127.0.0.1 with 2 workers and driven by 8 concurrent senders presenting a client
-certificate, for a fixed time after a warm-up, with a new TLS connection per request
-and with keep-alive. Each figure is measured twice and the better run is kept, since
-the VM's CPU steal swings; the steal is printed.
+For each certificate key type (ECDSA P-256, RSA-2048), the three servers are started
+on 127.0.0.1 with 2 workers each and driven by 8 concurrent senders presenting a client
+certificate, with a new TLS connection per request and with keep-alive. The servers
+run side by side and are measured in rounds, each server once a round, in an order
+that alternates from round to round: the VM's speed drifts by 25 to 55% over a minute
+here, so a ratio is taken within a round (servers measured seconds apart), and the
+median over the rounds is reported with its range. The steal is printed.
 
 - ours: the service (TLS worker, identity, parsing, routing, durable SQLite commit,
   delivery to a loopback GitHub), each notification a new build;
@@ -31,6 +33,9 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -211,11 +216,6 @@ def measure(pid: int, port: int, context: ssl.SSLContext, keepalive: bool, secon
     return result
 
 
-def best_of(runs: int, pid: int, port: int, context, keepalive: bool, seconds: float) -> dict:
-    results = [measure(pid, port, context, keepalive, seconds) for _ in range(runs)]
-    return min(results, key=lambda r: r["cpu_ms"])
-
-
 def client_context(ca: str, pair: tuple[str, str]) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca)
     context.load_cert_chain(*pair)
@@ -233,58 +233,73 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def run_ours(keys: PKI, workdir: Path, args) -> dict:
-    github = FakeGitHub()
-    service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"),
-                      ["--workers", "2"], workdir)
-    try:
-        service.wait_ready(keys.pair("server"), keys.ca_file)
-        context = client_context(keys.ca_file, keys.pair("quay"))
-        return {
-            "new connection": best_of(args.runs, service.proc.pid, service.port, context, False, args.seconds),
-            "keep-alive": best_of(args.runs, service.proc.pid, service.port, context, True, args.seconds),
-            "50/s p99": drive(service.port, context, False, args.seconds, rate=50.0),
-            "rss": rss_mb(process_tree(service.proc.pid)),
-        }
-    finally:
-        service.stop()
-        github.close()
+@dataclass
+class Server:
+    """A server under measurement: its process tree's root, its port, the client context it takes."""
+
+    name: str
+    pid: int
+    port: int
+    context: ssl.SSLContext
 
 
-def run_baseline(name: str, keys: PKI, workdir: Path, args) -> dict:
+def start_ours(keys: PKI, workdir: Path, stack: ExitStack) -> Server:
+    github = stack.enter_context(closing(FakeGitHub()))
+    service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"), ["--workers", "2"], workdir)
+    stack.callback(service.stop)
+    service.wait_ready(keys.pair("server"), keys.ca_file)
+    return Server("ours", service.proc.pid, service.port, client_context(keys.ca_file, keys.pair("quay")))
+
+
+def start_baseline(name: str, keys: PKI, workdir: Path, stack: ExitStack) -> Server:
     port = free_port()
+    cert, key = keys.pair("server")
     if name == "nginx":
         conf = workdir / "nginx.conf"
-        cert, key = keys.pair("server")
         conf.write_text(NGINX_CONF.format(dir=workdir, port=port, cert=cert, key=key, ca=keys.ca_file))
         command = ["nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
-        cwd = workdir
     else:
         (workdir / "flask204.py").write_text(FLASK_APP)
         command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "8",
-                   "--bind", f"127.0.0.1:{port}", "--certfile", keys.pair("server")[0],
-                   "--keyfile", keys.pair("server")[1],
+                   "--bind", f"127.0.0.1:{port}", "--certfile", cert, "--keyfile", key,
                    "--ca-certs", keys.ca_file, "--cert-reqs", "1", "--no-control-socket", "flask204:app"]
-        cwd = workdir
-    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    try:
-        wait_port(port)
-        time.sleep(0.5)
-        context = client_context(keys.ca_file, keys.pair("client"))
-        return {
-            "new connection": best_of(args.runs, proc.pid, port, context, False, args.seconds),
-            "keep-alive": best_of(args.runs, proc.pid, port, context, True, args.seconds),
-            "rss": rss_mb(process_tree(proc.pid)),
-        }
-    finally:
-        stop_process_group(proc)
+    stack.callback(stop_process_group, proc)
+    wait_port(port)
+    time.sleep(0.5)
+    return Server(name, proc.pid, port, client_context(keys.ca_file, keys.pair("client")))
+
+
+def rounds(servers: list[Server], keepalive: bool, args) -> dict[str, list[dict]]:
+    """`args.rounds` rounds, each measuring every server once; the order is reversed every other round."""
+    results: dict[str, list[dict]] = {server.name: [] for server in servers}
+    for i in range(args.rounds):
+        for server in servers if i % 2 == 0 else reversed(servers):
+            results[server.name].append(measure(server.pid, server.port, server.context, keepalive, args.seconds))
+    return results
+
+
+def run_kind(keys: PKI, base: Path, args) -> dict:
+    """Every figure for one key type: the servers started side by side, then measured in rounds."""
+    with ExitStack() as stack:
+        servers = []
+        for name, start in (("ours", start_ours), ("nginx", partial(start_baseline, "nginx")),
+                            ("flask", partial(start_baseline, "flask"))):
+            workdir = base / name
+            workdir.mkdir()
+            servers.append(start(keys, workdir, stack))
+        figures = {"new connection": rounds(servers, False, args), "keep-alive": rounds(servers, True, args)}
+        ours = servers[0]
+        figures["50/s p99"] = drive(ours.port, ours.context, False, args.seconds, rate=50.0)
+        figures["rss"] = {server.name: rss_mb(process_tree(server.pid)) for server in servers}
+        return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time of each run")
-    parser.add_argument("--runs", type=int, default=2, help="runs of each figure; the best is kept")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured time of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring every server once")
     parser.add_argument("--keys", nargs="+", default=["ecdsa", "rsa"], choices=["ecdsa", "rsa"])
     args = parser.parse_args()
     if not shutil.which("nginx"):
@@ -292,37 +307,51 @@ def main() -> None:
 
     for kind in args.keys:
         base = Path(tempfile.mkdtemp(prefix=f"quay-bench-{kind}-"))
-        keys = make_keys(base, kind)
-        results = {}
-        for name in ("ours", "nginx", "flask"):
-            workdir = base / name
-            workdir.mkdir()
-            results[name] = run_ours(keys, workdir, args) if name == "ours" else run_baseline(name, keys, workdir,
-                                                                                               args)
-        report(kind, results)
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            report(kind, run_kind(make_keys(base, kind), base, args))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
-def report(kind: str, results: dict) -> None:
-    print(f"\n== {kind.upper()} certificates, 2 workers, {SENDERS} senders ==")
+def ratios(figures: dict, mode: str, ours: str, baseline: str) -> tuple[float, float, float]:
+    """The median, lowest and highest of the rounds' CPU ratios ours/baseline."""
+    each = sorted(o["cpu_ms"] / b["cpu_ms"] for o, b in zip(figures[mode][ours], figures[mode][baseline], strict=True))
+    return statistics.median(each), each[0], each[-1]
+
+
+def report(kind: str, figures: dict) -> None:
+    print(f"\n== {kind.upper()} certificates, 2 workers, {SENDERS} senders; medians of "
+          f"{len(figures['new connection']['ours'])} rounds ==")
     print(f"{'server':<8} {'mode':<15} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
-          f"{'steal %':>8} {'RSS MB':>7}  statuses")
-    for name, modes in results.items():
+          f"{'range':>11} {'steal %':>8} {'RSS MB':>7}  statuses")
+    for name in ("ours", "nginx", "flask"):
         for mode in ("new connection", "keep-alive"):
-            r = modes[mode]
-            print(f"{name:<8} {mode:<15} {r['rps']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['cpu_ms']:11.2f} "
-                  f"{r['steal']:8.1f} {modes['rss']:7.1f}  {r['statuses']}")
-    ours, nginx, flask = results["ours"], results["nginx"], results["flask"]
-    new_ratio = ours["new connection"]["cpu_ms"] / nginx["new connection"]["cpu_ms"]
-    keep_ratio = ours["keep-alive"]["cpu_ms"] / flask["keep-alive"]["cpu_ms"]
-    steady = ours["50/s p99"]
-    print(f"ratios: CPU per new-connection request, ours/nginx {new_ratio:.2f}x (target <= 1.9x, issue 10); "
-          f"ours/flask {ours['new connection']['cpu_ms'] / flask['new connection']['cpu_ms']:.2f}x")
-    print(f"        CPU per keep-alive request, ours/flask {keep_ratio:.2f}x (target <= 2x); "
-          f"ours/nginx {ours['keep-alive']['cpu_ms'] / nginx['keep-alive']['cpu_ms']:.2f}x")
+            runs = figures[mode][name]
+            cpu = sorted(r["cpu_ms"] for r in runs)
+            statuses: dict[int, int] = {}
+            for r in runs:
+                for status, n in r["statuses"].items():
+                    statuses[status] = statuses.get(status, 0) + n
+
+            def median(key, runs=runs):
+                return statistics.median(r[key] for r in runs)
+
+            print(f"{name:<8} {mode:<15} {median('rps'):8.1f} {median('p50'):8.1f} {median('p99'):8.1f} "
+                  f"{statistics.median(cpu):11.2f} {f'{cpu[0]:.2f}-{cpu[-1]:.2f}':>11} {median('steal'):8.1f} "
+                  f"{figures['rss'][name]:7.1f}  {statuses}")
+
+    def ratio(mode, baseline):
+        mid, low, high = ratios(figures, mode, "ours", baseline)
+        return f"{mid:.2f}x (rounds {low:.2f}-{high:.2f})"
+
+    steady = figures["50/s p99"]
+    print(f"ratios: CPU per new-connection request, ours/nginx {ratio('new connection', 'nginx')} "
+          f"(target <= 1.9x, issue 10); ours/flask {ratio('new connection', 'flask')}")
+    print(f"        CPU per keep-alive request, ours/flask {ratio('keep-alive', 'flask')} (target <= 2x); "
+          f"ours/nginx {ratio('keep-alive', 'nginx')}")
     print(f"        p99 to the 202 at 50 notifications/s: {steady['p99']:.1f} ms (target < 25 ms), "
           f"{steady['n']} sent, statuses {steady['statuses']}")
-    print(f"        RSS master + 2 workers: {ours['rss']:.1f} MB (target < 150 MB)")
+    print(f"        RSS master + 2 workers: {figures['rss']['ours']:.1f} MB (target < 150 MB)")
 
 
 if __name__ == "__main__":
