@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL, crypto
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
@@ -53,14 +54,25 @@ def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: s
         mode = SSL.VERIFY_PEER
         if cert_reqs == ssl.CERT_REQUIRED:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode, _accept_any_chain)
+        ctx.set_verify(mode)  # pyOpenSSL's state: no Python callback of its own
+        _openssl.lib.SSL_CTX_set_verify(ctx._context, mode, _accept_any_chain)
     return ctx
 
 
-def _accept_any_chain(conn, cert, errnum, depth, ok) -> bool:
+_openssl = Binding()  # the cffi bindings pyOpenSSL itself is built on
+
+
+# OpenSSL calls this once per problem it finds in the chain and once per certificate
+# (three times for Quay's chain), in the middle of the handshake. It is registered
+# with OpenSSL directly: pyOpenSSL's own wrapper makes eight OpenSSL calls per
+# invocation to build arguments we do not use, and each of them can hand the GIL to a
+# request thread under load (docs/architecture.md).
+@_openssl.ffi.callback("int (*)(int, X509_STORE_CTX *)")
+def _accept_any_chain(ok: int, store_ctx) -> int:
     # Deliberately lets every presented chain through, including OpenSSL's
     # "unsuitable certificate purpose": the application verifies the chain.
-    return True
+    _openssl.lib.X509_STORE_CTX_set_error(store_ctx, _openssl.lib.X509_V_OK)
+    return 1
 
 
 class ReloadingContext:
