@@ -106,15 +106,19 @@ class Conn(TConn):
                 return None
             self.handshaken = True
         limit = head_limit + MAX_BODY
+        ended = False  # the peer closed its side: a whole request is still answered (it may read on)
         while len(self.received) <= limit:
             try:
                 data = self.sock.recv_nowait(READ_SIZE)
             except WouldBlock:  # all read for now
                 break
             if not data:
-                raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
+                ended = True
+                break
             self.received += data
         buffered = buffered_request(self.received, head_limit)
+        if ended and buffered != WHOLE:
+            raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
         if buffered is None and len(self.received) > limit:
             return HEADERS  # framing larger than any body taken: the thread's parser refuses it
         return buffered

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -175,6 +176,36 @@ def test_a_request_already_decrypted_inside_openssl_is_served_without_waiting(st
 
     assert [r.split(b"\r\n")[0] for r in responses] == [b"HTTP/1.1 405 METHOD NOT ALLOWED", b"HTTP/1.1 200 OK"]
     assert elapsed < 1.0
+
+
+def test_a_request_followed_at_once_by_the_clients_half_close_is_answered(start_service, test_pki):
+    # The client's last handshake bytes, its request and its FIN arrive together: the loop reads the
+    # end of the stream right after the request, and the request is still served (the client reads on).
+    service = start_service(args=["--workers", "1"])
+    ctx = client_context(test_pki)
+    answers = []
+    for _ in range(10):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        with socket.create_connection(("127.0.0.1", service.port), timeout=5) as raw:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            tls.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw.sendall(outgoing.read())  # the client's Finished and the request
+            raw.shutdown(socket.SHUT_WR)
+            answer = b""
+            while data := raw.recv(65536):
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    answer += tls.read(65536)
+        answers.append(answer.split(b"\r\n")[0])
+
+    assert answers == [b"HTTP/1.1 200 OK"] * 10
 
 
 def test_gunicorn_ciphers_setting_is_applied(start_service, test_pki):
