@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from pathlib import Path
 
-from bench.compare import Server, client_context, make_keys, measure, start_baseline
-from testkit.github import FakeGitHub
-from testkit.pki import PKI
-from testkit.service import ROOT, LoggedProcess, base_env, free_port, wait_for_readyz
+from bench.compare import ROOT, make_keys, ratios, rounds, start_baseline, start_ours
 
 
 def checkout(revision: str | None, directory: Path) -> Path:
@@ -34,18 +29,6 @@ def checkout(revision: str | None, directory: Path) -> Path:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(directory), revision],
                    check=True)
     return directory
-
-
-def start_tree(name: str, tree: Path, keys: PKI, workdir: Path, stack: ExitStack) -> Server:
-    github = stack.enter_context(closing(FakeGitHub()))
-    port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "-c", str(tree / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
-            "--workers", "2", "wsgi:app"]
-    service = LoggedProcess(name, argv, tree, workdir / "gunicorn.log",
-                            base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"))
-    stack.callback(service.stop)
-    wait_for_readyz(f"https://127.0.0.1:{port}", keys.pair("server"), keys.ca_file, service.exited, service.log)
-    return Server(name, service.proc.pid, port, client_context(keys.ca_file, keys.pair("quay")))
 
 
 def main() -> None:
@@ -65,21 +48,22 @@ def main() -> None:
             if tree != ROOT:
                 stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)])
             (base / name).mkdir()
-            servers.append(start_tree(name, tree, keys, base / name, stack))
+            servers.append(start_ours(keys, base / name, stack, name=name, root=tree))
         (base / "nginx").mkdir()
         servers.append(start_baseline("nginx", keys, base / "nginx", stack))
-        cpu: dict[str, list[float]] = {server.name: [] for server in servers}
-        for i in range(args.rounds):
-            for server in servers if i % 2 == 0 else reversed(servers):
-                cpu[server.name].append(measure(server.pid, server.port, server.context, False, args.seconds)["cpu_ms"])
-            print(f"round {i + 1}: " + ", ".join(f"{name} {ms[-1]:.2f} ms" for name, ms in cpu.items()), flush=True)
-    report(cpu)
+        figures = {"new connection": rounds(servers, False, args)}
+    report(figures)
 
 
-def report(cpu: dict[str, list[float]]) -> None:
+def report(figures: dict) -> None:
+    runs = figures["new connection"]
+    for i, measured in enumerate(zip(*runs.values(), strict=True)):
+        print(f"round {i + 1}: " + ", ".join(f"{name} {r['cpu_ms']:.2f} ms" for name, r in zip(runs, measured,
+                                                                                            strict=True)))
+
     def ratio(top: str, bottom: str) -> str:
-        each = sorted(a / b for a, b in zip(cpu[top], cpu[bottom], strict=True))
-        return f"{statistics.median(each):.3f}x (rounds {each[0]:.3f}-{each[-1]:.3f})"
+        mid, low, high = ratios(figures, "new connection", top, bottom)
+        return f"{mid:.3f}x (rounds {low:.3f}-{high:.3f})"
 
     print(f"CPU per new-connection request, changed/base: {ratio('changed', 'base')}")
     print(f"  base/nginx {ratio('base', 'nginx')}, changed/nginx {ratio('changed', 'nginx')}")

@@ -243,12 +243,14 @@ class Server:
     context: ssl.SSLContext
 
 
-def start_ours(keys: PKI, workdir: Path, stack: ExitStack) -> Server:
+def start_ours(keys: PKI, workdir: Path, stack: ExitStack, name: str = "ours", root: Path = ROOT) -> Server:
+    """The service of the tree at `root` (this one by default), with its loopback GitHub."""
     github = stack.enter_context(closing(FakeGitHub()))
-    service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"), ["--workers", "2"], workdir)
+    service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"), ["--workers", "2"], workdir,
+                      root=root)
     stack.callback(service.stop)
     service.wait_ready(keys.pair("server"), keys.ca_file)
-    return Server("ours", service.proc.pid, service.port, client_context(keys.ca_file, keys.pair("quay")))
+    return Server(name, service.proc.pid, service.port, client_context(keys.ca_file, keys.pair("quay")))
 
 
 def start_baseline(name: str, keys: PKI, workdir: Path, stack: ExitStack) -> Server:

@@ -94,15 +94,16 @@ class LoggedProcess:
 class Service(LoggedProcess):
     """A real gunicorn running the service on loopback."""
 
-    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True):
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True, root: Path = ROOT):
+        """`root`: the tree whose service runs (another checkout, for bench.ab)."""
         self.port = free_port()
         self.workdir = workdir
         self.scheme = "https" if tls else "http"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.env = env
-        argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(root / "gunicorn.conf.py"),
                 "--bind", f"127.0.0.1:{self.port}", *args, "wsgi:app"]
-        super().__init__("gunicorn", argv, ROOT, workdir / f"gunicorn-{self.port}.log", env)
+        super().__init__("gunicorn", argv, root, workdir / f"gunicorn-{self.port}.log", env)
 
     def wait_ready(self, cert: tuple[str, str] | None, verify: str | bool, timeout: float = 20.0) -> None:
         wait_for_readyz(self.url, cert, verify, self.exited, self.log, timeout)
