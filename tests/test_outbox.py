@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -221,6 +223,40 @@ def test_concurrent_adds_to_one_store_are_each_committed_once(box):
     ids = [accepted.id for stored, _ in results for accepted in stored]
     assert len(ids) == len(set(ids)) == 16
     assert box.counts()[PENDING] == 16
+
+
+def test_adds_that_come_while_another_process_holds_the_write_lock_share_one_commit(tmp_path, monkeypatch):
+    path = tmp_path / "outbox.sqlite3"
+    box = open_outbox(f"sqlite:///{path}")
+    box.migrate()
+    transaction = box._transaction
+    commits = []
+
+    def counted(*args, **kwargs):
+        commits.append(1)
+        return transaction(*args, **kwargs)
+
+    monkeypatch.setattr(box, "_transaction", counted)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(path), "0.5"], stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"locked\n"
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(add, box, "first")  # leads, and waits for the lock
+        time.sleep(0.2)
+        others = [pool.submit(add, box, f"meanwhile-{i}") for i in range(3)]
+        assert all(f.result(5)[0] for f in [first, *others])
+    holder.wait(5)
+    assert len(commits) == 1  # the three that came during the wait joined the leader's commit
+    assert box.counts()[PENDING] == 4
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
 
 
 def test_a_failed_group_commit_fails_its_requests_and_the_next_ones_go_on(tmp_path, monkeypatch):

@@ -84,17 +84,19 @@ class SQLiteOutbox(Outbox):
         When the store cannot commit, those queued meanwhile learn it at once, rather
         than each waiting out another deadline: their requests send them directly.
         """
-        with self._queue_lock:
-            batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
-        settled = batch
+        batch: list[_PendingAdd] = []
         try:
             with self._transaction(slot=self._group) as run:
+                # Taken once the write lock is held: what arrived while another worker held it
+                # joins this commit, instead of waiting for the lock and an fsync of its own.
+                with self._queue_lock:
+                    batch, self._queue = self._queue[:GROUP_COMMIT_MAX], self._queue[GROUP_COMMIT_MAX:]
                 results = [self._insert(run, p.requests, p.notification) for p in batch]
         except Exception as exc:
-            if isinstance(exc, StoreUnavailable):
-                with self._queue_lock:
-                    settled, self._queue = batch + self._queue, []
-            for pending in settled:
+            with self._queue_lock:
+                if isinstance(exc, StoreUnavailable) or not batch:  # not batch: it failed before taking any
+                    batch, self._queue = batch + self._queue, []
+            for pending in batch:
                 pending.error = exc
         else:
             for pending, result in zip(batch, results, strict=True):
@@ -106,7 +108,7 @@ class SQLiteOutbox(Outbox):
                     self._queue[0].done.set()
                 else:
                     self._committing = False
-            for pending in settled:
+            for pending in batch:
                 pending.done.set()
 
     def _connection(self, slot) -> sqlite3.Connection:
