@@ -37,6 +37,7 @@ import errno
 import gc
 import json
 import logging
+import os
 import secrets
 import selectors
 import ssl
@@ -69,6 +70,7 @@ class TLSWorker(ThreadWorker):
     """gunicorn's gthread worker: TLS by pyOpenSSL, requests buffered whole in the loop, served by threads."""
 
     def init_process(self):
+        _batch_scheduling(self.log)
         self.tls = None
         self.head_limit = max_head(self.cfg)
         if self.cfg.is_ssl:
@@ -251,6 +253,16 @@ class TLSWorker(ThreadWorker):
             keepalive = False
         conn.served += 1
         self.method_queue.defer(self._served, conn, keepalive)
+
+
+def _batch_scheduling(log) -> None:
+    """Linux's SCHED_BATCH for the worker and every thread it starts (they inherit it): a thread woken by
+    another (a request handed over, a commit's followers) then waits for the waker's turn to end instead
+    of preempting it, only to find the GIL still held by it (docs/architecture.md). No privilege needed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or refused by a seccomp profile
+        log.info("SCHED_BATCH is not available (%s): the default scheduling policy stays", exc)
 
 
 def _peer(client) -> str:

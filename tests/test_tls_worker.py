@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import shutil
 import socket
 import ssl
@@ -238,6 +240,16 @@ def test_the_tls_context_is_built_once_per_worker(start_service, test_pki):
         send_like_quay(service.url + "/incoming/repo_push", sample_body("repo_push", "acme/widget"),
                        test_pki.pair("quay"), verify=test_pki.ca_file)
     assert service.log().count("TLS context built") == 2
+
+
+def test_the_workers_threads_run_under_sched_batch(start_service):
+    service = start_service(args=["--workers", "2"])
+    workers = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", service.log())]
+    assert len(workers) == 2
+    for pid in workers:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        assert len(threads) > 8  # the loop, the request threads, the deliverer
+        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
 
 
 @pytest.fixture(scope="session")
