@@ -237,14 +237,14 @@ def test_adds_that_come_while_another_process_holds_the_write_lock_share_one_com
         return transaction(*args, **kwargs)
 
     monkeypatch.setattr(box, "_transaction", counted)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(path), "0.5"], stdout=subprocess.PIPE)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(path), "1.0"], stdout=subprocess.PIPE)
     assert holder.stdout.readline() == b"locked\n"
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(add, box, "first")  # leads, and waits for the lock
         time.sleep(0.2)
         others = [pool.submit(add, box, f"meanwhile-{i}") for i in range(3)]
         assert all(f.result(5)[0] for f in [first, *others])
-    holder.wait(5)
+    holder.communicate(timeout=5)
     assert len(commits) == 1  # the three that came during the wait joined the leader's commit
     assert box.counts()[PENDING] == 4
 
