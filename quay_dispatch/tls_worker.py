@@ -12,8 +12,8 @@ connection. The thread answers, then hands the connection back to the loop.
 What it overrides of gunicorn 27.0.1's ThreadWorker (pinned in requirements.txt;
 tests/test_tls_worker.py starts it for real):
 
-- init_process: the TLS context, from gunicorn's certfile, keyfile, cert_reqs and
-  ciphers, once per worker; the threads that serve requests.
+- init_process: SCHED_BATCH for the worker's threads; the TLS context, from gunicorn's
+  certfile, keyfile, cert_reqs and ciphers, once per worker; the threads that serve requests.
 - accept, on_client_socket_readable: a new or kept-alive connection goes to the
   loop's reading, not to a thread.
 - enqueue_req, get_thread_pool: a whole request goes to a thread through one queue;
