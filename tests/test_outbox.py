@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +23,7 @@ from quay_dispatch.outbox import (
 from quay_dispatch.policy import WRITES_PER_MINUTE
 from quay_dispatch.quay import QuayEvent
 from quay_dispatch.routes import parse_inline_routes
+from testkit.faults import hold_sqlite_lock
 
 HOST = "api.github.test"
 PACE = WRITES_PER_MINUTE
@@ -237,26 +236,13 @@ def test_adds_that_come_while_another_process_holds_the_write_lock_share_one_com
         return transaction(*args, **kwargs)
 
     monkeypatch.setattr(box, "_transaction", counted)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(path), "1.0"], stdout=subprocess.PIPE)
-    assert holder.stdout.readline() == b"locked\n"
-    with ThreadPoolExecutor(4) as pool:
+    with hold_sqlite_lock(path, seconds=1.0), ThreadPoolExecutor(4) as pool:
         first = pool.submit(add, box, "first")  # leads, and waits for the lock
         time.sleep(0.2)
         others = [pool.submit(add, box, f"meanwhile-{i}") for i in range(3)]
         assert all(f.result(5)[0] for f in [first, *others])
-    holder.communicate(timeout=5)
     assert len(commits) == 1  # the three that came during the wait joined the leader's commit
     assert box.counts()[PENDING] == 4
-
-
-HOLD_WRITE_LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("ROLLBACK")
-"""
 
 
 def test_a_failed_group_commit_fails_its_requests_and_the_next_ones_go_on(tmp_path, monkeypatch):
