@@ -153,16 +153,17 @@ class ServiceStarter:
             service.stop()
 
 
-def run_gunicorn(env_overrides: dict[str, str], *args: str,
-                 run_as: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_gunicorn(env_overrides: dict[str, str], *args: str, run_as: tuple[str, ...] = (), root: Path = ROOT,
+                 python: str = sys.executable) -> subprocess.CompletedProcess:
     """gunicorn with the project's configuration and a valid minimal one, until it exits (a refusal to start).
 
-    `run_as`: a command prefix, such as one that runs it as another user.
+    `run_as`: a command prefix, such as one that runs it as another user, with the `python` and the
+    project's `root` that user can read (testkit.deploy.install_copy).
     """
     env = {"PATH": "/usr/bin:/bin", "GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*",
            "DATABASE_URL": "sqlite:////tmp/unused.sqlite3", **env_overrides}
-    return subprocess.run([*run_as, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run([*run_as, python, "-m", "gunicorn", "-c", "gunicorn.conf.py", *args, "wsgi:app"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=30)
 
 
 def run_flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

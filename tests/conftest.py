@@ -6,12 +6,15 @@ What they are made of lives in testkit/, which the benchmarks use too.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from testkit.credentials import leaks
+from testkit.deploy import Installed, install_copy
 from testkit.github import FakeGitHub
 from testkit.pki import PKI, make_pki
 from testkit.postgres import create_database, find_initdb, private_postgresql
@@ -98,3 +101,14 @@ def relay(tmp_path_factory, test_pki, github, backend, request):
 def app_key() -> rsa.RSAPrivateKey:
     """A GitHub App's private key (testkit.credentials.as_app), one per test module."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def installed_copy() -> Installed:
+    """The image's files and a venv in a directory anyone may enter, for the tests that run the service as
+    another user: the checkout itself may be in /root (testkit.deploy.install_copy)."""
+    root = Path(tempfile.mkdtemp(prefix="quay-dispatch-installed-"))
+    try:
+        yield install_copy(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -17,70 +17,21 @@ import sys
 import sysconfig
 import tempfile
 import time
-from fnmatch import fnmatch
 from pathlib import Path
 
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.credentials import GITHUB_TOKEN
-from testkit.deploy import DOCKERFILE, IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
+from testkit.deploy import (
+    DOCKERFILE,
+    IMAGE_FILES,
+    dockerfile,
+    give,
+    healthcheck_command,
+    image_command,
+    image_env,
+    service_user,
+)
 from testkit.service import ROOT, free_port
-
-SERVICE_USER = "nobody"  # stands in for the image's uid 10001 when the tests run as root
-
-
-def build_context() -> set[str]:
-    """The files, relative to ROOT, that .dockerignore lets into the build context.
-
-    The last pattern matching a file or one of its directories decides, as in Docker. fnmatch
-    lets `*` cross `/`, which agrees with Docker's rules on the patterns .dockerignore uses
-    (`*`, names, `**/`).
-    """
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
-    patterns = [p for p in patterns if p and not p.startswith("#")]
-    kept = set()
-    for directory, _, files in os.walk(ROOT):
-        for name in files:
-            relative = (Path(directory) / name).relative_to(ROOT).as_posix()
-            parts = relative.split("/")
-            prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-            keep = True
-            for pattern in patterns:
-                if any(fnmatch(prefix, pattern.lstrip("!")) for prefix in prefixes):
-                    keep = pattern.startswith("!")
-            if keep:
-                kept.add(relative)
-    return kept
-
-
-def service_user() -> dict:
-    """Popen's arguments to run as a non-root user: nobody as root, else the current user.
-
-    Not runuser: it would stand between gunicorn and the SIGTERM and die by the signal
-    itself, where in the container gunicorn is PID 1 and receives `docker stop`'s.
-    """
-    if os.geteuid() != 0:
-        return {}
-    entry = pwd.getpwnam(SERVICE_USER)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-
-
-def give(path: Path, as_user: dict) -> None:
-    if as_user:
-        os.chown(path, as_user["user"], as_user["group"])
-
-
-def python_for(as_user: dict) -> str:
-    """A python3 with venv that the service's user can run (pyenv's, under /root, is not one)."""
-    candidates = [Path(sys.base_prefix) / "bin" / "python3", Path("/usr/local/bin/python3"), Path("/usr/bin/python3")]
-    for candidate in candidates:
-        try:
-            probe = subprocess.run([str(candidate), "-c", "import ensurepip, venv"], capture_output=True,
-                                   timeout=30, **as_user)
-        except OSError:  # missing, or not executable by that user
-            continue
-        if probe.returncode == 0:
-            return str(candidate)
-    raise AssertionError(f"none of {', '.join(map(str, candidates))} can make a venv as {as_user or 'this user'}")
 
 
 def run_healthcheck(env: dict[str, str], cwd: Path, as_user: dict) -> subprocess.CompletedProcess:
@@ -102,19 +53,16 @@ def test_procfile_runs_the_image_command():
     assert shlex.split(web[0].removeprefix("web:")) == image_command()
 
 
-def test_image_command_serves_and_stops_gracefully_as_non_root(test_pki, github):
+def test_image_command_serves_and_stops_gracefully_as_non_root(test_pki, github, installed_copy):
     as_user = service_user()
     # Not under pytest's tmp_path: it is private to root, and the service runs as someone else.
     root = Path(tempfile.mkdtemp(prefix="quay-dispatch-image-"))
     process = None
     try:
         root.chmod(0o755)
-        # The code, the venv and the certificates stay the installer's and are only read,
-        # as in the image; the service's user owns the stand-in for the /data volume alone.
-        app, data, certs, venv = root / "app", root / "data", root / "certs", root / "venv"
-        for relative in build_context():
-            (app / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / relative, app / relative)
+        # The code and the venv (installed_copy) and the certificates stay the installer's and are only
+        # read, as in the image; the service's user owns the stand-in for the /data volume alone.
+        app, venv, data, certs = installed_copy.app, installed_copy.venv, root / "data", root / "certs"
         assert {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()} == IMAGE_FILES
         data.mkdir()
         give(data, as_user)
@@ -125,10 +73,6 @@ def test_image_command_serves_and_stops_gracefully_as_non_root(test_pki, github)
         # A private key readable by its owner only, as it should be on a host.
         (certs / Path(server_key).name).chmod(0o600)
         give(certs / Path(server_key).name, as_user)
-
-        subprocess.run([python_for(as_user), "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r",
-                        str(app / "requirements.txt")], check=True, capture_output=True, timeout=300)
 
         env = image_env()
         volume = dockerfile("VOLUME")

@@ -230,14 +230,14 @@ def readable_only_by_root(test_pki):
 
 @pytest.mark.parametrize("env_name, args", [("TLS_KEY_FILE", False), ("--keyfile", True)])
 def test_an_unreadable_key_stops_the_start_with_the_uid_that_cannot_read_it(readable_only_by_root, test_pki,
-                                                                          env_name, args):
+                                                                          installed_copy, env_name, args):
     cert, key = readable_only_by_root
     env = {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "QUAY_CA_FILE": test_pki.ca_file}
     flags = ["--keyfile", key] if args else []
     if args:
         env["TLS_KEY_FILE"] = test_pki.pair("server")[1]  # the flag wins over the environment
 
-    result = run_gunicorn(env, *flags, run_as=AS_NOBODY)
+    result = run_gunicorn(env, *flags, run_as=AS_NOBODY, root=installed_copy.app, python=installed_copy.python)
 
     refused_with(result, f"{env_name}={key} cannot be read: permission denied (the service runs as uid {NOBODY})")
 
