@@ -48,7 +48,7 @@ forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_a
 
 def on_starting(server):
     """Refuse to start on an insecure or unworkable combination, saying what to set (quay_dispatch/startup.py)."""
-    if problems := serving_problems(_settings, server.cfg):
+    if problems := serving_problems(_settings, server.cfg, server.log.info):
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))
     # The workers read their settings from the environment they inherit from this process: hand them
     # gunicorn's effective forwarded_allow_ips, whichever setting it came from, before any is forked.

@@ -9,16 +9,21 @@ Each problem names the setting to change; all of them are reported together.
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 
 from .config import NO_TRUSTED_PROXY, ConfigError, Settings, quay_certificates, tls_problems, trusted_proxies
 from .outbox import StoreUnavailable, open_outbox
+from .outbox.watchdog import SLOW
 
 TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
 STARTUP_STORE_TIMEOUT = 30.0  # seconds the schema migration at start may take (a big outbox's new index)
+STARTUP_CONNECT_TIMEOUT = 5.0  # seconds to reach a database server at start: answering needs no more
 
 
-def serving_problems(settings: Settings, cfg) -> list[str]:
-    """What gunicorn's master finds wrong before it forks a worker; `cfg` is gunicorn's Config."""
+def serving_problems(settings: Settings, cfg, say: Callable[[str], None]) -> list[str]:
+    """What gunicorn's master finds wrong before it forks a worker; `cfg` is gunicorn's Config, `say` its log's
+    info (for what the start waits for)."""
     problems = _tls_mode_problems(settings, cfg)
     # gunicorn's --forwarded-allow-ips, --certfile and --keyfile win over the environment: name the one in effect.
     from_environment = cfg.forwarded_allow_ips == [str(network) for network in settings.forwarded_allow_ips]
@@ -34,7 +39,7 @@ def serving_problems(settings: Settings, cfg) -> list[str]:
         cert_setting = settings.tls_cert_setting if cfg.certfile == settings.tls_cert_file else "--certfile"
         key_setting = settings.tls_key_setting if cfg.keyfile == settings.tls_key_file else "--keyfile"
         problems += tls_problems((cert_setting, cfg.certfile), (key_setting, cfg.keyfile))
-    problems += _store_problems(settings)
+    problems += _store_problems(settings, say)
     return problems
 
 
@@ -81,13 +86,21 @@ def _tls_mode_problems(settings: Settings, cfg) -> list[str]:
     return problems
 
 
-def _store_problems(settings: Settings) -> list[str]:
-    """The outbox opened and its schema brought up to date, once, before the workers."""
-    outbox = open_outbox(settings.database_url, STARTUP_STORE_TIMEOUT)
+def _store_problems(settings: Settings, say: Callable[[str], None]) -> list[str]:
+    """The outbox reached, then its schema brought up to date, once, before the workers: each within a
+    deadline of its own, so that a server that never answers is told apart from a long migration."""
+    outbox = open_outbox(settings.database_url, STARTUP_STORE_TIMEOUT, STARTUP_CONNECT_TIMEOUT)
+    outbox.deadline_name = "the start-up migration's deadline"
+    say(f"opening the outbox ({outbox.description}): {STARTUP_CONNECT_TIMEOUT:g} s at most to connect, "
+        f"{STARTUP_STORE_TIMEOUT:g} s to bring its schema up to date")
     try:
+        outbox.connect()
+        started = time.monotonic()
         outbox.migrate()
     except StoreUnavailable as exc:
         return [f"the outbox ({outbox.description}) cannot be opened: {exc}"]
     finally:
         outbox.close()
+    if (elapsed := time.monotonic() - started) > SLOW:
+        say(f"the outbox's schema migration took {elapsed:.1f} s")
     return []

@@ -355,3 +355,11 @@ def assert_healthy(probe: HealthProbe) -> None:
     assert not probe.failures
     assert max(probe.times) < HEALTH_WITHIN, f"slowest /healthz {max(probe.times):.2f} s, median " \
                                              f"{statistics.median(probe.times):.2f} s"
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback port whose connections are taken and never answered, as behind a firewall that drops packets
+    after the handshake, or in front of a dead server: the kernel accepts them into the backlog, nobody reads."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
+        yield server.getsockname()[1]

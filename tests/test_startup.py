@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from quay_dispatch.config import ConfigError, load_settings
 from testkit.credentials import GITHUB_TOKEN
-from testkit.service import run_gunicorn
+from testkit.faults import silent_listener
+from testkit.service import run_flask, run_gunicorn
 
 VALID = {"GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*"}
 
@@ -102,7 +104,8 @@ def test_gunicorn_refuses_an_open_relay():
 
 
 @pytest.mark.parametrize("database_url, words", [
-    ("postgresql://quay:hunter2@127.0.0.1:1/outbox", "the outbox (PostgreSQL) cannot be opened"),
+    ("postgresql://quay:hunter2@127.0.0.1:1/outbox", "the outbox (PostgreSQL at 127.0.0.1:1) cannot be opened: "
+                                                     "cannot connect: "),
     ("sqlite:////proc/no-such-dir/outbox.sqlite3", "the outbox (SQLite /proc/no-such-dir/outbox.sqlite3) cannot be"),
 ])
 def test_gunicorn_refuses_an_outbox_it_cannot_open_in_one_message(test_pki, database_url, words):
@@ -112,6 +115,37 @@ def test_gunicorn_refuses_an_outbox_it_cannot_open_in_one_message(test_pki, data
     assert result.returncode != 0
     assert words in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_database_that_never_answers_stops_the_start_within_seconds_saying_so(test_pki):
+    cert, key = test_pki.pair("server")
+    with silent_listener() as port:
+        started = time.monotonic()
+        result = run_gunicorn({"TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
+                               "DATABASE_URL": f"postgresql://quay:hunter2@127.0.0.1:{port}/outbox"})
+        elapsed = time.monotonic() - started
+
+    outbox = f"PostgreSQL at 127.0.0.1:{port}"
+    assert result.returncode != 0
+    assert f"opening the outbox ({outbox}): 5 s at most to connect" in result.stderr  # said before the wait
+    assert f"  - the outbox ({outbox}) cannot be opened: no answer within 5 s while connecting" in result.stderr
+    assert elapsed < 15
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_config_says_a_database_that_never_answers_is_not_writable_within_seconds():
+    with silent_listener() as port:
+        started = time.monotonic()
+        result = run_flask(VALID | {"PATH": os.environ["PATH"], "DRY_RUN": "1",
+                                    "DATABASE_URL": f"postgresql://quay:hunter2@127.0.0.1:{port}/outbox"},
+                           "check-config")
+        elapsed = time.monotonic() - started
+
+    assert result.returncode == 1
+    assert (f"outbox:         PostgreSQL at 127.0.0.1:{port} (NOT WRITABLE: no answer within 2 s while connecting"
+            in result.stdout)
+    assert elapsed < 15
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("hostnames, reason", [

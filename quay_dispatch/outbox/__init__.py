@@ -39,8 +39,9 @@ __all__ = ["DEFAULT_TIMEOUT", "DELIVERED", "DRY_RUN", "EXPIRED", "FAILED", "PEND
            "Delivery", "Notification", "Outbox", "PostgresOutbox", "SQLiteOutbox", "StoreUnavailable", "open_outbox"]
 
 
-def open_outbox(database_url: str, timeout: float = DEFAULT_TIMEOUT) -> Outbox:
-    """The outbox named by DATABASE_URL (validated by config); each transaction ends within `timeout` seconds."""
+def open_outbox(database_url: str, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float | None = None) -> Outbox:
+    """The outbox named by DATABASE_URL (validated by config); each transaction ends within `timeout` seconds,
+    reaching a database server within `connect_timeout` (default: `timeout`)."""
     if database_url.startswith(("postgresql://", "postgres://")):
-        return PostgresOutbox(database_url, timeout)
+        return PostgresOutbox(database_url, timeout, connect_timeout)
     return SQLiteOutbox(Path(database_url[len("sqlite:///"):]), timeout)

@@ -22,33 +22,48 @@ class PostgresOutbox(Outbox):
     ddl = {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "real": "DOUBLE PRECISION"}
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float | None = None):
         import psycopg  # only deployments that use PostgreSQL need the driver loaded
 
         self._psycopg = psycopg
         self._url = url
         self.timeout = timeout
-        self.description = "PostgreSQL"
+        self.connect_timeout = connect_timeout or timeout
+        self.description = f"PostgreSQL at {_location(url)}"
         self._local = threading.local()
         self._watchdog = Watchdog()
 
     def __repr__(self) -> str:
         return "PostgresOutbox()"  # the URL may hold a password
 
+    def connect(self) -> None:
+        self._connection()
+
     def _connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
-            from psycopg.rows import dict_row
+            conn = self._local.conn = self._connect()
+        return conn
 
-            # libpq bounds connecting (whole seconds, 2 at least); the server bounds locks and
-            # statements; the watchdog bounds the rest, a server that stopped answering included.
-            timeout_ms = int(self.timeout * 1000)
-            conn = self._psycopg.connect(
-                self._url, autocommit=True, row_factory=dict_row, connect_timeout=max(2, math.ceil(self.timeout)),
+    def _connect(self):
+        """A new connection, or StoreUnavailable within connect_timeout (per address the host name has)."""
+        from psycopg.rows import dict_row
+
+        # psycopg bounds each attempt, the SSL negotiation and libpq's retry without SSL included (whole
+        # seconds, 2 at least); the server bounds locks and statements; the watchdog bounds the rest, a
+        # server that stopped answering included.
+        seconds = max(2, math.ceil(self.connect_timeout))
+        timeout_ms = int(self.timeout * 1000)
+        try:
+            return self._psycopg.connect(
+                self._url, autocommit=True, row_factory=dict_row, connect_timeout=seconds,
                 options=f"-c lock_timeout={timeout_ms} -c statement_timeout={timeout_ms}",
             )
-            self._local.conn = conn
-        return conn
+        except self._psycopg.errors.ConnectionTimeout as exc:
+            raise StoreUnavailable(f"no answer within {seconds} s while connecting (is something else listening "
+                                   "on that port, or a firewall dropping the packets?)") from exc
+        except self._psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect: {_first_line(exc)}") from exc
 
     @contextmanager
     def _transaction(self, *lock_keys: str) -> Iterator[Run]:
@@ -66,10 +81,9 @@ class PostgresOutbox(Outbox):
             conn = getattr(self._local, "conn", None)
             if conn is not None and (conn.broken or conn.closed):
                 self._local.conn = None
-            elapsed = time.monotonic() - started
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if elapsed >= self.timeout:
-                reason = f"no answer within STORE_TIMEOUT ({self.timeout:g} s): {reason}"
+            reason = _first_line(exc)
+            if time.monotonic() - started >= self.timeout:
+                reason = f"no answer within {self.deadline_name} ({self.timeout:g} s): {reason}"
             raise StoreUnavailable(reason) from exc
         warn_if_slow(self.description, started, lambda: "waiting for locks or for the server")
 
@@ -78,3 +92,19 @@ def _shut_socket(conn) -> None:
     """Make a query waiting on a server that stopped answering fail now: shut its socket (the fd stays psycopg's)."""
     with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _location(url: str) -> str:
+    """host:port of DATABASE_URL, for messages: never its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # config checked the scheme only: whatever libpq's parser refuses is the driver's to say
+        return "DATABASE_URL"
+    host = params.get("host") or "the local socket"
+    return f"[{host}]:{params.get('port') or 5432}" if ":" in host else f"{host}:{params.get('port') or 5432}"

@@ -161,12 +161,22 @@ class SQLiteOutbox(Outbox):
                 conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             self._abandon(conn, slot)
-            raise StoreUnavailable(_sqlite_reason(exc, time.monotonic() - started, self.timeout)) from exc
+            raise StoreUnavailable(self._reason(exc, time.monotonic() - started)) from exc
         except BaseException:
             self._abandon(conn, slot)
             raise
         warn_if_slow(self.description, started, lambda: f"{locked:.1f} s of it waiting for the write lock, "
                       "which another process held" if locked > SLOW / 2 else "the disk was slow to write it")
+
+    def _reason(self, exc: BaseException, elapsed: float) -> str:
+        """What went wrong, for the log and the answer: "database is locked (waited 2.0 s)", "database or disk is
+        full"."""
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+            return f"no answer within {self.deadline_name} ({self.timeout:g} s)"
+        reason = str(exc) or type(exc).__name__
+        if "locked" in reason or "busy" in reason:
+            reason += f" (waited {elapsed:.1f} s)"
+        return reason
 
     def _abandon(self, conn: sqlite3.Connection | None, slot) -> None:
         """After a failure: roll back what is open (a failed COMMIT may have closed it), drop the connection."""
@@ -178,16 +188,6 @@ class SQLiteOutbox(Outbox):
         except sqlite3.Error:
             pass
         self._close(slot)
-
-
-def _sqlite_reason(exc: BaseException, elapsed: float, timeout: float) -> str:
-    """What went wrong, for the log and the answer: "database is locked (waited 2.0 s)", "database or disk is full"."""
-    if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
-        return f"no answer within STORE_TIMEOUT ({timeout:g} s)"
-    reason = str(exc) or type(exc).__name__
-    if "locked" in reason or "busy" in reason:
-        reason += f" (waited {elapsed:.1f} s)"
-    return reason
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:

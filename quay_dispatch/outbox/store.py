@@ -32,6 +32,10 @@ class Outbox:
     ddl = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
     skip_locked = ""
     description = ""
+    deadline_name = "STORE_TIMEOUT"  # what sets `timeout`, for messages
+
+    def connect(self) -> None:
+        """Reach the store now, for a start-up that says what it waits for; StoreUnavailable if it cannot."""
 
     @contextmanager
     def _transaction(self, *lock_keys: str) -> Iterator[Run]:
