@@ -18,6 +18,7 @@ from .stream import PlainStream, Stream, WouldBlock
 from .tls_stream import TLSStream
 
 _HEADERS_END = b"\r\n\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})[ \t]*(;[^\r\n]*)?")
 READ_SIZE = 65536
@@ -40,11 +41,13 @@ def buffered_request(data: bytes | bytearray, head_limit: int) -> str | None:
     with a larger body, or one that asks for 100-continue (its client waits for
     gunicorn's interim answer), is handed on once its headers are in: a thread
     reads the rest, or refuses it, by the request's deadline. Headers over
-    gunicorn's limits are handed on for its parser to refuse.
+    gunicorn's limits, or with a line ended by a bare LF, are handed on for its
+    parser to refuse.
     """
     end = data.find(_HEADERS_END)
     if end < 0:
-        return HEADERS if len(data) > head_limit else None
+        # A line ended by a bare LF never completes a head the loop can see; gunicorn's parser refuses it at once.
+        return HEADERS if len(data) > head_limit or _BARE_LF.search(data) else None
     head = bytes(data[:end]).lower()
     body_start = end + len(_HEADERS_END)
     if b"100-continue" in head:

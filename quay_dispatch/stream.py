@@ -34,6 +34,7 @@ class Stream:
         self._timeout = io_timeout
         self.deadline: float | None = None
         self.environ: dict[str, str] = {}  # what the transport adds to the WSGI environ
+        self.failure: str | None = None  # a TLS error the peer caused after the handshake (TLSStream)
         self._corked: bytearray | None = None
 
     # The two primitives, which raise WouldBlock instead of waiting.

@@ -34,10 +34,15 @@ CLIENT_CERT_CHAIN_PREFIX = "SSL_CLIENT_CERT_CHAIN_"
 # milliseconds parsing them before any callback of ours could refuse the chain.
 MAX_HANDSHAKE_BYTES = 32 * 1024  # bytes a client may send before its handshake is done
 MAX_CHAIN_CERTIFICATES = 8  # certificates it may present, its own included
+# Mozilla's "intermediate" TLS 1.2 suites: ECDHE, with an AEAD cipher only (no CBC, so nothing for
+# LUCKY13 to time). Quay's client negotiates TLS 1.3 or one of these. gunicorn's --ciphers wins.
+DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                   "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
 
 
 def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: str | None = None) -> SSL.Context:
-    """The server TLS context; `cert_reqs` is gunicorn's (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED)."""
+    """The server TLS context; `cert_reqs` is gunicorn's (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED), `ciphers`
+    gunicorn's (None: DEFAULT_CIPHERS)."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     # No resumption: a resumed session carries no peer chain, and every call
@@ -48,18 +53,20 @@ def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: s
     ctx.use_certificate_chain_file(certfile)
     ctx.use_privatekey_file(keyfile or certfile)
     ctx.check_privatekey()
-    if ciphers:
-        ctx.set_cipher_list(ciphers.encode("ascii"))
+    ctx.set_cipher_list((ciphers or DEFAULT_CIPHERS).encode("ascii"))
     if cert_reqs != ssl.CERT_NONE:
         mode = SSL.VERIFY_PEER
         if cert_reqs == ssl.CERT_REQUIRED:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         ctx.set_verify(mode)  # pyOpenSSL's state: no Python callback of its own
         _openssl.lib.SSL_CTX_set_verify(ctx._context, mode, _accept_any_chain)
+        # A chain that links up longer than the cap fails in the handshake, with OpenSSL's bad_certificate.
+        ctx.set_verify_depth(MAX_CHAIN_CERTIFICATES - 1)
     return ctx
 
 
 _openssl = Binding()  # the cffi bindings pyOpenSSL itself is built on
+_CHAIN_TOO_LONG = _openssl.lib.X509_V_ERR_CERT_REJECTED  # the verify result of a chain over the cap
 
 
 # OpenSSL calls this once per problem it finds in the chain and once per certificate
@@ -71,8 +78,18 @@ _openssl = Binding()  # the cffi bindings pyOpenSSL itself is built on
 def _accept_any_chain(ok: int, store_ctx) -> int:
     # Deliberately lets every presented chain through, including OpenSSL's
     # "unsuitable certificate purpose": the application verifies the chain.
+    # Except one longer than the verify depth, refused as "rejected": OpenSSL answers that with the
+    # bad_certificate alert (a chain too long would be unknown_ca), and the stream can tell it apart.
+    if not ok and _openssl.lib.X509_STORE_CTX_get_error(store_ctx) == _openssl.lib.X509_V_ERR_CERT_CHAIN_TOO_LONG:
+        _openssl.lib.X509_STORE_CTX_set_error(store_ctx, _CHAIN_TOO_LONG)
+        return 0
     _openssl.lib.X509_STORE_CTX_set_error(store_ctx, _openssl.lib.X509_V_OK)
     return 1
+
+
+def chain_too_long(conn: SSL.Connection) -> bool:
+    """After a failed handshake: whether it failed on a certificate chain longer than the cap."""
+    return _openssl.lib.SSL_get_verify_result(conn._ssl) == _CHAIN_TOO_LONG
 
 
 class ReloadingContext:

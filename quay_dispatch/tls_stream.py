@@ -3,6 +3,7 @@ tls.MAX_CHAIN_CERTIFICATES) before OpenSSL parses it, and a response goes out as
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket
@@ -10,9 +11,17 @@ import socket
 from OpenSSL import SSL
 
 from .stream import Stream, WouldBlock
-from .tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES, HandshakeRefused, peer_chain_environ
+from .tls import (
+    MAX_CHAIN_CERTIFICATES,
+    MAX_HANDSHAKE_BYTES,
+    HandshakeRefused,
+    chain_too_long,
+    handshake_reason,
+    peer_chain_environ,
+)
 
 _CHUNK = 64 * 1024  # bytes moved between the socket and OpenSSL at a time
+_HEADER = 5  # bytes of a TLS record's header: type, version, length
 
 
 class TLSStream(Stream):
@@ -24,7 +33,7 @@ class TLSStream(Stream):
         super().__init__(raw, io_timeout)
         self.tls = SSL.Connection(context, None)
         self.tls.set_accept_state()
-        self._handshake_bytes = 0  # given to OpenSSL before the handshake was done
+        self._records = HandshakeRecords()  # what of the handshake OpenSSL may be given
         self._plain = bytearray()  # decrypted, not yet read: nothing waits unseen inside OpenSSL
         self._cipher = b""  # what OpenSSL wrote that the socket has not taken yet
         self._output = False  # OpenSSL may have written since its buffer was last found empty
@@ -34,40 +43,60 @@ class TLSStream(Stream):
         """Advance the handshake as far as the bytes received allow; True once it is done.
 
         Raises SSL.Error when the client is refused (no certificate, an old protocol, junk,
-        a handshake or chain over the limits).
+        a handshake or chain over the limits), once the alert that says why is sent.
         """
         # Read first: the loop calls this when the socket is readable, and OpenSSL can only
         # move on with bytes it has not seen (calling it without any costs an exception).
         while True:
-            room = MAX_HANDSHAKE_BYTES - self._handshake_bytes
-            if room <= 0:
-                raise HandshakeRefused(f"the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing "
-                                       "its handshake (a certificate chain far longer than Quay's)")
             try:
-                data = self.raw.recv(room)
+                data = self.raw.recv(_CHUNK)
             except BlockingIOError:
                 return False
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "closed by the peer during the handshake")
-            self._handshake_bytes += len(data)
-            self.tls.bio_write(data)
-            self._output = True
-            try:
-                self.tls.do_handshake()
-                break
-            except SSL.WantReadError:
-                self._flush_nowait()  # our flight: a few kB, which the socket's buffer takes
-            except SSL.Error:
-                self._flush_nowait()  # the alert that tells the client why
-                raise
-        self._flush_nowait()
+            given = self._records.take(data)
+            if given:
+                self.tls.bio_write(given)
+                if self._advance():
+                    break
+            if self._records.over:
+                self._refuse_over_limit()
+        if self._records.held:  # what came after the handshake: application data
+            self.tls.bio_write(self._records.held)
         chain = self.tls.get_peer_cert_chain() or []  # on the server side, without the leaf
-        if len(chain) + 1 > MAX_CHAIN_CERTIFICATES:
+        if len(chain) + 1 > MAX_CHAIN_CERTIFICATES:  # certificates that do not link up, so OpenSSL let them be
             raise HandshakeRefused(f"the client presented {len(chain) + 1} certificates, more than "
                                    f"{MAX_CHAIN_CERTIFICATES}")
         self.environ = peer_chain_environ(self.tls.get_peer_certificate(), chain)
         self._decrypt()  # a request sent with the handshake's last bytes
         return True
+
+    def _advance(self) -> bool:
+        """One handshake step with the bytes OpenSSL has; True when the handshake is done."""
+        self._output = True
+        try:
+            self.tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush_nowait()  # our flight: a few kB, which the socket's buffer takes
+            return False
+        except SSL.Error as exc:
+            self._flush_nowait()  # the alert that tells the client why
+            if chain_too_long(self.tls):
+                raise HandshakeRefused(f"the client presented a certificate chain longer than "
+                                       f"{MAX_CHAIN_CERTIFICATES} certificates") from exc
+            raise
+        self._flush_nowait()
+        return True
+
+    def _refuse_over_limit(self) -> None:
+        """The next record would take the handshake past MAX_HANDSHAKE_BYTES: OpenSSL is given its header
+        with a length no record may have, and answers with record_overflow, encrypted as the handshake
+        stands (which only OpenSSL knows)."""
+        self.tls.bio_write(self._records.held[:3] + b"\xff\xff")
+        with contextlib.suppress(SSL.Error):
+            self._advance()  # raises, once the alert is out
+        raise HandshakeRefused(f"the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing its "
+                               "handshake (a ClientHello or a certificate chain far larger than Quay's)")
 
     def _decrypt(self) -> None:
         """Take every whole record OpenSSL holds into _plain."""
@@ -81,7 +110,10 @@ class TLSStream(Stream):
                 self._closed = True
                 return
             except SSL.Error as exc:
-                raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS error: {exc}") from exc
+                self._flush_nowait()  # the alert OpenSSL wrote, before the close
+                self.failure = handshake_reason(exc)
+                # A reset: gunicorn's threads take it quietly, as the client's doing (the worker logs it once).
+                raise ConnectionResetError(errno.ECONNRESET, f"TLS error: {self.failure}") from exc
 
     def recv_nowait(self, size: int) -> bytes:
         while not self._plain and not self._closed:
@@ -145,8 +177,43 @@ class TLSStream(Stream):
     def shutdown(self, how: int) -> None:
         self._output = True
         try:
-            self.tls.shutdown()  # close_notify, sent if the socket takes it now; the peer's is not awaited
-            self._flush_nowait()
-        except (SSL.Error, OSError):
+            self.tls.shutdown()  # close_notify; the peer's is not awaited
+        except SSL.Error:
+            pass  # after a fatal alert there is nothing more to say
+        try:
+            self._flush_nowait()  # sent if the socket takes it now
+        except OSError:
             pass
         self.raw.shutdown(how)
+
+
+class HandshakeRecords:
+    """The client's handshake cut at TLS record boundaries: OpenSSL gets whole records within
+    MAX_HANDSHAKE_BYTES, and the record that would go past it is held back with all that follows."""
+
+    def __init__(self):
+        self.total = 0  # bytes of the records begun, headers included
+        self._left = 0  # bytes of the current record still to come
+        self.held = b""  # not given to OpenSSL: a header not whole yet, or from the record past the limit on
+        self.over = False  # held begins with the header of a record past the limit
+
+    def take(self, data: bytes) -> bytes:
+        """What of the held bytes and `data` OpenSSL may have now."""
+        data = self.held + data
+        given = 0
+        while given < len(data) and not self.over:
+            if self._left:
+                step = min(self._left, len(data) - given)
+                self._left -= step
+                given += step
+            elif len(data) - given < _HEADER:
+                break
+            else:
+                length = int.from_bytes(data[given + 3:given + _HEADER], "big")
+                self.over = self.total + _HEADER + length > MAX_HANDSHAKE_BYTES
+                if not self.over:
+                    self.total += _HEADER + length
+                    self._left = length
+                    given += _HEADER
+        self.held = data[given:]
+        return data[:given]

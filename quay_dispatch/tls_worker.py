@@ -130,8 +130,9 @@ class TLSWorker(ThreadWorker):
         try:
             buffered = conn.advance(self.head_limit)
         except (SSL.Error, OSError) as exc:
-            if not handshaken:
+            if not (handshaken or conn.sock.failure):
                 self.log.info("TLS handshake with %s failed: %s", _peer(conn.client), handshake_reason(exc))
+            self._log_tls_failure(conn)
             self._drop(conn)
             return
         if buffered is None:
@@ -188,6 +189,12 @@ class TLSWorker(ThreadWorker):
         self.keepalived_conns.remove(conn)
         self._await_request(conn, registered=True)
         self._on_readable(conn)
+
+    def _log_tls_failure(self, conn: Conn) -> None:
+        """A TLS error the client caused after the handshake, found by the loop or a thread: logged once."""
+        if conn.sock.failure:
+            self.log.info("TLS error from %s after the handshake: %s (alert sent, connection closed)",
+                          _peer(conn.client), conn.sock.failure)
 
     def murder_pending(self):
         """gunicorn's, reading the clock once: every connection closed at its deadline is logged, with why."""
@@ -251,6 +258,7 @@ class TLSWorker(ThreadWorker):
             keepalive = self.handle(conn)
         except BaseException:  # handle() reports its own errors; the connection must still come back
             keepalive = False
+        self._log_tls_failure(conn)
         conn.served += 1
         self.method_queue.defer(self._served, conn, keepalive)
 
