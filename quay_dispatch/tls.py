@@ -152,6 +152,10 @@ class HandshakeRefused(SSL.Error):
     """The client's handshake is refused before OpenSSL looks further; the message says why."""
 
 
+class ChallengeAnswered(Exception):
+    """An ACME validator's tls-alpn-01 handshake is done (RFC 8737): the connection ends there, for the name given."""
+
+
 def _pem(cert: crypto.X509) -> str:
     return crypto.dump_certificate(crypto.FILETYPE_PEM, cert).decode("ascii")
 

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import select
 import socket
+from collections.abc import Callable
 
 from OpenSSL import SSL
 
@@ -14,6 +15,7 @@ from .stream import Stream, WouldBlock
 from .tls import (
     MAX_CHAIN_CERTIFICATES,
     MAX_HANDSHAKE_BYTES,
+    ChallengeAnswered,
     HandshakeRefused,
     chain_too_long,
     handshake_reason,
@@ -22,6 +24,11 @@ from .tls import (
 
 _CHUNK = 64 * 1024  # bytes moved between the socket and OpenSSL at a time
 _HEADER = 5  # bytes of a TLS record's header: type, version, length
+# A fatal alert, in the clear as the server has not spoken: for an acme-tls/1 connection nobody expects.
+_NO_APPLICATION_PROTOCOL = b"\x15\x03\x03\x00\x02\x02\x78"
+# Given the client's first bytes: the context and the challenge's name (or None), None until the hello's first
+# record is whole; raises HandshakeRefused for an acme-tls/1 connection that no pending challenge expects.
+ChooseContext = Callable[[bytes], "tuple[SSL.Context, str | None] | None"]
 
 
 class TLSStream(Stream):
@@ -29,10 +36,17 @@ class TLSStream(Stream):
     socket and OpenSSL, so that it can count what a handshake takes. The handshake is done
     (see handshake_nowait) before any read."""
 
-    def __init__(self, raw: socket.socket, context: SSL.Context, io_timeout: float | None):
+    def __init__(self, raw: socket.socket, context: SSL.Context | ChooseContext, io_timeout: float | None):
+        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.CertificateSource)."""
         super().__init__(raw, io_timeout)
-        self.tls = SSL.Connection(context, None)
-        self.tls.set_accept_state()
+        self.tls: SSL.Connection | None = None
+        self._choose: ChooseContext | None = None
+        self._first = b""  # the client's bytes while no context is chosen
+        self.challenge: str | None = None  # the name whose tls-alpn-01 challenge this connection answers
+        if isinstance(context, SSL.Context):
+            self._connect(context)
+        else:
+            self._choose = context
         self._records = HandshakeRecords()  # what of the handshake OpenSSL may be given
         self._plain = bytearray()  # decrypted, not yet read: nothing waits unseen inside OpenSSL
         self._cipher = b""  # what OpenSSL wrote that the socket has not taken yet
@@ -55,12 +69,16 @@ class TLSStream(Stream):
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "closed by the peer during the handshake")
             given = self._records.take(data)
+            if given and self.tls is None:
+                given = self._chosen(given)
             if given:
                 self.tls.bio_write(given)
                 if self._advance():
                     break
             if self._records.over:
                 self._refuse_over_limit()
+        if self.challenge:  # RFC 8737: the validator only looks at the certificate; nothing reaches HTTP
+            raise ChallengeAnswered(self.challenge)
         if self._records.held:  # what came after the handshake: application data
             self.tls.bio_write(self._records.held)
         chain = self.tls.get_peer_cert_chain() or []  # on the server side, without the leaf
@@ -70,6 +88,25 @@ class TLSStream(Stream):
         self.environ = peer_chain_environ(self.tls.get_peer_certificate(), chain)
         self._decrypt()  # a request sent with the handshake's last bytes
         return True
+
+    def _connect(self, context: SSL.Context) -> None:
+        self.tls = SSL.Connection(context, None)
+        self.tls.set_accept_state()
+
+    def _chosen(self, data: bytes) -> bytes:
+        """The client's bytes for OpenSSL once its ClientHello has chosen the context; b"" until then."""
+        self._first += data
+        try:
+            choice = self._choose(self._first)
+        except HandshakeRefused:
+            self.raw.send(_NO_APPLICATION_PROTOCOL)  # a few bytes, which the socket's buffer takes
+            raise
+        if choice is None:  # the hello's first record is not whole yet
+            return b""
+        context, self.challenge = choice
+        self._connect(context)
+        data, self._first = self._first, b""
+        return data
 
     def _advance(self) -> bool:
         """One handshake step with the bytes OpenSSL has; True when the handshake is done."""
@@ -175,15 +212,16 @@ class TLSStream(Stream):
         return len(self._plain)
 
     def shutdown(self, how: int) -> None:
-        self._output = True
-        try:
-            self.tls.shutdown()  # close_notify; the peer's is not awaited
-        except SSL.Error:
-            pass  # after a fatal alert there is nothing more to say
-        try:
-            self._flush_nowait()  # sent if the socket takes it now
-        except OSError:
-            pass
+        if self.tls is not None:  # else the client left before its hello chose a context: nothing was said
+            self._output = True
+            try:
+                self.tls.shutdown()  # close_notify; the peer's is not awaited
+            except SSL.Error:
+                pass  # after a fatal alert there is nothing more to say
+            try:
+                self._flush_nowait()  # sent if the socket takes it now
+            except OSError:
+                pass
         self.raw.shutdown(how)
 
 

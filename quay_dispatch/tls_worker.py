@@ -51,7 +51,7 @@ from OpenSSL import SSL
 from .conn import Conn, Threads, max_head
 from .limits import REQUEST_TIMEOUT
 from .stream import Stream
-from .tls import ReloadingContext, handshake_reason
+from .tls import ChallengeAnswered, ReloadingContext, handshake_reason
 
 # gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
 _REFUSALS = (
@@ -129,6 +129,10 @@ class TLSWorker(ThreadWorker):
         handshaken = conn.handshaken
         try:
             buffered = conn.advance(self.head_limit)
+        except ChallengeAnswered as answered:
+            self.log.info("tls-alpn-01 challenge for %s answered to %s", answered, _peer(conn.client))
+            self._drop(conn)
+            return
         except (SSL.Error, OSError) as exc:
             if not (handshaken or conn.sock.failure):
                 self.log.info("TLS handshake with %s failed: %s", _peer(conn.client), handshake_reason(exc))
