@@ -182,8 +182,9 @@ def test_dry_run_deliveries_are_never_claimed(box):
     assert box.list()[0].status == DRY_RUN
 
 
-def test_a_database_of_an_older_version_is_migrated(database_url, monkeypatch):
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+@pytest.mark.parametrize("version", range(1, len(schema.MIGRATIONS)))
+def test_a_database_of_an_older_version_is_migrated(database_url, monkeypatch, version):
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:version])
     old = open_outbox(database_url)
     old.migrate()
     add(old, "before-upgrade")

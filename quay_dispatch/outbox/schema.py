@@ -48,4 +48,9 @@ MIGRATIONS = [
         # read every pending delivery of the host (8 ms for 10 000, with the write lock held).
         "CREATE INDEX deliveries_leased ON deliveries (host, lease_until) WHERE lease_until IS NOT NULL",
     ],
+    [
+        # What the workers and replicas share besides deliveries (outbox/shared.py): ACME's state.
+        "CREATE TABLE shared_values (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at {real} NOT NULL)",
+        "CREATE TABLE shared_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {real} NOT NULL)",
+    ],
 ]

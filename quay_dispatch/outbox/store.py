@@ -21,13 +21,15 @@ from .records import (
     Run,
     delivery_of,
 )
+from .shared import SharedState
 
 # Whether a delivery to a host is being sent (claim() looks before every send).
 LEASE_IN_FLIGHT = "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1"
 
 
-class Outbox:
-    """The durable store of deliveries; subclasses say how to open a serialised transaction."""
+class Outbox(SharedState):
+    """The durable store of deliveries (and the workers' shared state); subclasses say how to open a serialised
+    transaction."""
 
     ddl = {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"}
     skip_locked = ""
