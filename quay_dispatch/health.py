@@ -30,6 +30,8 @@ def readyz():
         g.error_detail = f"the outbox ({svc.outbox.description}) cannot commit: {exc}"  # the log line, not the answer
     if not svc.deliverer.alive:
         problems.append("the deliverer is not running")
+    if svc.certificates is not None and svc.certificates.waiting:
+        problems.append(svc.certificates.waiting)
     g.outcome = "not ready" if problems else "ready"
     if problems:
         return jsonify({"status": "not ready", "reasons": problems}), 503

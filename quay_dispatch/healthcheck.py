@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
+from . import pki
 from .config import ConfigError, Settings, environment_settings
 from .github import innermost
 
@@ -16,14 +19,20 @@ TIMEOUT = 5.0  # seconds; shorter than the HEALTHCHECK's --timeout, so that this
 
 def check(settings: Settings) -> str | None:
     """Why the service on 127.0.0.1:$PORT is not healthy, or None when /healthz answers 200."""
-    cert = None
     if settings.tls_cert_file:
-        url = f"https://127.0.0.1:{settings.port}/healthz"
         # The TLS layer requires a client certificate and any will do for /healthz:
         # the server's own pair is the one certificate sure to be at hand.
-        cert = (settings.tls_cert_file, settings.tls_key_file or settings.tls_cert_file)
-    else:
-        url = f"http://127.0.0.1:{settings.port}/healthz"
+        return _get(f"https://127.0.0.1:{settings.port}/healthz",
+                    (settings.tls_cert_file, settings.tls_key_file or settings.tls_cert_file))
+    if settings.acme_domains:  # no file: a throwaway pair, made for this one call
+        with tempfile.TemporaryDirectory(prefix="quay-dispatch-healthcheck-") as directory:
+            cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+            pki.write_pair(pki.issue("quay-dispatch healthcheck", names=["localhost"], days=1), cert, key)
+            return _get(f"https://127.0.0.1:{settings.port}/healthz", (str(cert), str(key)))
+    return _get(f"http://127.0.0.1:{settings.port}/healthz", None)
+
+
+def _get(url: str, cert: tuple[str, str] | None) -> str | None:
     try:
         with warnings.catch_warnings():
             # Not verifying is safe only because this is loopback to this very process,

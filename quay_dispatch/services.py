@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
@@ -19,6 +20,9 @@ from .github_app import AppAuth
 from .identity import QuayVerifier
 from .outbox import Outbox, open_outbox
 from .startup import service_problems
+
+if TYPE_CHECKING:
+    from .acme.manager import CertificateManager
 
 _EXTENSION = "quay_dispatch"
 _lock = threading.Lock()
@@ -33,6 +37,7 @@ class Services:
     outbox: Outbox
     github: GitHubClient
     deliverer: Deliverer
+    certificates: CertificateManager | None = None  # ACME's, when ACME_DOMAINS is set; the TLS worker starts it
 
     def start_delivery(self) -> None:
         """Create the schema if needed and start sending; called once per serving process."""
@@ -61,7 +66,19 @@ def build(settings: Settings) -> Services:
         auth = TokenAuth(transport, settings.github_token or "")
     client = GitHubClient(transport, auth)
     deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
-    return Services(settings, verifier, outbox, client, deliverer)
+    return Services(settings, verifier, outbox, client, deliverer, _certificates(settings, outbox))
+
+
+def _certificates(settings: Settings, outbox: Outbox) -> CertificateManager | None:
+    """ACME's certificate manager, loaded only when ACME_DOMAINS is set (with certbot's acme library)."""
+    if not settings.acme_domains:
+        return None
+    from .acme.manager import CertificateManager
+    from .acme.protocol import CA
+
+    ca = CA(settings.acme_directory, settings.acme_ca_file, settings.acme_email, settings.acme_profile,
+            settings.acme_eab_kid, settings.acme_eab_hmac_key)
+    return CertificateManager(settings.acme_domains, ca, outbox)
 
 
 def init_app(app: Flask, settings: Settings | None) -> None:

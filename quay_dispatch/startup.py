@@ -70,11 +70,11 @@ def _quay_file_problems(settings: Settings) -> list[str]:
 
 
 def _tls_mode_problems(settings: Settings, cfg) -> list[str]:
-    """CLIENT_CERT_SOURCE=tls needs the TLS worker, serving TLS and asking for a certificate."""
+    """CLIENT_CERT_SOURCE=tls needs the TLS worker, serving TLS and asking for a certificate; ACME needs the same."""
+    problems = _acme_problems(settings, cfg)
     if settings.client_cert_source != "tls":
-        return []
-    problems = []
-    if not cfg.is_ssl:
+        return problems
+    if not (cfg.is_ssl or settings.acme_domains):
         problems.append(
             "CLIENT_CERT_SOURCE=tls needs TLS: set TLS_CERT_FILE and TLS_KEY_FILE (or --certfile/--keyfile); "
             "behind a router that terminates TLS use CLIENT_CERT_SOURCE=none with INCOMING_TOKEN"
@@ -83,6 +83,22 @@ def _tls_mode_problems(settings: Settings, cfg) -> list[str]:
         problems.append("CLIENT_CERT_SOURCE=tls needs --cert-reqs 2 (or 1): Quay is identified by its certificate")
     if cfg.worker_class_str != TLS_WORKER:
         problems.append(f"CLIENT_CERT_SOURCE=tls needs --worker-class {TLS_WORKER}")
+    return problems
+
+
+def _acme_problems(settings: Settings, cfg) -> list[str]:
+    """ACME_DOMAINS: the certificate comes from the CA, to a service that terminates TLS itself."""
+    if not settings.acme_domains:
+        return []
+    problems = []
+    if cfg.certfile:
+        setting = settings.tls_cert_setting if cfg.certfile == settings.tls_cert_file else "--certfile"
+        problems.append(f"ACME_DOMAINS and {setting} are both set: the certificate comes from ACME or from a file, "
+                        "not both; unset one")
+    if settings.client_cert_source != "tls":
+        problems.append(f"ACME_DOMAINS needs the service to terminate TLS itself (CLIENT_CERT_SOURCE=tls): with "
+                        f"CLIENT_CERT_SOURCE={settings.client_cert_source}, TLS ends at a proxy or a router, which "
+                        "holds the certificate")
     return problems
 
 
@@ -97,6 +113,8 @@ def _store_problems(settings: Settings, say: Callable[[str], None]) -> list[str]
         outbox.connect()
         started = time.monotonic()
         outbox.migrate()
+        if settings.acme_domains:
+            outbox.restrict_to_owner()  # it holds ACME's private keys
     except StoreUnavailable as exc:
         return [f"the outbox ({outbox.description}) cannot be opened: {exc}"]
     finally:

@@ -24,7 +24,9 @@ import ssl
 import time
 from collections.abc import Callable
 
+from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the certificate files
@@ -43,6 +45,26 @@ DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:EC
 def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: str | None = None) -> SSL.Context:
     """The server TLS context; `cert_reqs` is gunicorn's (ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED), `ciphers`
     gunicorn's (None: DEFAULT_CIPHERS)."""
+    ctx = _server_context(cert_reqs, ciphers)
+    ctx.use_certificate_chain_file(certfile)
+    ctx.use_privatekey_file(keyfile or certfile)
+    ctx.check_privatekey()
+    return ctx
+
+
+def context_from_pem(chain_pem: bytes, key_pem: bytes, cert_reqs: int, ciphers: str | None = None) -> SSL.Context:
+    """build_context's context for a certificate chain (leaf first) and key held in memory, not in files (ACME's)."""
+    certificates = x509.load_pem_x509_certificates(chain_pem)
+    ctx = _server_context(cert_reqs, ciphers)
+    ctx.use_certificate(certificates[0])
+    for intermediate in certificates[1:]:
+        ctx.add_extra_chain_cert(intermediate)
+    ctx.use_privatekey(serialization.load_pem_private_key(key_pem, password=None))
+    ctx.check_privatekey()
+    return ctx
+
+
+def _server_context(cert_reqs: int, ciphers: str | None) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     # No resumption: a resumed session carries no peer chain, and every call
@@ -50,9 +72,6 @@ def build_context(certfile: str, keyfile: str | None, cert_reqs: int, ciphers: s
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET
                     | SSL.OP_CIPHER_SERVER_PREFERENCE)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    ctx.use_certificate_chain_file(certfile)
-    ctx.use_privatekey_file(keyfile or certfile)
-    ctx.check_privatekey()
     ctx.set_cipher_list((ciphers or DEFAULT_CIPHERS).encode("ascii"))
     if cert_reqs != ssl.CERT_NONE:
         mode = SSL.VERIFY_PEER

@@ -85,7 +85,8 @@ class TLSStream(Stream):
         if len(chain) + 1 > MAX_CHAIN_CERTIFICATES:  # certificates that do not link up, so OpenSSL let them be
             raise HandshakeRefused(f"the client presented {len(chain) + 1} certificates, more than "
                                    f"{MAX_CHAIN_CERTIFICATES}")
-        self.environ = peer_chain_environ(self.tls.get_peer_certificate(), chain)
+        # gunicorn says https only for its own certificate files, not for ACME's
+        self.environ = {"wsgi.url_scheme": "https", **peer_chain_environ(self.tls.get_peer_certificate(), chain)}
         self._decrypt()  # a request sent with the handshake's last bytes
         return True
 

@@ -86,6 +86,8 @@ class TLSWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
         application = self.wsgi
+        if self.tls is None:
+            self.tls = _acme_certificates(application, self.cfg, self.log)
 
         def with_client_certificate(environ, start_response):
             sock = environ.get("gunicorn.socket")
@@ -265,6 +267,18 @@ class TLSWorker(ThreadWorker):
         self._log_tls_failure(conn)
         conn.served += 1
         self.method_queue.defer(self._served, conn, keepalive)
+
+
+def _acme_certificates(app, cfg, log):
+    """With ACME_DOMAINS, the application's certificate manager, started: the worker's TLS from then on. Imported
+    here only, so that a service without ACME loads none of it."""
+    from .services import services_of
+
+    certificates = services_of(app).certificates
+    if certificates is not None:
+        certificates.start(cfg.cert_reqs, cfg.ciphers)
+        log.info("TLS from ACME for %s (client certificate: required)", ", ".join(certificates.domains))
+    return certificates
 
 
 def _batch_scheduling(log) -> None:

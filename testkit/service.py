@@ -94,9 +94,10 @@ class LoggedProcess:
 class Service(LoggedProcess):
     """A real gunicorn running the service on loopback."""
 
-    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True, root: Path = ROOT):
-        """`root`: the tree whose service runs (another checkout, for bench.ab)."""
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], args: list[str], workdir: Path, tls: bool = True, root: Path = ROOT,
+                 port: int | None = None):
+        """`root`: the tree whose service runs (another checkout, for bench.ab); `port`: its own, else a free one."""
+        self.port = port or free_port()
         self.workdir = workdir
         self.scheme = "https" if tls else "http"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
@@ -134,15 +135,15 @@ class ServiceStarter:
         self.started: list[Service] = []
 
     def __call__(self, overrides: dict[str, str | None] | None = None, args: list[str] | None = None,
-                 wait: bool = True) -> Service:
+                 wait: bool = True, port: int | None = None) -> Service:
         env = base_env(self.pki, self.github, self.database_url)
         for name, value in (overrides or {}).items():
             if value is None:
                 env.pop(name, None)
             else:
                 env[name] = value
-        tls = bool(env.get("TLS_CERT_FILE") or env.get("CRT"))
-        service = Service(env, args or ["--workers", "1"], self.workdir, tls=tls)
+        tls = bool(env.get("TLS_CERT_FILE") or env.get("CRT") or env.get("ACME_DOMAINS"))
+        service = Service(env, args or ["--workers", "1"], self.workdir, tls=tls, port=port)
         self.started.append(service)
         if wait:
             service.wait_ready(self.pki.pair("server") if service.scheme == "https" else None, self.pki.ca_file)

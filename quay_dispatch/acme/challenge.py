@@ -22,24 +22,32 @@ ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdent
 def challenge_certificate(domain: str, key_authorization: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed certificate for `domain` alone, carrying the SHA-256 of `key_authorization` in the critical
     acmeIdentifier extension, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
     digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    # The extension's value is the DER encoding of an OCTET STRING holding the digest.
+    return self_signed(domain, datetime.timedelta(days=7), x509.UnrecognizedExtension(ACME_IDENTIFIER,
+                                                                                      b"\x04\x20" + digest))
+
+
+def self_signed(domain: str, lifetime: datetime.timedelta, critical: x509.ExtensionType | None = None
+                ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed P-256 certificate for `domain` alone, valid from a day ago for `lifetime`, with a `critical`
+    extension if given; and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
+        .not_valid_after(now + lifetime)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-        # The extension's value is the DER encoding of an OCTET STRING holding the digest.
-        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
-        .sign(key, hashes.SHA256())
     )
-    return certificate, key
+    if critical is not None:
+        builder = builder.add_extension(critical, critical=True)
+    return builder.sign(key, hashes.SHA256()), key
 
 
 def challenge_context(domain: str, key_authorization: str) -> SSL.Context:

@@ -73,13 +73,14 @@ def _check_api_url(url: str, allow_http: bool, problems: list[str]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         problems.append(f"GITHUB_API_URL={url!r} is not an https URL such as https://api.github.com")
-    elif parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+    elif parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
         problems.append(f"GITHUB_API_URL={url!r} is plain http: the GitHub token would cross the network "
                         "in clear text; use https, or set GITHUB_API_ALLOW_HTTP=1 if the network is private "
                         "and you accept that risk")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

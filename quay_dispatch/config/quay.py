@@ -69,14 +69,19 @@ def _hostname_problem(hostname: str) -> str | None:
     """
     if "*" in hostname:
         return "a wildcard is not allowed: name each Quay host (the certificate may be a wildcard one)"
+    return dns_name_problem(hostname, "quay.io")
+
+
+def dns_name_problem(name: str, example: str) -> str | None:
+    """Why `name` is not a plain DNS host name (an IP address, bad characters), or None; `example` is one that is."""
     try:
-        ipaddress.ip_address(hostname)
-        return "an IP address is not allowed: use the host name in Quay's certificate, such as quay.io"
+        ipaddress.ip_address(name)
+        return f"an IP address is not allowed: use a host name, such as {example}"
     except ValueError:
         pass
-    labels = hostname.split(".")
-    if len(hostname) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
-        return "not a valid host name (letters, digits and '-', in parts separated by dots), such as quay.io"
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        return f"not a valid host name (letters, digits and '-', in parts separated by dots), such as {example}"
     return None
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..routes import Route, RouteError, parse_inline_routes, parse_toml_routes
+from .acme import acme_settings
 from .github import github_settings
 from .quay import DEFAULT_CLIENT_CERT_HEADER, Network, quay_settings
 from .reader import ConfigError, Env, read_file
@@ -47,6 +48,13 @@ class Settings:
     forward_test_notifications: bool = False
     store_timeout: float = DEFAULT_STORE_TIMEOUT
     metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: the operator's, or in a worker the master's own
+    acme_domains: tuple[str, ...] = ()  # ACME is on when set
+    acme_email: str | None = None
+    acme_directory: str | None = None
+    acme_ca_file: str | None = None
+    acme_profile: str | None = None
+    acme_eab_kid: str | None = None
+    acme_eab_hmac_key: str | None = None
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
@@ -81,6 +89,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     fields |= metrics_settings(env, fields["database_url"])
     fields |= _ops_settings(env)
     fields |= tls_settings(env)
+    fields |= acme_settings(env)
     fields |= _delivery_settings(env)
     env.check()
     return Settings(dry_run=dry_run, **fields)

@@ -49,6 +49,16 @@ class SQLiteOutbox(Outbox):
         self._queue_lock = threading.Lock()
         self._committing = False  # a thread is committing; others queue for the next commit
 
+    def restrict_to_owner(self) -> None:
+        """Mode 0600 for the file and its WAL and shared-memory files (SQLite makes those with the file's mode)."""
+        for path in [self.path] + [self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")]:
+            try:
+                path.chmod(0o600)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StoreUnavailable(f"{path} cannot be made private (mode 0600): {exc.strerror}") from exc
+
     def add(self, requests: list[DispatchRequest], notification: Notification) -> tuple[list[Accepted], list[str]]:
         """As Outbox.add, committed together with whatever other threads add meanwhile (group commit).
 

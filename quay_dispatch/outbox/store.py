@@ -39,6 +39,10 @@ class Outbox(SharedState):
     def connect(self) -> None:
         """Reach the store now, for a start-up that says what it waits for; StoreUnavailable if it cannot."""
 
+    def restrict_to_owner(self) -> None:
+        """Let no other local user read the store, which holds private keys (ACME's). A database server has
+        its own access control: nothing to do."""
+
     @contextmanager
     def _transaction(self, *lock_keys: str) -> Iterator[Run]:
         raise NotImplementedError

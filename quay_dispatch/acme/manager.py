@@ -1,0 +1,165 @@
+"""A worker's certificate from ACME: the context chooser its TLS connections use, kept up to date by a thread.
+
+Every worker of every replica runs one. Each looks at the store twice a second for pending
+challenges (any replica may be the one the validator reaches) and every few seconds for a new
+certificate, which it swaps into its door: new connections get it, open ones keep theirs. When an
+order is due and the shared backoff allows, it asks for the order lease; the one that gets it
+looks again (another may just have stored a certificate), orders, stores the result or the
+failure, and gives the lease back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+
+from ..outbox import Outbox
+from ..tls import context_from_pem
+from . import schedule, state
+from .challenge import self_signed
+from .door import ChallengeDoor
+from .protocol import CA, Session, new_account_key
+
+CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges
+CERTIFICATE_POLL = 5.0  # seconds between looks at the stored certificate (a renewal elsewhere), and at orders due
+PUBLISHED_WAIT = 4 * CHALLENGE_POLL  # what every worker needs to see a challenge before the CA is asked to validate
+ORDER_LEASE_SECONDS = 300.0
+log = logging.getLogger("quay_dispatch.acme")
+
+
+class CertificateManager:
+    """The certificates of one worker: a temporary self-signed one until the CA's is in the store, then that."""
+
+    def __init__(self, domains: tuple[str, ...], ca: CA, outbox: Outbox):
+        self.domains, self.ca, self.outbox = domains, ca, outbox
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.served: state.StoredCertificate | None = None
+        self.waiting = "the first look at the store has not been made yet"  # None once the CA's certificate is served
+        self._make_context: Callable[[bytes, bytes], SSL.Context] | None = None
+        self._context: SSL.Context | None = None
+        self.door = ChallengeDoor(domains, lambda: self._context)
+
+    def start(self, cert_reqs: int, ciphers: str | None) -> None:
+        """Serve what the store holds (a restart serves the stored certificate from its first connection), else a
+        temporary one; then keep looking, in a thread."""
+        self._make_context = lambda chain, key: context_from_pem(chain, key, cert_reqs, ciphers)
+        self._context = self._make_context(*_temporary_pair(self.domains[0]))
+        try:
+            self._take_stored()
+        except Exception as exc:  # the store is down: the thread looks again
+            log.warning("ACME: the stored certificate cannot be read yet: %s", exc)
+        threading.Thread(target=self._run, name="acme", daemon=True).start()
+
+    def current(self) -> ChallengeDoor:
+        """What new connections are handshaken with (tls_stream.ChooseContext), as ReloadingContext.current()."""
+        return self.door
+
+    def _run(self) -> None:
+        next_certificate_look = 0.0
+        while True:
+            try:
+                self.door.expect(state.load_challenges(self.outbox))
+                if time.monotonic() >= next_certificate_look:
+                    next_certificate_look = time.monotonic() + CERTIFICATE_POLL
+                    self._take_stored()
+                    self._order_if_due()
+            except Exception as exc:  # the store or the CA: said, and tried again at the next look
+                log.warning("ACME: %s", exc)
+            time.sleep(CHALLENGE_POLL)
+
+    def _take_stored(self) -> None:
+        """Serve the stored certificate if it is new and for ACME_DOMAINS."""
+        stored = state.load_certificate(self.outbox)
+        if stored is None or stored == self.served or set(stored.domains) != set(self.domains):
+            if self.served is None:
+                failures = state.load_failures(self.outbox)
+                self.waiting = f"waiting for a certificate from ACME: {failures.last_error or 'ordering'}"
+            return
+        self._context = self._make_context(stored.chain_pem.encode("ascii"), stored.key_pem.encode("ascii"))
+        self.served, self.waiting = stored, None
+        log.info("ACME: serving the certificate %s", stored.describe())
+
+    def _order_if_due(self) -> None:
+        reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.outbox), time.time())
+        if reason is None or time.time() < state.load_failures(self.outbox).next_try:
+            return
+        if not self.outbox.lock(state.ORDER_LEASE, self.holder, ORDER_LEASE_SECONDS):
+            return  # another worker or replica orders; its certificate comes through the store
+        try:
+            self._take_stored()  # a second look, with the lease: another may have just stored one
+            reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.outbox), time.time())
+            if reason and time.time() >= state.load_failures(self.outbox).next_try:
+                self._order(reason)
+        finally:
+            self.outbox.unlock(state.ORDER_LEASE, self.holder)
+
+    def _order(self, reason: str) -> None:
+        log.info("ACME: ordering a certificate for %s from %s: %s", ", ".join(self.domains), self.ca.directory,
+                 reason)
+        try:
+            session = self._session()
+            issued = session.order(self.domains, self._publish)
+            leaf = x509.load_pem_x509_certificate(issued.chain_pem.encode("ascii"))
+            certificate = state.StoredCertificate(issued.chain_pem, issued.key_pem, self.domains, time.time(),
+                                                  schedule.renew_at(leaf, _ari(session, issued.chain_pem)))
+        except Exception as exc:
+            failures = state.load_failures(self.outbox)
+            count = failures.count + 1
+            retry = time.time() + schedule.backoff(count)
+            state.store_failures(self.outbox, state.Failures(count, _reason(exc), retry))
+            log.warning("ACME: the order failed (%d in a row), next try at %s: %s", count, state.utc(retry),
+                        _reason(exc))
+            return
+        state.store_certificate(self.outbox, certificate)
+        state.store_failures(self.outbox, state.Failures())
+        log.info("ACME: certificate issued, %s; renewal at %s", certificate.describe(),
+                 state.utc(certificate.renew_at))
+        self._take_stored()
+
+    def _session(self) -> Session:
+        account = state.load_account(self.outbox, self.ca.directory)
+        key_pem, url = account if account else (new_account_key(), None)
+        if account is None:  # stored before it is registered: a crash in between cannot make two accounts
+            state.store_account(self.outbox, self.ca.directory, key_pem, None)
+        session = Session(self.ca, key_pem, url)
+        registered = session.account()
+        if registered != url:
+            state.store_account(self.outbox, self.ca.directory, key_pem, registered)
+            log.info("ACME: account %s at %s", registered, self.ca.directory)
+        return session
+
+    def _publish(self, challenges: dict[str, str]) -> None:
+        """The challenges to every worker and replica (through the store) and to this one, before validation."""
+        state.store_challenges(self.outbox, challenges)
+        self.door.expect(challenges)
+        if challenges:
+            log.info("ACME: answering the tls-alpn-01 challenge for %s", ", ".join(sorted(challenges)))
+            time.sleep(PUBLISHED_WAIT)
+
+
+def _ari(session: Session, chain_pem: str) -> datetime.datetime | None:
+    try:
+        return session.renewal_window(chain_pem)
+    except Exception as exc:  # ARI is advice: without it, a third of the lifetime
+        log.info("ACME: no renewal information from the CA: %s", _reason(exc))
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _temporary_pair(domain: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate and key for the first start, until the CA's certificate is in."""
+    certificate, key = self_signed(domain, datetime.timedelta(days=1))
+    return certificate.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
