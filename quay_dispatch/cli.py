@@ -11,7 +11,7 @@ import click
 import requests
 from flask import Flask
 
-from .config import ConfigError, environment_store_settings, listing, tls_problems
+from .config import ConfigError, certificates_in, environment_store_settings, listing, tls_problems
 from .outbox import STATUSES, Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
 from .pki import make_dev_pki
 from .quay import ALL_EVENTS
@@ -87,12 +87,16 @@ def check_config(online: bool) -> None:
     else:
         sending = "with GITHUB_TOKEN"
     click.echo(f"  GitHub:         {settings.github_api_url} ({sending})")
+    if settings.acme_domains:
+        click.echo(f"  certificate:    from ACME ({settings.acme_directory}) for {', '.join(settings.acme_domains)}")
     click.echo("  routes:")
     for route in settings.routes:
         click.echo(f"    {_describe_route(route)}")
     problems = store != "writable"
     if online:
         problems |= _check_online(svc)
+        if settings.acme_domains:
+            problems |= _check_acme_online(svc)
     if problems:
         raise SystemExit(1)
 
@@ -142,6 +146,57 @@ def _check_online(svc) -> bool:
         problems |= not ok
         click.echo(f"    {target}: {'ok' if ok else 'PROBLEM'}, {detail}")
     return problems
+
+
+@click.group("certificate", invoke_without_command=True)
+@click.pass_context
+def certificate(ctx) -> None:
+    """The TLS certificate served: names, issuer, expiry, next renewal, last error (ACME's, or the file's)."""
+    if ctx.invoked_subcommand:
+        return
+    settings = _services().settings
+    from .acme.commands import certificate_lines, describe
+
+    if settings.acme_domains:
+        lines = describe(_services().outbox, settings.acme_domains, settings.acme_directory)
+    elif settings.tls_cert_file:
+        try:
+            leaf = certificates_in(settings.tls_cert_setting, settings.tls_cert_file)[0]
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        lines = [f"  source:     {settings.tls_cert_setting}={settings.tls_cert_file}", *certificate_lines(leaf)]
+    else:
+        raise click.ClickException("no certificate: neither ACME_DOMAINS nor TLS_CERT_FILE is set (TLS ends at a "
+                                   "proxy or a router)")
+    click.echo("certificate")
+    for line in lines:
+        click.echo(line)
+
+
+@certificate.command("renew")
+def certificate_renew() -> None:
+    """Order a new certificate from ACME now (a compromised key, a CA's incident) and wait for it, a minute at most."""
+    svc = _services()
+    if not svc.settings.acme_domains:
+        raise click.ClickException("renew needs ACME_DOMAINS: a certificate from TLS_CERT_FILE is renewed by "
+                                   "whoever writes the file (certbot renew), and the service reloads it by itself")
+    from .acme.commands import renew
+
+    renewed, message = renew(svc.outbox)
+    click.echo(message)
+    if not renewed:
+        raise SystemExit(1)
+
+
+def _check_acme_online(svc) -> bool:
+    """The ACME CA's directory and the account: whether something is wrong."""
+    from .acme.commands import check_online
+
+    click.echo("    ACME:")
+    found = check_online(svc.outbox, svc.certificates.ca)
+    for fine, what in found:
+        click.echo(f"      {'ok' if fine else 'PROBLEM'}, {what}")
+    return not all(fine for fine, _ in found)
 
 
 @click.command("redeliver")
@@ -219,3 +274,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(check_config)
     app.cli.add_command(redeliver)
     app.cli.add_command(send_sample)
+    app.cli.add_command(certificate)

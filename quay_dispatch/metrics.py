@@ -33,6 +33,13 @@ LATENCY = Histogram("quay_dispatch_delivery_latency_seconds", "From acceptance (
 STORE_BYPASS = Counter("quay_dispatch_store_bypass_total",
                        "Notifications the outbox could not take, by what came of them: dispatched (sent to "
                        "GitHub directly, answered 202) or unavailable (GitHub refused too, answered 503)", ["result"])
+TLS_CERTIFICATE_EXPIRY = Gauge("quay_dispatch_tls_certificate_expiry_timestamp_seconds",
+                               "When the TLS certificate being served expires (its not-after, epoch seconds), from a "
+                               "file or from ACME; the earliest of the workers'", multiprocess_mode="livemin")
+ACME_ORDERS = Counter("quay_dispatch_acme_orders_total", "Certificates ordered from ACME, by result: issued or failed",
+                      ["result"])
+for _result in ("issued", "failed"):
+    ACME_ORDERS.labels(_result)  # at 0 from the start: an alert on increase() sees the first failure
 RATE_LIMIT_REMAINING = Gauge("quay_dispatch_github_rate_limit_remaining",
                              "GitHub's x-ratelimit-remaining in its latest answer", ["host"],
                              multiprocess_mode="mostrecent")

@@ -39,6 +39,13 @@ class Services:
     deliverer: Deliverer
     certificates: CertificateManager | None = None  # ACME's, when ACME_DOMAINS is set; the TLS worker starts it
 
+    def start_certificates(self, cert_reqs: int, ciphers: str | None) -> CertificateManager | None:
+        """With ACME_DOMAINS, start the certificate manager (gunicorn's cert_reqs and ciphers for the serving context)
+        and return it: the TLS worker's source of contexts. Called once per serving process, by the worker."""
+        if self.certificates is not None:
+            self.certificates.start(cert_reqs, ciphers)
+        return self.certificates
+
     def start_delivery(self) -> None:
         """Create the schema if needed and start sending; called once per serving process."""
         self.outbox.migrate()

@@ -119,13 +119,16 @@ class ReloadingContext:
     """
 
     def __init__(self, certfile: str, keyfile: str | None, cert_reqs: int, ciphers: str | None,
-                 info: Callable[[str], None], warn: Callable[[str], None]):
+                 info: Callable[[str], None], warn: Callable[[str], None],
+                 loaded: Callable[[x509.Certificate], None] = lambda leaf: None):
+        """`loaded` is told each certificate served, when it is (the expiry's metric)."""
         self._args = (certfile, keyfile, cert_reqs, ciphers)
         self._paths = (certfile, keyfile or certfile)
-        self._info, self._warn = info, warn
+        self._info, self._warn, self._loaded_leaf = info, warn, loaded
         self._loaded = self._refused = self._signature()
         self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
         self.context = build_context(*self._args)
+        self._tell_loaded()
 
     def _signature(self) -> tuple:
         """What identifies the current files: a renewal changes it."""
@@ -154,7 +157,15 @@ class ReloadingContext:
                 else:
                     self._loaded = signature
                     self._info(f"TLS certificate reloaded from {self._paths[0]}")
+                    self._tell_loaded()
         return self.context
+
+    def _tell_loaded(self) -> None:
+        try:
+            with open(self._paths[0], "rb") as chain:
+                self._loaded_leaf(x509.load_pem_x509_certificates(chain.read())[0])
+        except (OSError, ValueError):  # replaced again since it loaded: the next reload tells
+            pass
 
 
 def peer_chain_environ(leaf: crypto.X509 | None, chain: list[crypto.X509]) -> dict[str, str]:

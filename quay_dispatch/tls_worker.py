@@ -23,7 +23,7 @@ tests/test_tls_worker.py starts it for real):
 - handle_error: gunicorn's own refusals (414, 431, a malformed request's 400) as the
   service's JSON error with X-Request-Id, instead of gunicorn's HTML page.
 - load_wsgi: adds the client's chain (SSL_CLIENT_CERT, SSL_CLIENT_CERT_CHAIN_n) to
-  the environ.
+  the environ; with ACME_DOMAINS, takes its TLS from the application's certificate manager.
 
 Limits come from gunicorn's settings where it has one: limit_request_line,
 limit_request_fields and limit_request_field_size bound the headers buffered,
@@ -75,7 +75,7 @@ class TLSWorker(ThreadWorker):
         self.head_limit = max_head(self.cfg)
         if self.cfg.is_ssl:
             self.tls = ReloadingContext(self.cfg.certfile, self.cfg.keyfile, self.cfg.cert_reqs, self.cfg.ciphers,
-                                        self.log.info, self.log.warning)
+                                        self.log.info, self.log.warning, _certificate_served)
             wanted = {ssl.CERT_REQUIRED: "required", ssl.CERT_OPTIONAL: "optional"}.get(self.cfg.cert_reqs, "none")
             self.log.info("TLS context built from %s (client certificate: %s)", self.cfg.certfile, wanted)
         super().init_process()
@@ -86,8 +86,10 @@ class TLSWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
         application = self.wsgi
-        if self.tls is None:
-            self.tls = _acme_certificates(application, self.cfg, self.log)
+        if self.tls is None:  # ACME_DOMAINS (or no TLS): the application's certificate manager, if any, from now on
+            from .services import services_of  # here: gunicorn's master loads this module, not the application
+
+            self.tls = services_of(application).start_certificates(self.cfg.cert_reqs, self.cfg.ciphers)
 
         def with_client_certificate(environ, start_response):
             sock = environ.get("gunicorn.socket")
@@ -269,16 +271,12 @@ class TLSWorker(ThreadWorker):
         self.method_queue.defer(self._served, conn, keepalive)
 
 
-def _acme_certificates(app, cfg, log):
-    """With ACME_DOMAINS, the application's certificate manager, started: the worker's TLS from then on. Imported
-    here only, so that a service without ACME loads none of it."""
-    from .services import services_of
+def _certificate_served(leaf) -> None:
+    """The certificate now served, for its expiry's metric (prometheus-client is imported in the worker, after the
+    master set its multiprocess directory)."""
+    from . import metrics
 
-    certificates = services_of(app).certificates
-    if certificates is not None:
-        certificates.start(cfg.cert_reqs, cfg.ciphers)
-        log.info("TLS from ACME for %s (client certificate: required)", ", ".join(certificates.domains))
-    return certificates
+    metrics.TLS_CERTIFICATE_EXPIRY.set(leaf.not_valid_after_utc.timestamp())
 
 
 def _batch_scheduling(log) -> None:

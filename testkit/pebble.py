@@ -66,7 +66,7 @@ class Pebble:
 
     def orders(self) -> int:
         """Orders placed so far."""
-        return self.process.log().count("POST /order-plz")
+        return self.process.log().count("Added order ")
 
     def stop(self) -> None:
         self.process.stop()

@@ -1,15 +1,15 @@
 """Certificates from ACME, end to end: a real gunicorn with the TLS worker orders from Debian's pebble (Let's Encrypt's
-test CA), answers its tls-alpn-01 validation on its own port, and serves what it got."""
+test CA), answers its tls-alpn-01 validation on its own port, and serves what it got; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import socket
 import ssl
-import subprocess
-import sys
+import threading
 import time
 
 import pytest
@@ -17,16 +17,17 @@ import requests
 from cryptography import x509
 
 from quay_dispatch.acme import state
-from quay_dispatch.config import ConfigError, load_settings
 from quay_dispatch.outbox import open_outbox
 from quay_dispatch.sample import sample_body
 from testkit.pebble import DOMAIN, Pebble, pebble_missing, session_for
-from testkit.service import ROOT, free_port, run_gunicorn, wait_until
+from testkit.service import free_port, run_flask, wait_until
+
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
 @pytest.fixture
 def pebble_at(tmp_path, test_pki):
-    """pebble(port): a pebble whose validator connects to `port` for tls-alpn-01; stopped after the test."""
+    """pebble_at(port): a pebble whose validator connects to `port` for tls-alpn-01; stopped after the test."""
     if why := pebble_missing():
         if os.environ.get("CI"):
             pytest.fail(why)
@@ -43,46 +44,68 @@ def pebble_at(tmp_path, test_pki):
         pebble.stop()
 
 
+@pytest.fixture
+def store(database_url):
+    outbox = open_outbox(database_url)
+    outbox.migrate()
+    return outbox
+
+
 def acme_env(pebble: Pebble) -> dict[str, str | None]:
     return {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None, "ACME_DOMAINS": DOMAIN, "ACME_DIRECTORY": pebble.directory,
             "ACME_CA_FILE": pebble.ca_file, "ACME_EMAIL": "ops@example.test"}
 
 
-def served_certificate(port: int) -> x509.Certificate:
-    """The certificate a client that asks for DOMAIN gets on `port` (no verification, client certificate none)."""
+def served_certificate(port: int, client=None, alpn=None, name=DOMAIN) -> x509.Certificate:
+    """The certificate a client asking for `name` gets on `port` (`client`: its certificate pair)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if client:
+        ctx.load_cert_chain(*client)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=DOMAIN) as conn:
+            ctx.wrap_socket(raw, server_hostname=name) as conn:
         return x509.load_der_x509_certificate(conn.getpeercert(binary_form=True))
 
 
-def issued_by_pebble(port: int) -> bool:
+def pebbles_serial(port: int, client) -> int | None:
+    """The serial of the certificate served on `port` if pebble issued it, else None."""
     try:
-        return "Pebble" in served_certificate(port).issuer.rfc4514_string()
-    except (OSError, ssl.SSLError):  # refused for want of a client certificate, after the certificate was seen
-        return False
+        served = served_certificate(port, client)
+    except OSError:
+        return None
+    return served.serial_number if "Pebble" in served.issuer.rfc4514_string() else None
 
 
-@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_call(start_service, pebble_at,
-                                                                                  database_url, test_pki, github,
-                                                                                  tmp_path):
+def start_with_certificate(start_service, pebble, port, test_pki, args=None, env=None):
+    service = start_service(acme_env(pebble) | (env or {}), port=port, wait=False, args=args)
+    assert wait_until(lambda: pebbles_serial(port, test_pki.pair("quay")), timeout=40), service.log()
+    return service
+
+
+def status(service, path: str, test_pki) -> int | None:
+    try:
+        return requests.get(service.url + path, cert=test_pki.pair("quay"), verify=False, timeout=5).status_code
+    except requests.RequestException:
+        return None
+
+
+def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_call(start_service, pebble_at, store,
+                                                                                  test_pki, github, tmp_path):
     port = free_port()
     pebble = pebble_at(port)
     # Hold the order lease for a few seconds, as another replica ordering would: the wait is then certain.
-    store = open_outbox(database_url)
-    store.migrate()
     assert store.lock(state.ORDER_LEASE, "another replica", 3)
     started = time.monotonic()
     service = start_service(acme_env(pebble), port=port, wait=False)
 
-    assert wait_until(lambda: _status(service, "/healthz", test_pki) == 200, timeout=20), service.log()
+    assert wait_until(lambda: status(service, "/healthz", test_pki) == 200, timeout=20), service.log()
     readyz = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=False, timeout=5)
     assert readyz.status_code == 503
     assert "waiting for a certificate from ACME" in " ".join(readyz.json()["reasons"])
-    assert wait_until(lambda: issued_by_pebble(port), timeout=30), service.log()
-    issued_after = time.monotonic() - started
+    assert wait_until(lambda: pebbles_serial(port, test_pki.pair("quay")), timeout=40), service.log()
+    print(f"first start to pebble's certificate: {time.monotonic() - started:.1f} s (3 s of it the lease held)")
 
     root = tmp_path / "pebble-root.pem"
     root.write_text(pebble.root_pem())
@@ -92,77 +115,177 @@ def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_ca
                                         cert=test_pki.pair("quay"), verify=str(root), timeout=10)
     assert response.status_code == 202, response.text
     assert [r.path for r in github.wait_for(1)] == ["/repos/acme/widget/dispatches"]
-    assert _status(service, "/readyz", test_pki) == 200
+    assert status(service, "/readyz", test_pki) == 200
     assert pebble.orders() == 1
-    assert "ACME: certificate issued, serial" in service.log()
-    print(f"first start to pebble's certificate: {issued_after:.1f} s (3 s of it the lease held)")
+    for step in ("ordering a certificate for relay.quay-dispatch.test", "answering the tls-alpn-01 challenge",
+                 "certificate issued, serial", "tls-alpn-01 challenge for relay.quay-dispatch.test answered"):
+        assert step in service.log()
+    assert "BEGIN" not in service.log()  # no key, nor any certificate, in the log
 
 
-def _status(service, path: str, test_pki) -> int | None:
-    try:
-        return requests.get(service.url + path, cert=test_pki.pair("quay"), verify=False, timeout=5).status_code
-    except requests.RequestException:
-        return None
+def test_the_challenge_door_opens_for_the_validator_alone(start_service, pebble_at, test_pki):
+    port = free_port()
+    service = start_with_certificate(start_service, pebble_at(port), port, test_pki)
+
+    for name in ("other.example.test", DOMAIN):  # not configured; configured, but nothing pending
+        with pytest.raises(ssl.SSLError, match="alert no application protocol"):
+            served_certificate(port, alpn=["acme-tls/1"], name=name)
+    assert "Pebble" in served_certificate(port, test_pki.pair("quay"), alpn=["h2", "http/1.1"]).issuer.rfc4514_string()
+    assert service.log().count("acme-tls/1 connection for") == 2
 
 
-ACME_VALID = {"GITHUB_TOKEN": "x" * 40, "ROUTES": "acme/*", "ACME_DOMAINS": "relay.example.com"}
+def test_a_restart_serves_the_stored_certificate_from_its_first_connection_and_orders_nothing(
+        start_service, pebble_at, store, test_pki):
+    port = free_port()
+    pebble = pebble_at(port)
+    start_with_certificate(start_service, pebble, port, test_pki).stop()
+    serial = state.load_certificate(store).leaf.serial_number
+
+    start_service(acme_env(pebble), port=port, wait=False)
+    first = None
+    deadline = time.monotonic() + 20
+    while first is None and time.monotonic() < deadline:
+        try:
+            first = served_certificate(port, test_pki.pair("quay"))
+        except OSError:  # not listening yet
+            time.sleep(0.02)
+
+    assert first is not None and first.serial_number == serial
+    time.sleep(2)  # the manager's first looks: due nothing
+    assert pebble.orders() == 1
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"ACME_DOMAINS": "*.example.com"}, "ACME_DOMAINS='*.example.com': a wildcard is not allowed: tls-alpn-01"),
-    ({"ACME_DOMAINS": "relay.example.com,192.0.2.7"}, "ACME_DOMAINS='192.0.2.7': an IP address is not allowed"),
-    ({"ACME_DOMAINS": "relay_1.example.com"}, "ACME_DOMAINS='relay_1.example.com': not a valid host name"),
-    ({"ACME_DIRECTORY": "http://acme.example.com/dir"}, "ACME_DIRECTORY='http://acme.example.com/dir' is plain http"),
-    ({"ACME_DIRECTORY": "letsencrypt-nightly"}, "ACME_DIRECTORY='letsencrypt-nightly': use letsencrypt,"),
-    ({"ACME_EAB_KID": "kid-1"}, "external account binding needs both ACME_EAB_KID and ACME_EAB_HMAC_KEY"),
-    ({"ACME_DOMAINS": None, "ACME_EMAIL": "ops@example.com"}, "ACME_EMAIL set without ACME_DOMAINS"),
-])
-def test_acme_settings_that_cannot_work_are_refused_naming_the_setting(overrides, words):
-    env = {k: v for k, v in (ACME_VALID | overrides).items() if v is not None}
-    with pytest.raises(ConfigError, match=re.escape(words)):
-        load_settings(env)
+def test_renew_and_the_renewal_window_each_bring_one_order_served_by_every_worker_without_a_refusal(
+        start_service, pebble_at, store, test_pki):
+    port = free_port()
+    pebble = pebble_at(port)
+    service = start_with_certificate(start_service, pebble, port, test_pki, args=["--workers", "2"])
+    serials = [pebbles_serial(port, test_pki.pair("quay"))]
+    refused, stop = [], threading.Event()
+
+    def connect_all_along():
+        while not stop.is_set():
+            try:
+                served_certificate(port, test_pki.pair("quay"))
+            except OSError as exc:
+                refused.append(exc)
+
+    client = threading.Thread(target=connect_all_along, daemon=True)
+    client.start()
+    renewed = run_flask(service.env, "certificate", "renew")
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    assert renewed.stdout.startswith("renewed: serial ")
+    serials.append(every_worker_serves_a_new_serial(port, test_pki, serials, service))
+
+    stored = state.load_certificate(store)
+    state.store_certificate(store, dataclasses.replace(stored, renew_at=time.time()))  # its window opened
+    serials.append(every_worker_serves_a_new_serial(port, test_pki, serials, service))
+    stop.set()
+    client.join(10)
+
+    assert refused == []
+    assert pebble.orders() == 3
+    shown = run_flask(service.env, "certificate").stdout
+    assert f"serial:     {serials[-1]:x}" in shown and "last error: none" in shown, shown
 
 
-def test_acme_directory_names_and_loopback_http_are_accepted():
-    assert load_settings(ACME_VALID).acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
-    staging = load_settings(ACME_VALID | {"ACME_DIRECTORY": "letsencrypt-staging"})
-    assert staging.acme_directory == "https://acme-staging-v02.api.letsencrypt.org/directory"
-    assert load_settings(ACME_VALID | {"ACME_DIRECTORY": "http://127.0.0.1:14000/dir"}).acme_domains == (
-        "relay.example.com",)
+def every_worker_serves_a_new_serial(port, test_pki, known, service) -> int:
+    deadline = time.monotonic() + 30
+    while (serial := pebbles_serial(port, test_pki.pair("quay"))) in known + [None]:
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.1)
+    # Each of the two workers says it serves it.
+    assert wait_until(lambda: len(set(re.findall(rf"ACME: serving the certificate serial {serial:x} .* \(worker "
+                                                 rf"(\d+)\)", service.log()))) == 2, timeout=10)
+    return serial
 
 
-@pytest.mark.parametrize("overrides, args, words", [
-    ({"TLS_CERT_FILE": "server"}, [], "ACME_DOMAINS and TLS_CERT_FILE are both set"),
-    ({}, ["--certfile", "server"], "ACME_DOMAINS and --certfile are both set"),
-    ({"CLIENT_CERT_SOURCE": "header", "FORWARDED_ALLOW_IPS": "127.0.0.1"}, [],
-     "ACME_DOMAINS needs the service to terminate TLS itself (CLIENT_CERT_SOURCE=tls): with CLIENT_CERT_SOURCE=header"),
-    ({"CLIENT_CERT_SOURCE": "none", "INCOMING_TOKEN": "t" * 32}, [],
-     "ACME_DOMAINS needs the service to terminate TLS itself (CLIENT_CERT_SOURCE=tls): with CLIENT_CERT_SOURCE=none"),
-])
-def test_acme_where_the_certificate_comes_from_elsewhere_stops_the_start(test_pki, overrides, args, words):
-    cert, key = test_pki.pair("server")
-    overrides = {name: cert if value == "server" else value for name, value in overrides.items()}
-    args = [cert if arg == "server" else arg for arg in args]
-    if args:
-        args += ["--keyfile", key]
-    if "TLS_CERT_FILE" in overrides:
-        overrides["TLS_KEY_FILE"] = key
+def test_a_ca_that_refuses_gets_one_order_however_often_the_service_restarts(start_service, pebble_at, store,
+                                                                             test_pki):
+    port = free_port()
+    pebble = pebble_at(free_port())  # its validator goes to a port where nothing answers: every order fails
+    env = acme_env(pebble)
 
-    result = run_gunicorn(ACME_VALID | overrides, *args)
+    for _ in range(5):
+        service = start_service(env, port=port, wait=False)
+        assert wait_until(lambda s=service: status(s, "/healthz", test_pki) == 200, timeout=20), service.log()
+        # The first start's order fails, and that is stored; the later starts make their looks at the store.
+        assert wait_until(lambda s=service: "ACME: the order failed" in s.log() or pebble.orders(), timeout=30)
+        assert wait_until(lambda: state.load_failures(store).count == 1, timeout=30), service.log()
+        time.sleep(1)
+        readyz = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=False, timeout=5)
+        service.stop()
 
-    assert result.returncode != 0
-    assert f"  - {words}" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+    assert pebble.orders() == 1
+    assert readyz.status_code == 503
+    assert "waiting for a certificate from ACME: " in readyz.json()["reasons"][-1]
+    shown = run_flask(service.env, "certificate").stdout
+    assert "served:     a temporary self-signed certificate" in shown and "1 failed orders in a row" in shown, shown
 
 
-def test_a_service_without_acme_loads_none_of_it(test_pki, tmp_path):
-    cert, key = test_pki.pair("server")
-    env = {"PATH": os.environ["PATH"], "GITHUB_TOKEN": "x" * 40, "ROUTES": "acme/*", "TLS_CERT_FILE": cert,
-           "TLS_KEY_FILE": key, "DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.sqlite3'}"}
-    probe = "import sys, wsgi; print(sorted(m for m in sys.modules if m.split('.')[0] in ('acme', 'josepy') " \
-            "or m.startswith('quay_dispatch.acme')))"
+def test_a_failed_renewal_keeps_the_current_certificate(start_service, pebble_at, store, test_pki):
+    port = free_port()
+    pebble = pebble_at(port)
+    service = start_with_certificate(start_service, pebble, port, test_pki)
+    serial = pebbles_serial(port, test_pki.pair("quay"))
+    pebble.stop()  # the CA is down
 
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+    renewed = run_flask(service.env, "certificate", "renew")
 
-    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+    assert renewed.returncode == 1
+    assert renewed.stdout.startswith("the order failed: "), renewed.stdout
+    assert pebbles_serial(port, test_pki.pair("quay")) == serial
+    failures = state.load_failures(store)
+    assert failures.count == 1 and failures.next_try > time.time() + 60
+    assert "ACME: the order failed (1 in a row), next try at " in service.log()
+
+
+def test_a_ca_that_rejects_half_the_nonces_still_issues(start_service, pebble_at, test_pki):
+    port = free_port()
+    pebble = pebble_at(port, nonce_reject=50)
+
+    service = start_with_certificate(start_service, pebble, port, test_pki, env={"DEBUG": "1"})
+
+    assert pebble.orders() == 1
+    assert service.log().count("the CA rejected a request's nonce") >= 2  # the library alone retries once
+
+
+def test_the_operator_sees_the_certificate_in_metrics_and_check_config(start_service, pebble_at, test_pki):
+    port = free_port()
+    service = start_with_certificate(start_service, pebble_at(port), port, test_pki)
+    expiry = served_certificate(port, test_pki.pair("quay")).not_valid_after_utc.timestamp()
+
+    text = requests.get(service.url + "/metrics", cert=test_pki.pair("quay"), verify=False, timeout=5).text
+
+    gauge = re.search(r"^quay_dispatch_tls_certificate_expiry_timestamp_seconds (\S+)$", text, re.M)
+    assert gauge and float(gauge[1]) == expiry
+    assert 'quay_dispatch_acme_orders_total{result="issued"} 1.0' in text
+    assert 'quay_dispatch_acme_orders_total{result="failed"} 0.0' in text
+    checked = run_flask(service.env | {"DRY_RUN": "1"}, "check-config", "--online")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"certificate:    from ACME ({service.env['ACME_DIRECTORY']}) for {DOMAIN}" in checked.stdout
+    assert "ok, directory answers" in checked.stdout
+    assert re.search(r"ok, account https://127\.0\.0\.1:\d+/my-account/\w+ is valid", checked.stdout), checked.stdout
+
+
+def test_two_replicas_on_postgresql_place_one_order_and_the_other_answers_the_validator(
+        start_service, pebble_at, store, backend, test_pki):
+    if backend != "postgresql":
+        pytest.skip("replicas share a PostgreSQL outbox")
+    ordering_port, validated_port = free_port(), free_port()
+    pebble = pebble_at(validated_port)  # pebble's validator goes to the replica that does not order
+    assert store.lock(state.ORDER_LEASE, "test", 60)
+    ordering = start_service(acme_env(pebble), port=ordering_port, wait=False)
+    validated = start_service(acme_env(pebble), port=validated_port, wait=False)
+    assert wait_until(lambda: status(ordering, "/healthz", test_pki) == 200, timeout=20), ordering.log()
+    worker = re.search(r"Booting worker with pid: (\d+)", ordering.log())[1]
+    # The lease handed to the first replica's worker: it orders, the second cannot.
+    store.unlock(state.ORDER_LEASE, "test")
+    assert store.lock(state.ORDER_LEASE, f"{socket.gethostname()}:{worker}", 60)
+
+    assert wait_until(lambda: pebbles_serial(ordering_port, test_pki.pair("quay")), timeout=40), ordering.log()
+    assert wait_until(lambda: pebbles_serial(validated_port, test_pki.pair("quay")) ==
+                      pebbles_serial(ordering_port, test_pki.pair("quay")), timeout=20), validated.log()
+    assert pebble.orders() == 1
+    assert "ACME: ordering a certificate" in ordering.log() and "ACME: ordering" not in validated.log()
+    assert "tls-alpn-01 challenge for relay.quay-dispatch.test answered" in validated.log()

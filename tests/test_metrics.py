@@ -50,3 +50,12 @@ def test_metrics_add_up_every_worker(start_service, test_pki, github):
         assert metrics[("quay_dispatch_deliveries", (("status", "pending"),))] == 0
         assert metrics[("quay_dispatch_delivery_latency_seconds_count", ())] == 5
         assert metrics[("quay_dispatch_github_rate_limit_remaining", (("host", github.url[7:]),))] == 4321
+
+
+def test_the_served_file_certificates_expiry_is_a_metric(start_service, test_pki):
+    service = start_service(args=["--workers", "2"])
+    expiry = test_pki.issued["server"].cert.not_valid_after_utc.timestamp()
+
+    metrics = scrape(service, test_pki)
+
+    assert metrics[("quay_dispatch_tls_certificate_expiry_timestamp_seconds", ())] == expiry

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
+from .. import metrics
 from ..outbox import Outbox
 from ..tls import context_from_pem
 from . import schedule, state
@@ -30,7 +31,7 @@ from .door import ChallengeDoor
 from .protocol import CA, Session, new_account_key
 
 CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges
-CERTIFICATE_POLL = 5.0  # seconds between looks at the stored certificate (a renewal elsewhere), and at orders due
+CERTIFICATE_POLL = 2.0  # seconds between looks at the stored certificate (a renewal elsewhere), and at orders due
 PUBLISHED_WAIT = 4 * CHALLENGE_POLL  # what every worker needs to see a challenge before the CA is asked to validate
 ORDER_LEASE_SECONDS = 300.0
 log = logging.getLogger("quay_dispatch.acme")
@@ -52,12 +53,14 @@ class CertificateManager:
         """Serve what the store holds (a restart serves the stored certificate from its first connection), else a
         temporary one; then keep looking, in a thread."""
         self._make_context = lambda chain, key: context_from_pem(chain, key, cert_reqs, ciphers)
-        self._context = self._make_context(*_temporary_pair(self.domains[0]))
+        self._serve(*_temporary_pair(self.domains[0]))
         try:
             self._take_stored()
         except Exception as exc:  # the store is down: the thread looks again
             log.warning("ACME: the stored certificate cannot be read yet: %s", exc)
         threading.Thread(target=self._run, name="acme", daemon=True).start()
+        log.info("ACME: TLS for %s, the certificate from %s (worker %d)", ", ".join(self.domains), self.ca.directory,
+                 os.getpid())
 
     def current(self) -> ChallengeDoor:
         """What new connections are handshaken with (tls_stream.ChooseContext), as ReloadingContext.current()."""
@@ -84,9 +87,14 @@ class CertificateManager:
                 failures = state.load_failures(self.outbox)
                 self.waiting = f"waiting for a certificate from ACME: {failures.last_error or 'ordering'}"
             return
-        self._context = self._make_context(stored.chain_pem.encode("ascii"), stored.key_pem.encode("ascii"))
+        self._serve(stored.chain_pem.encode("ascii"), stored.key_pem.encode("ascii"))
         self.served, self.waiting = stored, None
-        log.info("ACME: serving the certificate %s", stored.describe())
+        log.info("ACME: serving the certificate %s (worker %d)", stored.describe(), os.getpid())
+
+    def _serve(self, chain_pem: bytes, key_pem: bytes) -> None:
+        self._context = self._make_context(chain_pem, key_pem)  # one assignment: the loop takes it as it is
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+        metrics.TLS_CERTIFICATE_EXPIRY.set(leaf.not_valid_after_utc.timestamp())
 
     def _order_if_due(self) -> None:
         reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.outbox), time.time())
@@ -116,11 +124,14 @@ class CertificateManager:
             count = failures.count + 1
             retry = time.time() + schedule.backoff(count)
             state.store_failures(self.outbox, state.Failures(count, _reason(exc), retry))
+            metrics.ACME_ORDERS.labels("failed").inc()
             log.warning("ACME: the order failed (%d in a row), next try at %s: %s", count, state.utc(retry),
                         _reason(exc))
             return
         state.store_certificate(self.outbox, certificate)
         state.store_failures(self.outbox, state.Failures())
+        state.request_renewal(self.outbox, None)
+        metrics.ACME_ORDERS.labels("issued").inc()
         log.info("ACME: certificate issued, %s; renewal at %s", certificate.describe(),
                  state.utc(certificate.renew_at))
         self._take_stored()

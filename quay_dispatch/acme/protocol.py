@@ -9,6 +9,7 @@ rejects many (each retry is safe: a request refused for its nonce was not proces
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ USER_AGENT = "quay-github-actions-dispatch"
 NETWORK_TIMEOUT = 10  # seconds per request to the CA
 ORDER_DEADLINE = 90  # seconds for the CA to validate and issue, once the challenges are answered
 NONCE_RETRIES = 10  # tries of a request whose nonce the CA rejects
+log = logging.getLogger("quay_dispatch.acme")
 
 
 @challenges.ChallengeResponse.register
@@ -53,6 +55,7 @@ class PatientNetwork(client.ClientNetwork):
             except messages.Error as error:
                 if error.code != "badNonce":
                     raise
+                log.debug("ACME: the CA rejected a request's nonce; sending it again with a new one")
         return self._post_once(*args, **kwargs)
 
 
@@ -134,6 +137,27 @@ class Session:
         finally:
             expect({})
         return Issued(chain_pem=done.fullchain_pem, key_pem=key_pem.decode("ascii"))
+
+    def check(self) -> list[tuple[bool, str]]:
+        """What the directory says of this CA and account: (fine, what) for each thing checked; nothing ordered."""
+        meta = self.client.directory.meta
+        try:
+            ari = bool(self.client.directory["renewalInfo"])
+        except KeyError:
+            ari = False
+        found = [(True, f"directory answers (terms of service: {meta.terms_of_service or 'none given'}; renewal "
+                        f"information: {'yes' if ari else 'no'})")]
+        if meta.external_account_required and not self.ca.eab_kid:
+            found.append((False, "the CA requires external account binding: set ACME_EAB_KID and ACME_EAB_HMAC_KEY"))
+        if self.ca.profile and meta.profiles is not None and self.ca.profile not in meta.profiles:
+            found.append((False, f"ACME_PROFILE={self.ca.profile!r} is not one of the CA's profiles: "
+                                 f"{', '.join(meta.profiles)}"))
+        if self.net.account is None:
+            found.append((True, "no account yet: one is registered with the first order"))
+        else:
+            status = self.client.query_registration(self.net.account).body.status
+            found.append((status == "valid", f"account {self.net.account.uri} is {status}"))
+        return found
 
     def renewal_window(self, chain_pem: str) -> datetime.datetime | None:
         """When ARI says to renew this certificate (a time chosen in its window), or None without ARI."""

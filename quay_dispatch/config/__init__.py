@@ -9,8 +9,9 @@ from .quay import NO_TRUSTED_PROXY, quay_certificates, trusted_proxies
 from .reader import ConfigError, listing, read_file
 from .settings import Settings, environment_settings, environment_store_settings, load_settings, load_store_settings
 from .store import DEFAULT_DATABASE_URL, stale_metric_files
-from .tls import tls_problems
+from .tls import certificates_in, tls_problems
 
-__all__ = ["DEFAULT_DATABASE_URL", "NO_TRUSTED_PROXY", "ConfigError", "Settings", "environment_settings",
+__all__ = ["DEFAULT_DATABASE_URL", "NO_TRUSTED_PROXY", "ConfigError", "Settings", "certificates_in",
+           "environment_settings",
            "environment_store_settings", "listing", "load_settings", "load_store_settings", "quay_certificates",
            "read_file", "stale_metric_files", "tls_problems", "trusted_proxies"]
