@@ -9,6 +9,8 @@ import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,7 +22,7 @@ from quay_dispatch.acme import state
 from quay_dispatch.outbox import open_outbox
 from quay_dispatch.sample import sample_body
 from testkit.pebble import DOMAIN, Pebble, pebble_missing, session_for
-from testkit.service import free_port, run_flask, wait_until
+from testkit.service import ROOT, free_port, run_flask, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
@@ -104,6 +106,7 @@ def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_ca
     readyz = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=False, timeout=5)
     assert readyz.status_code == 503
     assert "waiting for a certificate from ACME" in " ".join(readyz.json()["reasons"])
+    assert healthcheck(service).returncode == 0  # the image's HEALTHCHECK, which has no certificate file to present
     assert wait_until(lambda: pebbles_serial(port, test_pki.pair("quay")), timeout=40), service.log()
     print(f"first start to pebble's certificate: {time.monotonic() - started:.1f} s (3 s of it the lease held)")
 
@@ -121,6 +124,16 @@ def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_ca
                  "certificate issued, serial", "tls-alpn-01 challenge for relay.quay-dispatch.test answered"):
         assert step in service.log()
     assert "BEGIN" not in service.log()  # no key, nor any certificate, in the log
+    assert healthcheck(service).returncode == 0
+    if service.env["DATABASE_URL"].startswith("sqlite:///"):  # it holds the keys: its owner's alone
+        outbox = service.env["DATABASE_URL"][len("sqlite:///"):]
+        assert {os.stat(outbox + suffix).st_mode & 0o777 for suffix in ("", "-wal", "-shm")} == {0o600}
+
+
+def healthcheck(service) -> subprocess.CompletedProcess:
+    env = service.env | {"PORT": str(service.port)}
+    return subprocess.run([sys.executable, "-m", "quay_dispatch.healthcheck"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
 
 
 def test_the_challenge_door_opens_for_the_validator_alone(start_service, pebble_at, test_pki):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quay_dispatch.dispatch import plan_dispatches
+from quay_dispatch.github import host_of
 from quay_dispatch.outbox import (
     DELIVERED,
     DRY_RUN,
@@ -274,3 +275,20 @@ def test_a_failed_group_commit_fails_its_requests_and_the_next_ones_go_on(tmp_pa
     # The lead was handed on: nobody is left waiting for a commit that never comes.
     assert add(box, "after")[0]
     assert box.counts()[PENDING] == 2
+
+
+def test_pending_deliveries_of_the_release_before_are_each_delivered_once_by_this_one(database_url, monkeypatch,
+                                                                                     start_service, github):
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])  # the schema before the shared state (ACME's)
+    old = open_outbox(database_url)
+    old.migrate()
+    dispatches = plan_dispatches(event("b-1"), parse_inline_routes("acme/*"), b"b-1")
+    old.add(dispatches, Notification("build_success", "acme/api", "b-1", host_of(github.url), False))
+    monkeypatch.undo()
+    github.reset()
+
+    start_service(args=["--workers", "2"])
+
+    assert [r.path for r in github.wait_for(1)] == ["/repos/acme/api/dispatches"]
+    time.sleep(1)  # a second delivery would come at once
+    assert len(github.requests) == 1

@@ -1,0 +1,100 @@
+"""What a service costs before it serves: the time from its start to the first 202, and its memory (RSS and PSS of
+the master and its 2 workers), for two revisions side by side.
+
+    .venv/bin/python -m bench.footprint BASE [CHANGED] [--rounds 5]
+
+Each round starts BASE's service, then CHANGED's (the order alternates from round to round), each with the
+image's kind of setup (file certificates, SQLite, 2 workers), measures it, and stops it. The report gives the
+median of the rounds with its range. CHANGED defaults to the working tree; both run with this tree's venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+import requests
+
+from bench.ab import checkout
+from bench.compare import ROOT, make_keys
+from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.github import FakeGitHub
+from testkit.service import Service, base_env
+
+
+def measure(keys, workdir: Path, tree: Path) -> dict[str, float]:
+    """Start the service of `tree`, time its first 202, read its memory once it settled, stop it."""
+    workdir.mkdir()
+    with closing(FakeGitHub()) as github:
+        service = Service(base_env(keys, github, f"sqlite:///{workdir / 'outbox.sqlite3'}"), ["--workers", "2"],
+                          workdir, root=tree)
+        started = time.monotonic()
+        try:
+            first_202 = _first_202(service, keys, started) - started
+            time.sleep(2.0)  # the deliverers' first looks, the workers' first collections
+            return {"first 202 s": first_202, **_memory(service.proc.pid)}
+        finally:
+            service.stop()
+
+
+def _first_202(service, keys, started: float) -> float:
+    body = sample_body("build_success", "acme/widget")
+    while time.monotonic() - started < 60:
+        try:
+            if send_like_quay(service.url + "/incoming", body, keys.pair("quay"), verify=keys.ca_file).status_code \
+                    == 202:
+                return time.monotonic()
+        except requests.RequestException:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"no 202 within 60 s:\n{service.log()}")
+
+
+def _memory(master: int) -> dict[str, float]:
+    """RSS and PSS in MiB of `master` and its children (smaps_rollup: PSS shares pages among the processes)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    totals = {"RSS MiB": 0.0, "PSS MiB": 0.0}
+    for pid in [str(master), *children]:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            field, _, value = line.partition(":")
+            if field in ("Rss", "Pss"):
+                totals[f"{field.upper()} MiB"] += int(value.split()[0]) / 1024
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="the git revision to compare against")
+    parser.add_argument("changed", nargs="?", help="the git revision with the change (default: the working tree)")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="quay-bench-footprint-"))
+    keys = make_keys(base, "ecdsa")
+    results: dict[str, list[dict[str, float]]] = {"base": [], "changed": []}
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
+        trees = {}
+        for name, revision in (("base", args.base), ("changed", args.changed)):
+            trees[name] = checkout(revision, base / f"{name}-tree")
+            if trees[name] != ROOT:
+                stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                                str(trees[name])])
+        for i in range(args.rounds):
+            for name in ("base", "changed") if i % 2 == 0 else ("changed", "base"):
+                results[name].append(measure(keys, base / f"{name}-{i}", trees[name]))
+    for field in results["base"][0]:
+        line = []
+        for name in ("base", "changed"):
+            values = [r[field] for r in results[name]]
+            line.append(f"{name} {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+        print(f"{field}: {', '.join(line)}")
+
+
+if __name__ == "__main__":
+    main()
