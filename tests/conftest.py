@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from testkit.credentials import leaks
 from testkit.deploy import Installed, install_copy
 from testkit.github import FakeGitHub
+from testkit.pebble import Pebble, pebble_missing
 from testkit.pki import PKI, make_pki
 from testkit.postgres import create_database, find_initdb, private_postgresql
 from testkit.service import ServiceStarter
@@ -112,3 +113,22 @@ def installed_copy() -> Installed:
         yield install_copy(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pebble_at(tmp_path, test_pki):
+    """pebble_at(port): a pebble whose validator connects to `port` for tls-alpn-01; stopped after the test."""
+    if why := pebble_missing():
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    started = []
+
+    def start(port: int, nonce_reject: int = 0) -> Pebble:
+        cert, key = test_pki.pair("server")
+        started.append(Pebble(tmp_path, cert, key, test_pki.ca_file, port, nonce_reject))
+        return started[-1]
+
+    yield start
+    for pebble in started:
+        pebble.stop()

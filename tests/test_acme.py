@@ -21,29 +21,10 @@ from cryptography import x509
 from quay_dispatch.acme import state
 from quay_dispatch.outbox import open_outbox
 from quay_dispatch.sample import sample_body
-from testkit.pebble import DOMAIN, Pebble, pebble_missing, session_for
+from testkit.pebble import DOMAIN, Pebble, session_for
 from testkit.service import ROOT, free_port, run_flask, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-
-
-@pytest.fixture
-def pebble_at(tmp_path, test_pki):
-    """pebble_at(port): a pebble whose validator connects to `port` for tls-alpn-01; stopped after the test."""
-    if why := pebble_missing():
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    started = []
-
-    def start(port: int, nonce_reject: int = 0) -> Pebble:
-        cert, key = test_pki.pair("server")
-        started.append(Pebble(tmp_path, cert, key, test_pki.ca_file, port, nonce_reject))
-        return started[-1]
-
-    yield start
-    for pebble in started:
-        pebble.stop()
 
 
 @pytest.fixture

@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
 from testkit.deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
+from testkit.pebble import DOMAIN, session_for
 from testkit.service import ROOT, free_port, wait_for_readyz, wait_until
 
 IMAGE = "localhost/quay-dispatch-test"
@@ -273,5 +275,54 @@ def test_container_delivers_as_uid_10001_stops_within_10_s_and_keeps_its_outbox(
     finally:
         deployment["logs"].write_text(podman.logs(CONTAINER))
         ALL_LOGS.append(deployment["logs"])  # checked for secrets when the session ends
+        podman("rm", "--force", CONTAINER, check=False)
+        podman("volume", "rm", "--force", VOLUME, check=False)
+
+
+def test_the_acme_deployment_gets_its_certificate_and_serves_quay_with_nothing_mounted_but_the_volume(
+        podman, pebble_at, test_pki, github, tmp_path):
+    """docs/deployment.md's first command, with pebble standing in for Let's Encrypt and the test PKI for the public
+    CAs (its root, mounted, is ACME_CA_FILE, for pebble's HTTPS certificate, and QUAY_CA_FILE, for Quay's)."""
+    port = free_port()
+    pebble = pebble_at(port)
+    ca = tmp_path / "ca"
+    subprocess.run(["install", "-d", "-m", "0755", str(ca)], check=True)
+    subprocess.run(["install", "-m", "0444", test_pki.ca_file, str(ca / "ca.pem")], check=True)
+    settings = {"ACME_DOMAINS": DOMAIN, "ACME_EMAIL": "ops@example.test", "ACME_DIRECTORY": pebble.directory,
+                "ACME_CA_FILE": "/ca/ca.pem", "QUAY_CA_FILE": "/ca/ca.pem", "GITHUB_TOKEN": GITHUB_TOKEN, "GITHUB_API_URL": github.url,
+                "ROUTES": "acme/*", "PORT": str(port), "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
+    github.reset()
+    podman("volume", "create", VOLUME)
+    try:
+        podman("run", "-d", "--name", CONTAINER, "--network", "host", "-v", f"{VOLUME}:/data", "-v", f"{ca}:/ca:ro",
+               *(f"--env={name}={value}" for name, value in settings.items()), IMAGE)
+        root = tmp_path / "pebble-root.pem"
+        root.write_text(pebble.root_pem())
+        response = None
+
+        def answered_by_pebbles_certificate() -> bool:
+            nonlocal response
+            try:
+                response = session_for(DOMAIN).post(f"https://127.0.0.1:{port}/incoming",
+                                                    data=json.dumps(sample_body("build_success", "acme/widget")),
+                                                    headers={"Content-Type": "application/json"},
+                                                    cert=test_pki.pair("quay"), verify=str(root), timeout=5)
+            except requests.RequestException:  # not yet listening, or still the temporary certificate
+                return False
+            return True
+
+        assert wait_until(answered_by_pebbles_certificate, timeout=60, interval=0.5), podman.logs(CONTAINER)
+        assert response.status_code == 202, response.text
+        assert [r.path for r in github.wait_for(1, timeout=15)] == ["/repos/acme/widget/dispatches"]
+        health = podman("healthcheck", "run", CONTAINER, check=False)
+        assert health.returncode == 0, health.stdout + podman.inspect(CONTAINER, "{{json .State.Health.Log}}")
+        volume = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", VOLUME).stdout.strip())
+        outbox = volume / "quay-dispatch.sqlite3"
+        assert (outbox.stat().st_uid, outbox.stat().st_mode & 0o777) == (10001, 0o600)
+        assert pebble.orders() == 1
+    finally:
+        log = tmp_path / "container.log"
+        log.write_text(podman.logs(CONTAINER))
+        ALL_LOGS.append(log)
         podman("rm", "--force", CONTAINER, check=False)
         podman("volume", "rm", "--force", VOLUME, check=False)
