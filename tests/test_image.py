@@ -289,7 +289,8 @@ def test_the_acme_deployment_gets_its_certificate_and_serves_quay_with_nothing_m
     subprocess.run(["install", "-d", "-m", "0755", str(ca)], check=True)
     subprocess.run(["install", "-m", "0444", test_pki.ca_file, str(ca / "ca.pem")], check=True)
     settings = {"ACME_DOMAINS": DOMAIN, "ACME_EMAIL": "ops@example.test", "ACME_DIRECTORY": pebble.directory,
-                "ACME_CA_FILE": "/ca/ca.pem", "QUAY_CA_FILE": "/ca/ca.pem", "GITHUB_TOKEN": GITHUB_TOKEN, "GITHUB_API_URL": github.url,
+                "ACME_CA_FILE": "/ca/ca.pem", "QUAY_CA_FILE": "/ca/ca.pem", "GITHUB_TOKEN": GITHUB_TOKEN,
+                "GITHUB_API_URL": github.url,
                 "ROUTES": "acme/*", "PORT": str(port), "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
     github.reset()
     podman("volume", "create", VOLUME)

@@ -9,7 +9,7 @@ from cryptography import x509
 
 from ..outbox import Outbox
 from . import schedule, state
-from .protocol import CA, Session, new_account_key
+from .protocol import CA, Session, new_key_pem
 
 RENEW_WAIT = 60.0  # seconds `certificate renew` waits for the new certificate
 
@@ -49,7 +49,7 @@ def certificate_lines(leaf: x509.Certificate) -> list[str]:
 def check_online(outbox: Outbox, ca: CA) -> list[tuple[bool, str]]:
     """check-config --online: the CA's directory fetched, the account (if one is stored) asked about."""
     account = state.load_account(outbox, ca.directory)
-    key_pem, url = account if account else (new_account_key(), None)
+    key_pem, url = account if account else (new_key_pem(), None)
     try:
         return Session(ca, key_pem, url).check()
     except Exception as exc:  # whatever the CA or the network says

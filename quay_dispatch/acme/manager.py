@@ -28,7 +28,7 @@ from ..tls import context_from_pem
 from . import schedule, state
 from .challenge import self_signed
 from .door import ChallengeDoor
-from .protocol import CA, Session, new_account_key
+from .protocol import CA, Session, new_key_pem
 
 CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges
 CERTIFICATE_POLL = 2.0  # seconds between looks at the stored certificate (a renewal elsewhere), and at orders due
@@ -67,7 +67,7 @@ class CertificateManager:
         return self.door
 
     def _run(self) -> None:
-        next_certificate_look = 0.0
+        next_certificate_look, trouble = 0.0, None
         while True:
             try:
                 self.door.expect(state.load_challenges(self.outbox))
@@ -75,8 +75,11 @@ class CertificateManager:
                     next_certificate_look = time.monotonic() + CERTIFICATE_POLL
                     self._take_stored()
                     self._order_if_due()
-            except Exception as exc:  # the store or the CA: said, and tried again at the next look
-                log.warning("ACME: %s", exc)
+                trouble = None
+            except Exception as exc:  # the store, mostly: said once, and tried again at the next look
+                if _reason(exc) != trouble:
+                    trouble = _reason(exc)
+                    log.warning("ACME: cannot look at the store: %s", trouble)
             time.sleep(CHALLENGE_POLL)
 
     def _take_stored(self) -> None:
@@ -138,7 +141,7 @@ class CertificateManager:
 
     def _session(self) -> Session:
         account = state.load_account(self.outbox, self.ca.directory)
-        key_pem, url = account if account else (new_account_key(), None)
+        key_pem, url = account if account else (new_key_pem(), None)
         if account is None:  # stored before it is registered: a crash in between cannot make two accounts
             state.store_account(self.outbox, self.ca.directory, key_pem, None)
         session = Session(self.ca, key_pem, url)

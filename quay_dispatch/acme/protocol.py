@@ -122,10 +122,9 @@ class Session:
         `expect(name -> key authorization)` publishes the challenges to every worker and replica
         before the CA is asked to validate (and expect({}) once it is done).
         """
-        key = ec.generate_private_key(ec.SECP256R1())
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        order = self.client.new_order(crypto_util.make_csr(key_pem, list(domains)), profile=self.ca.profile)
+        key_pem = new_key_pem()
+        order = self.client.new_order(crypto_util.make_csr(key_pem.encode("ascii"), list(domains)),
+                                      profile=self.ca.profile)
         pending = [(authz.body.identifier.value, _tls_alpn_challenge(authz))
                    for authz in order.authorizations if authz.body.status != messages.STATUS_VALID]
         expect({name: challenge.chall.key_authorization(self.account_key) for name, challenge in pending})
@@ -136,7 +135,7 @@ class Session:
             done = self.client.poll_and_finalize(order, deadline)
         finally:
             expect({})
-        return Issued(chain_pem=done.fullchain_pem, key_pem=key_pem.decode("ascii"))
+        return Issued(chain_pem=done.fullchain_pem, key_pem=key_pem)
 
     def check(self) -> list[tuple[bool, str]]:
         """What the directory says of this CA and account: (fine, what) for each thing checked; nothing ordered."""
@@ -173,8 +172,8 @@ def _tls_alpn_challenge(authz: messages.AuthorizationResource) -> messages.Chall
     raise IssueError(f"the CA offers no tls-alpn-01 challenge for {authz.body.identifier.value} (only {offered})")
 
 
-def new_account_key() -> str:
-    """A new account key, PEM (P-256, ES256)."""
+def new_key_pem() -> str:
+    """A new P-256 key, PEM: an account's (ES256) or a certificate's."""
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode("ascii")
