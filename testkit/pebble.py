@@ -31,7 +31,9 @@ def pebble_missing() -> str | None:
 class Pebble:
     """pebble and its DNS server, for one test: orders are counted in its log."""
 
-    def __init__(self, workdir: Path, cert: str, key: str, ca_file: str, tls_port: int, nonce_reject: int = 0):
+    def __init__(self, workdir: Path, cert: str, key: str, ca_file: str, tls_port: int, nonce_reject: int = 0,
+                 eab: dict[str, str] | None = None):
+        """`eab`: the external account binding keys it requires (key id -> base64url HMAC key), if any."""
         self.ca_file = ca_file  # what signs pebble's own HTTPS certificate (ACME_CA_FILE)
         self.port, self.management = free_port(), free_port()
         dns, dns_management = free_port(), free_port()
@@ -39,7 +41,7 @@ class Pebble:
         config.write_text(json.dumps({"pebble": {
             "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.management}",
             "certificate": cert, "privateKey": key, "httpPort": free_port(), "tlsPort": tls_port,
-            "ocspResponderURL": "", "externalAccountBindingRequired": False,
+            "ocspResponderURL": "", "externalAccountBindingRequired": bool(eab), "externalAccountMACKeys": eab or {},
         }}))
         self.dns = LoggedProcess("challtestsrv", [
             "pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",

@@ -124,9 +124,9 @@ def pebble_at(tmp_path, test_pki):
         pytest.skip(why)
     started = []
 
-    def start(port: int, nonce_reject: int = 0) -> Pebble:
+    def start(port: int, nonce_reject: int = 0, eab: dict[str, str] | None = None) -> Pebble:
         cert, key = test_pki.pair("server")
-        started.append(Pebble(tmp_path, cert, key, test_pki.ca_file, port, nonce_reject))
+        started.append(Pebble(tmp_path, cert, key, test_pki.ca_file, port, nonce_reject, eab))
         return started[-1]
 
     yield start

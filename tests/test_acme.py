@@ -283,3 +283,21 @@ def test_two_replicas_on_postgresql_place_one_order_and_the_other_answers_the_va
     assert pebble.orders() == 1
     assert "ACME: ordering a certificate" in ordering.log() and "ACME: ordering" not in validated.log()
     assert "tls-alpn-01 challenge for relay.quay-dispatch.test answered" in validated.log()
+
+
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"  # pebble's example
+
+
+def test_a_ca_that_requires_external_account_binding_gets_it(start_service, pebble_at, test_pki):
+    port = free_port()
+    pebble = pebble_at(port, eab={"kid-1": EAB_KEY})
+
+    service = start_with_certificate(start_service, pebble, port, test_pki,
+                                     env={"ACME_EAB_KID": "kid-1", "ACME_EAB_HMAC_KEY": EAB_KEY})
+
+    assert pebble.orders() == 1
+    assert EAB_KEY not in service.log()
+    without = {k: v for k, v in service.env.items() if not k.startswith("ACME_EAB_")} | {"DRY_RUN": "1"}
+    checked = run_flask(without, "check-config", "--online")
+    assert "PROBLEM, the CA requires external account binding: set ACME_EAB_KID and ACME_EAB_HMAC_KEY" in \
+        checked.stdout, checked.stdout
