@@ -64,7 +64,7 @@ class Pebble:
 
     def root_pem(self) -> str:
         """The root of this run's CA."""
-        return requests.get(f"https://127.0.0.1:{self.management}/roots/0", verify=False, timeout=5).text
+        return requests.get(f"https://127.0.0.1:{self.management}/roots/0", verify=self.ca_file, timeout=5).text
 
     def orders(self) -> int:
         """Orders placed so far."""
