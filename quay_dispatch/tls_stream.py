@@ -24,8 +24,7 @@ from .tls import (
 
 _CHUNK = 64 * 1024  # bytes moved between the socket and OpenSSL at a time
 _HEADER = 5  # bytes of a TLS record's header: type, version, length
-# A fatal alert, in the clear as the server has not spoken: for an acme-tls/1 connection nobody expects.
-_NO_APPLICATION_PROTOCOL = b"\x15\x03\x03\x00\x02\x02\x78"
+_RECORD_OVERFLOW, _NO_APPLICATION_PROTOCOL = 22, 120  # TLS alert descriptions
 # Given the client's first bytes: the context and the challenge's name (or None), None until the hello's first
 # record is whole; raises HandshakeRefused for an acme-tls/1 connection that no pending challenge expects.
 ChooseContext = Callable[[bytes], "tuple[SSL.Context, str | None] | None"]
@@ -37,7 +36,7 @@ class TLSStream(Stream):
     (see handshake_nowait) before any read."""
 
     def __init__(self, raw: socket.socket, context: SSL.Context | ChooseContext, io_timeout: float | None):
-        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.CertificateSource)."""
+        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.door.ChallengeDoor)."""
         super().__init__(raw, io_timeout)
         self.tls: SSL.Connection | None = None
         self._choose: ChooseContext | None = None
@@ -100,7 +99,7 @@ class TLSStream(Stream):
         try:
             choice = self._choose(self._first)
         except HandshakeRefused:
-            self.raw.send(_NO_APPLICATION_PROTOCOL)  # a few bytes, which the socket's buffer takes
+            self._alert_in_the_clear(_NO_APPLICATION_PROTOCOL)
             raise
         if choice is None:  # the hello's first record is not whole yet
             return b""
@@ -130,11 +129,19 @@ class TLSStream(Stream):
         """The next record would take the handshake past MAX_HANDSHAKE_BYTES: OpenSSL is given its header
         with a length no record may have, and answers with record_overflow, encrypted as the handshake
         stands (which only OpenSSL knows)."""
-        self.tls.bio_write(self._records.held[:3] + b"\xff\xff")
-        with contextlib.suppress(SSL.Error):
-            self._advance()  # raises, once the alert is out
+        if self.tls is None:  # the first record is over the limit, before a context was chosen: nothing was said yet
+            self._alert_in_the_clear(_RECORD_OVERFLOW)
+        else:
+            self.tls.bio_write(self._records.held[:3] + b"\xff\xff")
+            with contextlib.suppress(SSL.Error):
+                self._advance()  # raises, once the alert is out
         raise HandshakeRefused(f"the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing its "
                                "handshake (a ClientHello or a certificate chain far larger than Quay's)")
+
+    def _alert_in_the_clear(self, description: int) -> None:
+        """A fatal alert before the server spoke, so unencrypted: a few bytes, which the socket's buffer takes."""
+        with contextlib.suppress(OSError):
+            self.raw.send(bytes([0x15, 3, 3, 0, 2, 2, description]))
 
     def _decrypt(self) -> None:
         """Take every whole record OpenSSL holds into _plain."""

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from quay_dispatch.acme.challenge import ACME_IDENTIFIER
 from quay_dispatch.acme.door import ChallengeDoor
 from quay_dispatch.acme.hello import Hello, read_hello
-from quay_dispatch.tls import build_context
+from quay_dispatch.tls import MAX_HANDSHAKE_BYTES, build_context
 from testkit.door import DoorServer, constant
 from testkit.pki import make_pki
 from testkit.service import wait_until
-from testkit.tls import client_context
+from testkit.tls import alert_in, client_context
 
 DOMAIN = "relay.example.test"
 KEY_AUTHORIZATION = "token-123.thumbprint-456"
@@ -119,3 +119,15 @@ def test_an_acme_tls_1_connection_nobody_expects_is_refused(server, name, expect
 ])
 def test_the_hello_reader_waits_for_the_first_record_and_reads_junk_as_no_hello(data, expected):
     assert read_hello(data) == expected
+
+
+def test_a_first_record_over_the_handshake_limit_gets_record_overflow_before_any_context(server):
+    thread = server.serve(1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(b"\x16\x03\x01\xff\xff")  # a record of 64 KiB announced, before the door could read a hello
+        answer = raw.recv(100)
+    thread.join(5)
+
+    assert alert_in(answer) == (2, 22)
+    assert server.outcomes == [f"refused: the client sent more than {MAX_HANDSHAKE_BYTES} bytes without finishing "
+                               "its handshake (a ClientHello or a certificate chain far larger than Quay's)"]
