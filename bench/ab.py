@@ -22,12 +22,13 @@ from pathlib import Path
 from bench.compare import ROOT, make_keys, ratios, rounds, start_baseline, start_ours
 
 
-def checkout(revision: str | None, directory: Path) -> Path:
-    """The tree at `revision` (None: this working tree, as it is) in `directory`."""
+def checkout(revision: str | None, directory: Path, stack: ExitStack) -> Path:
+    """The tree at `revision` (None: this working tree, as it is) in `directory`, removed when `stack` closes."""
     if revision is None:
         return ROOT
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(directory), revision],
                    check=True)
+    stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(directory)])
     return directory
 
 
@@ -44,9 +45,7 @@ def main() -> None:
         stack.callback(shutil.rmtree, base, ignore_errors=True)
         servers = []
         for name, revision in (("base", args.base), ("changed", args.changed)):
-            tree = checkout(revision, base / f"{name}-tree")
-            if tree != ROOT:
-                stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)])
+            tree = checkout(revision, base / f"{name}-tree", stack)
             (base / name).mkdir()
             servers.append(start_ours(keys, base / name, stack, name=name, root=tree))
         (base / "nginx").mkdir()

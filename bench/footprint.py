@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from contextlib import ExitStack, closing
@@ -22,7 +21,7 @@ from pathlib import Path
 import requests
 
 from bench.ab import checkout
-from bench.compare import ROOT, make_keys
+from bench.compare import make_keys
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
 from testkit.service import Service, base_env
@@ -81,10 +80,7 @@ def main() -> None:
         stack.callback(shutil.rmtree, base, ignore_errors=True)
         trees = {}
         for name, revision in (("base", args.base), ("changed", args.changed)):
-            trees[name] = checkout(revision, base / f"{name}-tree")
-            if trees[name] != ROOT:
-                stack.callback(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                                                str(trees[name])])
+            trees[name] = checkout(revision, base / f"{name}-tree", stack)
         for i in range(args.rounds):
             for name in ("base", "changed") if i % 2 == 0 else ("changed", "base"):
                 results[name].append(measure(keys, base / f"{name}-{i}", trees[name]))
