@@ -33,9 +33,12 @@ LATENCY = Histogram("quay_dispatch_delivery_latency_seconds", "From acceptance (
 STORE_BYPASS = Counter("quay_dispatch_store_bypass_total",
                        "Notifications the outbox could not take, by what came of them: dispatched (sent to "
                        "GitHub directly, answered 202) or unavailable (GitHub refused too, answered 503)", ["result"])
+# Labelled by where the certificate comes from (file or acme), so that a service without TLS has no sample
+# at all: an unlabelled gauge in multiprocess mode is written as 0 by every worker from its import on.
 TLS_CERTIFICATE_EXPIRY = Gauge("quay_dispatch_tls_certificate_expiry_timestamp_seconds",
-                               "When the TLS certificate being served expires (its not-after, epoch seconds), from a "
-                               "file or from ACME; the earliest of the workers'", multiprocess_mode="livemin")
+                               "When the TLS certificate being served expires (its not-after, epoch seconds), by "
+                               "source: file or acme; the earliest of the workers'", ["source"],
+                               multiprocess_mode="livemin")
 ACME_ORDERS = Counter("quay_dispatch_acme_orders_total", "Certificates ordered from ACME, by result: issued or failed",
                       ["result"])
 for _result in ("issued", "failed"):

@@ -276,7 +276,7 @@ def _certificate_served(leaf) -> None:
     master set its multiprocess directory)."""
     from . import metrics
 
-    metrics.TLS_CERTIFICATE_EXPIRY.set(leaf.not_valid_after_utc.timestamp())
+    metrics.TLS_CERTIFICATE_EXPIRY.labels("file").set(leaf.not_valid_after_utc.timestamp())
 
 
 def _batch_scheduling(log) -> None:

@@ -251,7 +251,7 @@ def test_the_operator_sees_the_certificate_in_metrics_and_check_config(start_ser
 
     text = requests.get(service.url + "/metrics", cert=test_pki.pair("quay"), verify=False, timeout=5).text
 
-    gauge = re.search(r"^quay_dispatch_tls_certificate_expiry_timestamp_seconds (\S+)$", text, re.M)
+    gauge = re.search(r'^quay_dispatch_tls_certificate_expiry_timestamp_seconds\{source="acme"\} (\S+)$', text, re.M)
     assert gauge and float(gauge[1]) == expiry
     assert 'quay_dispatch_acme_orders_total{result="issued"} 1.0' in text
     assert 'quay_dispatch_acme_orders_total{result="failed"} 0.0' in text

@@ -6,6 +6,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.client import PLAIN
+from testkit.credentials import INCOMING_TOKEN
 from testkit.service import wait_until
 
 
@@ -58,4 +60,13 @@ def test_the_served_file_certificates_expiry_is_a_metric(start_service, test_pki
 
     metrics = scrape(service, test_pki)
 
-    assert metrics[("quay_dispatch_tls_certificate_expiry_timestamp_seconds", ())] == expiry
+    assert metrics[("quay_dispatch_tls_certificate_expiry_timestamp_seconds", (("source", "file"),))] == expiry
+
+
+def test_a_service_without_tls_reports_no_certificate_expiry_rather_than_0(start_service):
+    service = start_service(PLAIN | {"CLIENT_CERT_SOURCE": "none", "INCOMING_TOKEN": INCOMING_TOKEN},
+                            args=["--workers", "2"])
+
+    text = requests.get(service.url + "/metrics", timeout=10).text
+
+    assert [line for line in text.splitlines() if line.startswith("quay_dispatch_tls_certificate_")] == []
