@@ -6,6 +6,7 @@ configuration (dev-certs, send-sample) work before the service is configured.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,13 +19,14 @@ from .delivery import Deliverer
 from .github import GitHubClient, TokenAuth, Transport
 from .github_app import AppAuth
 from .identity import QuayVerifier
-from .outbox import Outbox, open_outbox
+from .outbox import Outbox, StoreUnavailable, open_outbox
 from .startup import service_problems
 
 if TYPE_CHECKING:
     from .acme.manager import CertificateManager
 
 _EXTENSION = "quay_dispatch"
+log = logging.getLogger("quay_dispatch.outbox")
 _lock = threading.Lock()
 
 
@@ -47,8 +49,17 @@ class Services:
         return self.certificates
 
     def start_delivery(self) -> None:
-        """Create the schema if needed and start sending; called once per serving process."""
-        self.outbox.migrate()
+        """Bring the schema up to date if it can, and start sending; called once per serving process.
+
+        gunicorn's master brought the schema up to date before any worker started. A worker that
+        starts later (one replaced, a reload) while the store cannot answer serves all the same:
+        failing its boot would make gunicorn's master stop the whole service.
+        """
+        try:
+            self.outbox.migrate()
+        except StoreUnavailable as exc:
+            log.warning("the outbox (%s) cannot be reached as this worker starts (%s): serving on, the "
+                        "schema was brought up to date when the service started", self.outbox.description, exc)
         self.deliverer.start()
 
 

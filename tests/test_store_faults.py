@@ -8,6 +8,9 @@ GitHub exactly once, and the health check must answer within 1 s throughout.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -177,3 +180,20 @@ def test_a_missing_or_replaced_outbox_file_is_answered_by_dispatching_directly(s
         assert wait_until(lambda: len(github.dispatches()) == 4, timeout=10)
         assert "Traceback" not in service.log()
         service.stop()
+
+
+def test_a_worker_that_starts_while_the_store_is_locked_serves_and_the_service_stays_up(start_service, test_pki,
+                                                                                       backend, database_url):
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    service = start_service(args=["--workers", "2"])
+    workers = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", service.log())]
+
+    with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=5):
+        os.kill(workers[0], signal.SIGKILL)  # gunicorn's master starts another, which finds the store locked
+        assert wait_until(lambda: "cannot be reached as this worker starts (database is locked" in service.log(),
+                          timeout=10), service.log()
+
+    assert service.exited() is None, service.log()
+    assert wait_until(lambda: requests.get(service.url + "/readyz", cert=test_pki.pair("quay"),
+                                           verify=test_pki.ca_file, timeout=5).status_code == 200, timeout=10)
