@@ -90,6 +90,7 @@ class Deliverer:
         # A daemon thread: it ends with its worker. A send cut short by that is sent
         # again once its lease expires (delivery is at least once).
         while True:
+            metrics.DELIVERER_HEARTBEAT.labels(self.host).set(time.time())
             try:
                 self._record_what_waits()
                 self._prune_when_due()
@@ -157,6 +158,8 @@ class Deliverer:
             metrics.LATENCY.observe(time.time() - delivery.queued_at)
         if outcome.rate_limit_remaining is not None:
             metrics.RATE_LIMIT_REMAINING.labels(self.host).set(outcome.rate_limit_remaining)
+        if outcome.token_expiry is not None:
+            metrics.GITHUB_TOKEN_EXPIRY.labels(self.host).set(outcome.token_expiry)
         log.info(
             "delivery %s to %s (%s %s) attempt %d: %s%s%s",
             delivery.id, delivery.target, delivery.kind, delivery.event_type, delivery.attempts + 1,

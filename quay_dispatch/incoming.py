@@ -266,6 +266,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     app.before_request(_options)
     app.after_request(_count)
+    metrics.count_from_zero(ALL_EVENTS)
     app.register_error_handler(Refusal, _refusal)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

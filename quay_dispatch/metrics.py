@@ -8,6 +8,8 @@ scrape time, so they are right across workers and replicas alike.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -20,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from . import __version__
 from .outbox import Outbox, StoreUnavailable
 
 MEDIA_TYPE = CONTENT_TYPE_LATEST
@@ -43,9 +46,42 @@ ACME_ORDERS = Counter("quay_dispatch_acme_orders_total", "Certificates ordered f
                       ["result"])
 for _result in ("issued", "failed"):
     ACME_ORDERS.labels(_result)  # at 0 from the start: an alert on increase() sees the first failure
+TLS_CERTIFICATE_ISSUED = Gauge("quay_dispatch_tls_certificate_issued_timestamp_seconds",
+                               "When the TLS certificate being served was issued (its not-before, epoch seconds), by "
+                               "source: file or acme; the oldest of the workers'", ["source"],
+                               multiprocess_mode="livemin")
+GITHUB_TOKEN_EXPIRY = Gauge("quay_dispatch_github_token_expiry_timestamp_seconds",
+                            "When the GitHub token expires, from GitHub's github-authentication-token-expiration "
+                            "answer header (epoch seconds); absent while GitHub has sent none", ["host"],
+                            multiprocess_mode="mostrecent")
+DELIVERER_HEARTBEAT = Gauge("quay_dispatch_deliverer_heartbeat_timestamp_seconds",
+                            "When a worker's deliverer last looked at the outbox (epoch seconds), for a GitHub host; "
+                            "the oldest of the live workers', so that one stalled thread shows", ["host"],
+                            multiprocess_mode="livemin")
+BUILD_INFO = Gauge("quay_dispatch_build_info", "1, labelled with the service's version", ["version"],
+                   multiprocess_mode="max")
+BUILD_INFO.labels(__version__).set(1)
+# The series an alert reads exist at 0 from the start: increase() cannot see a first sample's 1 as an increase.
+for _result in ("delivered", "retry", "failed", "expired"):
+    ATTEMPTS.labels(_result)
+for _result in ("dispatched", "unavailable"):
+    STORE_BYPASS.labels(_result)
 RATE_LIMIT_REMAINING = Gauge("quay_dispatch_github_rate_limit_remaining",
                              "GitHub's x-ratelimit-remaining in its latest answer", ["host"],
                              multiprocess_mode="mostrecent")
+
+
+def count_from_zero(events) -> None:
+    """Every 5xx answer an alert watches for, at 0 from the start, for each of `events` (quay.ALL_EVENTS)."""
+    for event in events:
+        for status in ("500", "503"):
+            INCOMING.labels(event, status, "error")
+
+
+def certificate_served(source: str, leaf) -> None:
+    """The TLS certificate now served (a cryptography certificate), from `source`: file or acme."""
+    TLS_CERTIFICATE_EXPIRY.labels(source).set(leaf.not_valid_after_utc.timestamp())
+    TLS_CERTIFICATE_ISSUED.labels(source).set(leaf.not_valid_before_utc.timestamp())
 
 
 class OutboxCollector:
@@ -56,9 +92,9 @@ class OutboxCollector:
 
     def collect(self):
         try:
-            counts = self.outbox.counts()
+            counts, oldest = self.outbox.counts(), self.outbox.oldest_pending()
         except StoreUnavailable:
-            counts = None
+            counts = oldest = None
         yield GaugeMetricFamily("quay_dispatch_outbox_readable",
                                 "1 if the outbox answered this scrape, 0 if not (its counts are then left out)",
                                 value=0 if counts is None else 1)
@@ -68,6 +104,9 @@ class OutboxCollector:
             for status, count in sorted(counts.items()):
                 family.add_metric([status], count)
             yield family
+            yield GaugeMetricFamily("quay_dispatch_oldest_pending_delivery_age_seconds",
+                                    "Age of the oldest delivery still to send (since it was queued), 0 when none is",
+                                    value=0 if oldest is None else max(0.0, time.time() - oldest))
 
 
 def exposition(outbox: Outbox, multiprocess_dir: str | None) -> bytes:

@@ -22,6 +22,7 @@ outbox stores what `DeliveryPolicy.decide` says. docs/operations.md tells operat
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import random
 import time
@@ -51,6 +52,7 @@ class Outcome:
     error: str | None = None
     retry_at: float | None = None
     rate_limit_remaining: int | None = None
+    token_expiry: float | None = None  # epoch seconds, from github-authentication-token-expiration
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,29 @@ def classify(response: requests.Response, now: float | None = None) -> Outcome:
     request_id = response.headers.get("X-GitHub-Request-Id")
     remaining_text = response.headers.get("X-RateLimit-Remaining", "")
     remaining = int(remaining_text) if remaining_text.isdigit() else None  # GHES often sends none
+    said = dict(rate_limit_remaining=remaining, token_expiry=token_expiry(response))
     if 200 <= status < 300:
-        return Outcome(ACCEPTED, status, request_id, rate_limit_remaining=remaining)
+        return Outcome(ACCEPTED, status, request_id, **said)
     message = f"GitHub answered {status}: {message_of(response)}"
     retry_at = rate_limit_reset(response, now)
     if status in (403, 429) and retry_at is not None:
-        return Outcome(RETRY, status, request_id, "rate limited; " + message, retry_at, remaining)
+        return Outcome(RETRY, status, request_id, "rate limited; " + message, retry_at, **said)
     if status == 429 or status >= 500:
-        return Outcome(RETRY, status, request_id, message, rate_limit_remaining=remaining)
-    return Outcome(REFUSED, status, request_id, message, rate_limit_remaining=remaining)
+        return Outcome(RETRY, status, request_id, message, **said)
+    return Outcome(REFUSED, status, request_id, message, **said)
+
+
+def token_expiry(response: requests.Response) -> float | None:
+    """When the token expires, as GitHub says with every answer to an expiring token ("2026-12-31 23:59:59 UTC",
+    or with an offset); None when it says nothing readable."""
+    text = response.headers.get("GitHub-Authentication-Token-Expiration", "").strip()
+    for layout in ("%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S %z"):
+        try:
+            when = datetime.datetime.strptime(text, layout)
+        except ValueError:
+            continue
+        return (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp()
+    return None
 
 
 def rate_limit_reset(response: requests.Response, now: float | None = None) -> float | None:

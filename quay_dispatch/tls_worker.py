@@ -276,7 +276,7 @@ def _certificate_served(leaf) -> None:
     master set its multiprocess directory)."""
     from . import metrics
 
-    metrics.TLS_CERTIFICATE_EXPIRY.labels("file").set(leaf.not_valid_after_utc.timestamp())
+    metrics.certificate_served("file", leaf)
 
 
 def _batch_scheduling(log) -> None:

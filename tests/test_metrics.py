@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+import time
+from urllib.parse import urlsplit
+
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from quay_dispatch import __version__
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN
+from testkit.faults import hold_sqlite_lock
 from testkit.service import wait_until
 
 
@@ -58,9 +65,12 @@ def test_the_served_file_certificates_expiry_is_a_metric(start_service, test_pki
     service = start_service(args=["--workers", "2"])
     expiry = test_pki.issued["server"].cert.not_valid_after_utc.timestamp()
 
+    issued = test_pki.issued["server"].cert.not_valid_before_utc.timestamp()
+
     metrics = scrape(service, test_pki)
 
     assert metrics[("quay_dispatch_tls_certificate_expiry_timestamp_seconds", (("source", "file"),))] == expiry
+    assert metrics[("quay_dispatch_tls_certificate_issued_timestamp_seconds", (("source", "file"),))] == issued
 
 
 def test_a_service_without_tls_reports_no_certificate_expiry_rather_than_0(start_service):
@@ -70,3 +80,74 @@ def test_a_service_without_tls_reports_no_certificate_expiry_rather_than_0(start
     text = requests.get(service.url + "/metrics", timeout=10).text
 
     assert [line for line in text.splitlines() if line.startswith("quay_dispatch_tls_certificate_")] == []
+
+
+def host(github) -> str:
+    return github.url.split("://", 1)[1]
+
+
+def test_every_series_an_alert_reads_is_there_from_the_start(start_service, test_pki, github):
+    service = start_service(args=["--workers", "2"])
+
+    metrics = scrape(service, test_pki)
+
+    for result in ("delivered", "retry", "failed", "expired"):
+        assert metrics[("quay_dispatch_delivery_attempts_total", (("result", result),))] == 0
+    for result in ("dispatched", "unavailable"):
+        assert metrics[("quay_dispatch_store_bypass_total", (("result", result),))] == 0
+    for status in ("500", "503"):
+        assert metrics[("quay_dispatch_incoming_total", (("event", "build_success"), ("outcome", "error"),
+                                                         ("status", status)))] == 0
+    assert metrics[("quay_dispatch_build_info", (("version", __version__),))] == 1
+    assert metrics[("quay_dispatch_oldest_pending_delivery_age_seconds", ())] == 0
+    assert not [key for key in metrics if key[0] == "quay_dispatch_github_token_expiry_timestamp_seconds"]
+
+
+def test_the_deliverers_heartbeat_is_the_oldest_workers_and_beats_on(start_service, test_pki, github):
+    service = start_service(args=["--workers", "2"])
+    key = ("quay_dispatch_deliverer_heartbeat_timestamp_seconds", (("host", host(github)),))
+
+    first = scrape(service, test_pki)[key]
+    assert wait_until(lambda: scrape(service, test_pki)[key] > first, timeout=5)
+    assert time.time() - 5 < scrape(service, test_pki)[key] <= time.time()
+
+
+def test_the_oldest_pending_delivery_ages_while_github_fails(start_service, test_pki, github):
+    github.answer(500, {"message": "down"}, times=50)
+    service = start_service(args=["--workers", "2"])
+    assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                          test_pki.pair("quay"), verify=test_pki.ca_file).status_code == 202
+    key = ("quay_dispatch_oldest_pending_delivery_age_seconds", ())
+
+    assert wait_until(lambda: scrape(service, test_pki)[key] > 1.0, timeout=10)
+    first = scrape(service, test_pki)[key]
+    time.sleep(1)
+    assert scrape(service, test_pki)[key] >= first + 0.9
+
+
+def test_the_tokens_expiry_is_what_github_says(start_service, test_pki, github):
+    github.answer(204, headers={"GitHub-Authentication-Token-Expiration": "2027-01-02 03:04:05 UTC"})
+    service = start_service(args=["--workers", "2"])
+    assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                          test_pki.pair("quay"), verify=test_pki.ca_file).status_code == 202
+    key = ("quay_dispatch_github_token_expiry_timestamp_seconds", (("host", host(github)),))
+
+    assert wait_until(lambda: key in scrape(service, test_pki), timeout=10)
+    assert scrape(service, test_pki)[key] == datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC).timestamp()
+
+
+def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_answer(start_service, test_pki,
+                                                                                    github, backend, database_url):
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    service = start_service(args=["--workers", "2"])
+    heartbeat = ("quay_dispatch_deliverer_heartbeat_timestamp_seconds", (("host", host(github)),))
+
+    with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=6):
+        time.sleep(3)
+        metrics = scrape(service, test_pki)
+
+    assert metrics[("quay_dispatch_outbox_readable", ())] == 0
+    assert ("quay_dispatch_oldest_pending_delivery_age_seconds", ()) not in metrics
+    assert metrics[("quay_dispatch_build_info", (("version", __version__),))] == 1
+    assert time.time() - 10 < metrics[heartbeat]  # the deliverer goes on looking, and says so

@@ -1,5 +1,6 @@
 """GitHub's delivery rules (quay_dispatch/policy.py), as tables: what an answer means, and what follows it."""
 
+import datetime
 import email.utils
 
 import pytest
@@ -86,3 +87,19 @@ def test_backoff_is_full_jitter_under_a_doubling_ceiling_capped_at_10_minutes(at
 def test_a_lease_outlives_the_longest_call_and_the_pace_is_githubs():
     assert POLICY.lease_seconds == 20.0
     assert POLICY.writes_per_minute == 80
+
+
+NEW_YEAR = datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC).timestamp()
+
+
+@pytest.mark.parametrize("header, expiry", [
+    ("2027-01-02 03:04:05 UTC", NEW_YEAR),
+    ("2027-01-02 03:04:05 -0800", NEW_YEAR + 8 * 3600),
+    ("next tuesday", None),
+    (None, None),
+])
+def test_the_tokens_expiry_is_read_from_githubs_header_on_any_answer(header, expiry):
+    headers = {"GitHub-Authentication-Token-Expiration": header} if header else {}
+
+    assert classify(response(204, headers)).token_expiry == expiry
+    assert classify(response(401, headers)).token_expiry == expiry

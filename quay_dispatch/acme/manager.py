@@ -96,8 +96,7 @@ class CertificateManager:
 
     def _serve(self, chain_pem: bytes, key_pem: bytes) -> None:
         self._context = self._make_context(chain_pem, key_pem)  # one assignment: the loop takes it as it is
-        leaf = x509.load_pem_x509_certificate(chain_pem)
-        metrics.TLS_CERTIFICATE_EXPIRY.labels("acme").set(leaf.not_valid_after_utc.timestamp())
+        metrics.certificate_served("acme", x509.load_pem_x509_certificate(chain_pem))
 
     def _order_if_due(self) -> None:
         reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.outbox), time.time())

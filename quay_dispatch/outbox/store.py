@@ -198,6 +198,12 @@ class Outbox(SharedState):
             rows = run("SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status").fetchall()
         return {status: 0 for status in STATUSES} | {row["status"]: row["n"] for row in rows}
 
+    def oldest_pending(self) -> float | None:
+        """When the oldest delivery still to send was queued (epoch seconds), or None."""
+        with self._transaction() as run:
+            row = run("SELECT MIN(queued_at) AS oldest FROM deliveries WHERE status = ?", PENDING).fetchone()
+        return row["oldest"]
+
     def close(self) -> None:
         """Close this thread's connection (the next use opens a new one)."""
         conn = getattr(self._local, "conn", None)
