@@ -154,11 +154,12 @@ def certificate(ctx) -> None:
     """The TLS certificate served: names, issuer, expiry, next renewal, last error (ACME's, or the file's)."""
     if ctx.invoked_subcommand:
         return
-    settings = _services().settings
+    svc = _services()
+    settings = svc.settings
     from .acme.commands import certificate_lines, describe
 
     if settings.acme_domains:
-        lines = describe(_services().outbox, settings.acme_domains, settings.acme_directory)
+        lines = describe(svc.outbox, settings.acme_domains, settings.acme_directory)
     elif settings.tls_cert_file:
         try:
             leaf = certificates_in(settings.tls_cert_setting, settings.tls_cert_file)[0]

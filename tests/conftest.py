@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from quay_dispatch.outbox import open_outbox
 from testkit.credentials import leaks
 from testkit.deploy import Installed, install_copy
 from testkit.github import FakeGitHub
@@ -77,6 +78,14 @@ def new_database(backend: str, request, directory: Path) -> str:
 @pytest.fixture
 def database_url(backend, request, tmp_path) -> str:
     return new_database(backend, request, tmp_path)
+
+
+@pytest.fixture
+def box(database_url):
+    """The test's outbox, schema up to date, opened as the service opens it."""
+    outbox = open_outbox(database_url)
+    outbox.migrate()
+    return outbox
 
 
 @pytest.fixture

@@ -19,19 +19,11 @@ import requests
 from cryptography import x509
 
 from quay_dispatch.acme import state
-from quay_dispatch.outbox import open_outbox
 from quay_dispatch.sample import sample_body
 from testkit.pebble import DOMAIN, Pebble, session_for
 from testkit.service import ROOT, free_port, run_flask, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
-
-
-@pytest.fixture
-def store(database_url):
-    outbox = open_outbox(database_url)
-    outbox.migrate()
-    return outbox
 
 
 def acme_env(pebble: Pebble) -> dict[str, str | None]:
@@ -74,12 +66,12 @@ def status(service, path: str, test_pki) -> int | None:
         return None
 
 
-def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_call(start_service, pebble_at, store,
+def test_first_start_serves_at_once_then_pebbles_certificate_and_relays_quays_call(start_service, pebble_at, box,
                                                                                   test_pki, github, tmp_path):
     port = free_port()
     pebble = pebble_at(port)
     # Hold the order lease for a few seconds, as another replica ordering would: the wait is then certain.
-    assert store.lock(state.ORDER_LEASE, "another replica", 3)
+    assert box.lock(state.ORDER_LEASE, "another replica", 3)
     started = time.monotonic()
     service = start_service(acme_env(pebble), port=port, wait=False)
 
@@ -129,11 +121,11 @@ def test_the_challenge_door_opens_for_the_validator_alone(start_service, pebble_
 
 
 def test_a_restart_serves_the_stored_certificate_from_its_first_connection_and_orders_nothing(
-        start_service, pebble_at, store, test_pki):
+        start_service, pebble_at, box, test_pki):
     port = free_port()
     pebble = pebble_at(port)
     start_with_certificate(start_service, pebble, port, test_pki).stop()
-    serial = state.load_certificate(store).leaf.serial_number
+    serial = state.load_certificate(box).leaf.serial_number
 
     start_service(acme_env(pebble), port=port, wait=False)
     first = None
@@ -150,7 +142,7 @@ def test_a_restart_serves_the_stored_certificate_from_its_first_connection_and_o
 
 
 def test_renew_and_the_renewal_window_each_bring_one_order_served_by_every_worker_without_a_refusal(
-        start_service, pebble_at, store, test_pki):
+        start_service, pebble_at, box, test_pki):
     port = free_port()
     pebble = pebble_at(port)
     service = start_with_certificate(start_service, pebble, port, test_pki, args=["--workers", "2"])
@@ -171,8 +163,8 @@ def test_renew_and_the_renewal_window_each_bring_one_order_served_by_every_worke
     assert renewed.stdout.startswith("renewed: serial ")
     serials.append(every_worker_serves_a_new_serial(port, test_pki, serials, service))
 
-    stored = state.load_certificate(store)
-    state.store_certificate(store, dataclasses.replace(stored, renew_at=time.time()))  # its window opened
+    stored = state.load_certificate(box)
+    state.store_certificate(box, dataclasses.replace(stored, renew_at=time.time()))  # its window opened
     serials.append(every_worker_serves_a_new_serial(port, test_pki, serials, service))
     stop.set()
     client.join(10)
@@ -194,7 +186,7 @@ def every_worker_serves_a_new_serial(port, test_pki, known, service) -> int:
     return serial
 
 
-def test_a_ca_that_refuses_gets_one_order_however_often_the_service_restarts(start_service, pebble_at, store,
+def test_a_ca_that_refuses_gets_one_order_however_often_the_service_restarts(start_service, pebble_at, box,
                                                                              test_pki):
     port = free_port()
     pebble = pebble_at(free_port())  # its validator goes to a port where nothing answers: every order fails
@@ -205,7 +197,7 @@ def test_a_ca_that_refuses_gets_one_order_however_often_the_service_restarts(sta
         assert wait_until(lambda s=service: status(s, "/healthz", test_pki) == 200, timeout=20), service.log()
         # The first start's order fails, and that is stored; the later starts make their looks at the store.
         assert wait_until(lambda s=service: "ACME: the order failed" in s.log() or pebble.orders(), timeout=30)
-        assert wait_until(lambda: state.load_failures(store).count == 1, timeout=30), service.log()
+        assert wait_until(lambda: state.load_failures(box).count == 1, timeout=30), service.log()
         time.sleep(1)
         readyz = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=False, timeout=5)
         service.stop()
@@ -217,7 +209,7 @@ def test_a_ca_that_refuses_gets_one_order_however_often_the_service_restarts(sta
     assert "served:     a temporary self-signed certificate" in shown and "1 failed orders in a row" in shown, shown
 
 
-def test_a_failed_renewal_keeps_the_current_certificate(start_service, pebble_at, store, test_pki):
+def test_a_failed_renewal_keeps_the_current_certificate(start_service, pebble_at, box, test_pki):
     port = free_port()
     pebble = pebble_at(port)
     service = start_with_certificate(start_service, pebble, port, test_pki)
@@ -229,7 +221,7 @@ def test_a_failed_renewal_keeps_the_current_certificate(start_service, pebble_at
     assert renewed.returncode == 1
     assert renewed.stdout.startswith("the order failed: "), renewed.stdout
     assert pebbles_serial(port, test_pki.pair("quay")) == serial
-    failures = state.load_failures(store)
+    failures = state.load_failures(box)
     assert failures.count == 1 and failures.next_try > time.time() + 60
     assert "ACME: the order failed (1 in a row), next try at " in service.log()
 
@@ -263,19 +255,19 @@ def test_the_operator_sees_the_certificate_in_metrics_and_check_config(start_ser
 
 
 def test_two_replicas_on_postgresql_place_one_order_and_the_other_answers_the_validator(
-        start_service, pebble_at, store, backend, test_pki):
+        start_service, pebble_at, box, backend, test_pki):
     if backend != "postgresql":
         pytest.skip("replicas share a PostgreSQL outbox")
     ordering_port, validated_port = free_port(), free_port()
     pebble = pebble_at(validated_port)  # pebble's validator goes to the replica that does not order
-    assert store.lock(state.ORDER_LEASE, "test", 60)
+    assert box.lock(state.ORDER_LEASE, "test", 60)
     ordering = start_service(acme_env(pebble), port=ordering_port, wait=False)
     validated = start_service(acme_env(pebble), port=validated_port, wait=False)
     assert wait_until(lambda: status(ordering, "/healthz", test_pki) == 200, timeout=20), ordering.log()
     worker = re.search(r"Booting worker with pid: (\d+)", ordering.log())[1]
     # The lease handed to the first replica's worker: it orders, the second cannot.
-    store.unlock(state.ORDER_LEASE, "test")
-    assert store.lock(state.ORDER_LEASE, f"{socket.gethostname()}:{worker}", 60)
+    box.unlock(state.ORDER_LEASE, "test")
+    assert box.lock(state.ORDER_LEASE, f"{socket.gethostname()}:{worker}", 60)
 
     assert wait_until(lambda: pebbles_serial(ordering_port, test_pki.pair("quay")), timeout=40), ordering.log()
     assert wait_until(lambda: pebbles_serial(validated_port, test_pki.pair("quay")) ==

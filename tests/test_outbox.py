@@ -39,13 +39,6 @@ def add(box, build_id: str, dry_run: bool = False, routes: str = "acme/*"):
     return box.add(requests, Notification("build_success", "acme/api", build_id, HOST, dry_run))
 
 
-@pytest.fixture
-def box(database_url):
-    store = open_outbox(database_url)
-    store.migrate()
-    return store
-
-
 def test_migrate_is_idempotent_and_safe_from_many_workers_at_once(database_url):
     stores = [open_outbox(database_url) for _ in range(6)]
     with ThreadPoolExecutor(6) as pool:

@@ -9,7 +9,7 @@ from cryptography import x509
 
 from ..outbox import Outbox
 from . import schedule, state
-from .protocol import CA, Session, new_key_pem
+from .protocol import CA, Session, new_key_pem, said
 
 RENEW_WAIT = 60.0  # seconds `certificate renew` waits for the new certificate
 
@@ -53,7 +53,7 @@ def check_online(outbox: Outbox, ca: CA) -> list[tuple[bool, str]]:
     try:
         return Session(ca, key_pem, url).check()
     except Exception as exc:  # whatever the CA or the network says
-        return [(False, f"{ca.directory}: {' '.join(str(exc).split()) or type(exc).__name__}")]
+        return [(False, f"{ca.directory}: {said(exc)}")]
 
 
 def renew(outbox: Outbox, wait: float = RENEW_WAIT) -> tuple[bool, str]:

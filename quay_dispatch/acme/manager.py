@@ -28,7 +28,7 @@ from ..tls import context_from_pem
 from . import schedule, state
 from .challenge import self_signed
 from .door import ChallengeDoor
-from .protocol import CA, Session, new_key_pem
+from .protocol import CA, Session, new_key_pem, private_pem, said
 
 CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges
 CERTIFICATE_POLL = 2.0  # seconds between looks at the stored certificate (a renewal elsewhere), and at orders due
@@ -77,8 +77,8 @@ class CertificateManager:
                     self._order_if_due()
                 trouble = None
             except Exception as exc:  # the store, mostly: said once, and tried again at the next look
-                if _reason(exc) != trouble:
-                    trouble = _reason(exc)
+                if said(exc) != trouble:
+                    trouble = said(exc)
                     log.warning("ACME: cannot look at the store: %s", trouble)
             time.sleep(CHALLENGE_POLL)
 
@@ -125,10 +125,10 @@ class CertificateManager:
             failures = state.load_failures(self.outbox)
             count = failures.count + 1
             retry = time.time() + schedule.backoff(count)
-            state.store_failures(self.outbox, state.Failures(count, _reason(exc), retry))
+            state.store_failures(self.outbox, state.Failures(count, said(exc), retry))
             metrics.ACME_ORDERS.labels("failed").inc()
             log.warning("ACME: the order failed (%d in a row), next try at %s: %s", count, state.utc(retry),
-                        _reason(exc))
+                        said(exc))
             return
         state.store_certificate(self.outbox, certificate)
         state.store_failures(self.outbox, state.Failures())
@@ -163,16 +163,11 @@ def _ari(session: Session, chain_pem: str) -> datetime.datetime | None:
     try:
         return session.renewal_window(chain_pem)
     except Exception as exc:  # ARI is advice: without it, a third of the lifetime
-        log.info("ACME: no renewal information from the CA: %s", _reason(exc))
+        log.info("ACME: no renewal information from the CA: %s", said(exc))
         return None
-
-
-def _reason(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _temporary_pair(domain: str) -> tuple[bytes, bytes]:
     """A self-signed certificate and key for the first start, until the CA's certificate is in."""
     certificate, key = self_signed(domain, datetime.timedelta(days=1))
-    return certificate.public_bytes(serialization.Encoding.PEM), key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return certificate.public_bytes(serialization.Encoding.PEM), private_pem(key).encode("ascii")

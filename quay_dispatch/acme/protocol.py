@@ -174,6 +174,15 @@ def _tls_alpn_challenge(authz: messages.AuthorizationResource) -> messages.Chall
 
 def new_key_pem() -> str:
     """A new P-256 key, PEM: an account's (ES256) or a certificate's."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    return private_pem(ec.generate_private_key(ec.SECP256R1()))
+
+
+def private_pem(key) -> str:
+    """A private key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode("ascii")
+
+
+def said(exc: Exception) -> str:
+    """What a failure says (the CA's words, mostly), on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
