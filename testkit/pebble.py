@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 import requests.adapters
 
-from testkit.service import ROOT, LoggedProcess, free_port, wait_until
+from testkit.service import ROOT, LoggedProcess, free_ports, wait_until
 
 DOMAIN = "relay.quay-dispatch.test"
 
@@ -35,12 +35,12 @@ class Pebble:
                  eab: dict[str, str] | None = None):
         """`eab`: the external account binding keys it requires (key id -> base64url HMAC key), if any."""
         self.ca_file = ca_file  # what signs pebble's own HTTPS certificate (ACME_CA_FILE)
-        self.port, self.management = free_port(), free_port()
-        dns, dns_management = free_port(), free_port()
+        # All different, and none the service's (tls_port): a clash makes pebble or its DNS fail to start.
+        self.port, self.management, dns, dns_management, http_port = free_ports(5, taken=(tls_port,))
         config = workdir / "pebble.json"
         config.write_text(json.dumps({"pebble": {
             "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.management}",
-            "certificate": cert, "privateKey": key, "httpPort": free_port(), "tlsPort": tls_port,
+            "certificate": cert, "privateKey": key, "httpPort": http_port, "tlsPort": tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": bool(eab), "externalAccountMACKeys": eab or {},
         }}))
         self.dns = LoggedProcess("challtestsrv", [

@@ -52,9 +52,24 @@ def wait_for_readyz(url: str, cert: tuple[str, str] | None, verify: str | bool, 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, taken: tuple[int, ...] = ()) -> list[int]:
+    """`count` different free ports, none of `taken`. Each is held open until all are chosen: asked one at a time,
+    the kernel may give the same port twice."""
+    held, ports = [], []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] not in taken:
+                ports.append(sock.getsockname()[1])
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:

@@ -21,7 +21,7 @@ from cryptography import x509
 from quay_dispatch.acme import state
 from quay_dispatch.sample import sample_body
 from testkit.pebble import DOMAIN, Pebble, session_for
-from testkit.service import ROOT, free_port, run_flask, wait_until
+from testkit.service import ROOT, free_port, free_ports, run_flask, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
@@ -188,8 +188,8 @@ def every_worker_serves_a_new_serial(port, test_pki, known, service) -> int:
 
 def test_a_ca_that_refuses_gets_one_order_however_often_the_service_restarts(start_service, pebble_at, box,
                                                                              test_pki):
-    port = free_port()
-    pebble = pebble_at(free_port())  # its validator goes to a port where nothing answers: every order fails
+    port, nobody = free_ports(2)
+    pebble = pebble_at(nobody)  # its validator goes to a port where nothing answers: every order fails
     env = acme_env(pebble)
 
     for _ in range(5):
@@ -258,7 +258,7 @@ def test_two_replicas_on_postgresql_place_one_order_and_the_other_answers_the_va
         start_service, pebble_at, box, backend, test_pki):
     if backend != "postgresql":
         pytest.skip("replicas share a PostgreSQL outbox")
-    ordering_port, validated_port = free_port(), free_port()
+    ordering_port, validated_port = free_ports(2)
     pebble = pebble_at(validated_port)  # pebble's validator goes to the replica that does not order
     assert box.lock(state.ORDER_LEASE, "test", 60)
     ordering = start_service(acme_env(pebble), port=ordering_port, wait=False)
