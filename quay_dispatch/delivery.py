@@ -68,6 +68,8 @@ class Deliverer:
     def sent_directly(self, direct: DirectDispatch) -> None:
         """Remember a direct dispatch: for the outbox once the store is back, and against Quay's retries meanwhile."""
         until = time.monotonic() + DIRECT_DEDUP_WINDOW
+        for outcome in direct.outcomes:
+            metrics.github_said(self.host, outcome)
         with self._lock:
             self._direct.append(direct)
             for req, outcome in zip(direct.requests, direct.outcomes, strict=True):
@@ -156,10 +158,7 @@ class Deliverer:
         metrics.ATTEMPTS.labels("retry" if status == PENDING else status).inc()
         if status == DELIVERED:
             metrics.LATENCY.observe(time.time() - delivery.queued_at)
-        if outcome.rate_limit_remaining is not None:
-            metrics.RATE_LIMIT_REMAINING.labels(self.host).set(outcome.rate_limit_remaining)
-        if outcome.token_expiry is not None:
-            metrics.GITHUB_TOKEN_EXPIRY.labels(self.host).set(outcome.token_expiry)
+        metrics.github_said(self.host, outcome)
         log.info(
             "delivery %s to %s (%s %s) attempt %d: %s%s%s",
             delivery.id, delivery.target, delivery.kind, delivery.event_type, delivery.attempts + 1,

@@ -37,7 +37,15 @@ REFUSAL_CACHE_SECONDS = 60.0
 
 
 class IdentityError(Exception):
-    """The caller is not Quay; the message says why, for the 403 answer and the log."""
+    """The caller is not Quay; the message says why, for the 403 answer and the log.
+
+    `names_quay`: the refused certificate names one of Quay's host names. It is Quay's own, from a CA the service
+    does not trust or out of its validity, or somebody's forgery of it: worth telling the operator either way.
+    """
+
+    def __init__(self, message: str, names_quay: bool = False):
+        super().__init__(message)
+        self.names_quay = names_quay
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class QuayVerifier:
         # QUAY_INTERMEDIATES_FILE: for a proxy that forwards the leaf alone. Offered as
         # intermediates only, never trusted as roots.
         self._extra_intermediates = intermediates or []
-        self._cache: OrderedDict[bytes, tuple[Caller | str, float]] = OrderedDict()  # result or refusal
+        self._cache: OrderedDict[bytes, tuple[Caller | tuple[str, bool], float]] = OrderedDict()  # result or refusal
         self._lock = threading.Lock()
         now = datetime.datetime.now(datetime.UTC)
         for hostname in hostnames:  # a name cryptography cannot check stops the start, not every call
@@ -136,7 +144,7 @@ class QuayVerifier:
             try:
                 result, lifetime = self._verify(chain_pems), None
             except IdentityError as exc:
-                result, lifetime = str(exc), REFUSAL_CACHE_SECONDS
+                result, lifetime = (str(exc), exc.names_quay), REFUSAL_CACHE_SECONDS
             if lifetime is None:
                 lifetime = min(SUCCESS_CACHE_SECONDS, result.valid_until - time.time())
             with self._lock:
@@ -144,8 +152,8 @@ class QuayVerifier:
                 self._cache.move_to_end(key)
                 while len(self._cache) > CACHE_ENTRIES:
                     self._cache.popitem(last=False)
-        if isinstance(result, str):
-            raise IdentityError(result)
+        if isinstance(result, tuple):
+            raise IdentityError(*result)
         return result
 
     def _verify(self, chain_pems: list[str | bytes]) -> Caller:
@@ -181,7 +189,18 @@ class QuayVerifier:
             why = "; ".join(dict.fromkeys(_explain(r) for r in reasons))
         # Whoever made the certificate chose its names: escaped, they cannot forge a log line.
         raise IdentityError(printable(f"client certificate {describe(leaf)} is not a valid certificate for "
-                                      f"{expected}: {why}"))
+                                      f"{expected}: {why}"), names_quay=_names_one_of(leaf, self.hostnames))
+
+
+def _names_one_of(leaf: x509.Certificate, hostnames: tuple[str, ...]) -> bool:
+    """Whether the certificate's DNS names hold one of `hostnames`, as itself or under a wildcard."""
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: extensions that cannot be parsed
+        return False
+    wanted = {name.lower() for name in hostnames} | {"*." + name.split(".", 1)[1].lower()
+                                                     for name in hostnames if "." in name}
+    return any(name.lower() in wanted for name in names.get_values_for_type(x509.DNSName))
 
 
 def chain_from_header(value: str) -> list[bytes]:

@@ -145,6 +145,8 @@ def authenticate(svc: Services, req: Request) -> None:
         chain = _header_chain(settings, req) if settings.client_cert_source == "header" else _tls_chain(req)
         caller = svc.verifier.verify(chain)
     except IdentityError as exc:
+        if exc.names_quay:
+            metrics.QUAY_CERTIFICATE_REFUSED.inc()
         raise Refusal(403, str(exc)) from None
     g.caller = caller.hostname
 

@@ -36,6 +36,10 @@ LATENCY = Histogram("quay_dispatch_delivery_latency_seconds", "From acceptance (
 STORE_BYPASS = Counter("quay_dispatch_store_bypass_total",
                        "Notifications the outbox could not take, by what came of them: dispatched (sent to "
                        "GitHub directly, answered 202) or unavailable (GitHub refused too, answered 503)", ["result"])
+QUAY_CERTIFICATE_REFUSED = Counter(
+    "quay_dispatch_quay_certificate_refused_total",
+    "Calls refused (403) although their client certificate names QUAY_HOSTNAME: Quay's own from a CA that "
+    "QUAY_CA_FILE does not hold, or out of its validity, or a forgery of it")
 # Labelled by where the certificate comes from (file or acme), so that a service without TLS has no sample
 # at all: an unlabelled gauge in multiprocess mode is written as 0 by every worker from its import on.
 TLS_CERTIFICATE_EXPIRY = Gauge("quay_dispatch_tls_certificate_expiry_timestamp_seconds",
@@ -69,6 +73,9 @@ for _result in ("dispatched", "unavailable"):
 RATE_LIMIT_REMAINING = Gauge("quay_dispatch_github_rate_limit_remaining",
                              "GitHub's x-ratelimit-remaining in its latest answer", ["host"],
                              multiprocess_mode="mostrecent")
+RATE_LIMIT_RESET = Gauge("quay_dispatch_github_rate_limit_reset_timestamp_seconds",
+                         "GitHub's x-ratelimit-reset in its latest answer: when the remaining count is full again "
+                         "(epoch seconds)", ["host"], multiprocess_mode="mostrecent")
 
 
 def count_from_zero(events) -> None:
@@ -76,6 +83,14 @@ def count_from_zero(events) -> None:
     for event in events:
         for status in ("500", "503"):
             INCOMING.labels(event, status, "error")
+
+
+def github_said(host: str, outcome) -> None:
+    """What GitHub's answer (a policy.Outcome) told of the rate limit and the token, for `host`."""
+    for gauge, value in ((RATE_LIMIT_REMAINING, outcome.rate_limit_remaining),
+                         (RATE_LIMIT_RESET, outcome.rate_limit_reset), (GITHUB_TOKEN_EXPIRY, outcome.token_expiry)):
+        if value is not None:
+            gauge.labels(host).set(value)
 
 
 def certificate_served(source: str, leaf) -> None:

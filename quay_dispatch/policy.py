@@ -53,6 +53,7 @@ class Outcome:
     retry_at: float | None = None
     rate_limit_remaining: int | None = None
     token_expiry: float | None = None  # epoch seconds, from github-authentication-token-expiration
+    rate_limit_reset: float | None = None  # epoch seconds, from x-ratelimit-reset
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def classify(response: requests.Response, now: float | None = None) -> Outcome:
     request_id = response.headers.get("X-GitHub-Request-Id")
     remaining_text = response.headers.get("X-RateLimit-Remaining", "")
     remaining = int(remaining_text) if remaining_text.isdigit() else None  # GHES often sends none
-    said = dict(rate_limit_remaining=remaining, token_expiry=token_expiry(response))
+    reset_text = response.headers.get("X-RateLimit-Reset", "")
+    said = dict(rate_limit_remaining=remaining, token_expiry=token_expiry(response),
+                rate_limit_reset=float(reset_text) if reset_text.isdigit() else None)
     if 200 <= status < 300:
         return Outcome(ACCEPTED, status, request_id, **said)
     message = f"GitHub answered {status}: {message_of(response)}"

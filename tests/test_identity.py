@@ -32,6 +32,23 @@ def test_leaf_for_another_host_names_its_names_and_the_expected_ones(test_pki):
     )
 
 
+@pytest.mark.parametrize("hostname, name, names_quay", [
+    ("quay.io", "other_root", True),  # Quay's certificate from a CA QUAY_CA_FILE does not hold: worth an alert
+    ("quay.io", "expired", True),
+    ("quay.io", "self_signed", True),
+    ("registry.quay.io", "self_signed", True),  # as *.quay.io
+    ("quay.io", "wildcard_only", False),  # *.quay.io does not cover quay.io itself
+    ("quay.io", "other_host", False),  # somebody else on the internet: not worth one
+])
+def test_a_refusal_says_whether_the_certificate_names_quay(test_pki, hostname, name, names_quay):
+    verifier = QuayVerifier((hostname,), load_roots(test_pki.ca_file))
+
+    for _ in range(2):  # the second verdict comes from the cache, and says the same
+        with pytest.raises(IdentityError) as raised:
+            verifier.verify(chain_of(test_pki, name))
+        assert raised.value.names_quay is names_quay
+
+
 def test_garbage_is_refused_not_crashed_on(test_pki):
     verifier = QuayVerifier(("quay.io",), load_roots(test_pki.ca_file))
 

@@ -125,15 +125,32 @@ def test_the_oldest_pending_delivery_ages_while_github_fails(start_service, test
     assert scrape(service, test_pki)[key] >= first + 0.9
 
 
-def test_the_tokens_expiry_is_what_github_says(start_service, test_pki, github):
-    github.answer(204, headers={"GitHub-Authentication-Token-Expiration": "2027-01-02 03:04:05 UTC"})
+def test_the_tokens_expiry_and_the_rate_limit_are_what_github_says(start_service, test_pki, github):
+    github.answer(204, headers={"GitHub-Authentication-Token-Expiration": "2027-01-02 03:04:05 UTC",
+                                "X-RateLimit-Remaining": "42", "X-RateLimit-Reset": "1900000000"})
     service = start_service(args=["--workers", "2"])
     assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
                           test_pki.pair("quay"), verify=test_pki.ca_file).status_code == 202
-    key = ("quay_dispatch_github_token_expiry_timestamp_seconds", (("host", host(github)),))
+    labels = (("host", host(github)),)
+    expiry = ("quay_dispatch_github_token_expiry_timestamp_seconds", labels)
 
-    assert wait_until(lambda: key in scrape(service, test_pki), timeout=10)
-    assert scrape(service, test_pki)[key] == datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC).timestamp()
+    assert wait_until(lambda: expiry in scrape(service, test_pki), timeout=10)
+    metrics = scrape(service, test_pki)
+    assert metrics[expiry] == datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC).timestamp()
+    assert metrics[("quay_dispatch_github_rate_limit_remaining", labels)] == 42
+    assert metrics[("quay_dispatch_github_rate_limit_reset_timestamp_seconds", labels)] == 1900000000
+
+
+def test_a_refused_caller_that_names_quay_is_counted_and_a_stranger_is_not(start_service, test_pki):
+    service = start_service(args=["--workers", "2"])
+    key = ("quay_dispatch_quay_certificate_refused_total", ())
+    assert scrape(service, test_pki)[key] == 0
+
+    for name in ("other_host", "other_root", "other_root", "expired"):  # the second other_root from the cache
+        assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                              test_pki.pair(name), verify=test_pki.ca_file).status_code == 403
+
+    assert scrape(service, test_pki)[key] == 3
 
 
 def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_answer(start_service, test_pki,

@@ -103,3 +103,15 @@ def test_the_tokens_expiry_is_read_from_githubs_header_on_any_answer(header, exp
 
     assert classify(response(204, headers)).token_expiry == expiry
     assert classify(response(401, headers)).token_expiry == expiry
+
+
+@pytest.mark.parametrize("headers, remaining, reset", [
+    ({"X-RateLimit-Remaining": "4999", "X-RateLimit-Reset": "1900000000"}, 4999, 1900000000.0),
+    ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1900000000"}, 0, 1900000000.0),
+    ({"X-RateLimit-Remaining": "many", "X-RateLimit-Reset": "soon"}, None, None),
+    ({}, None, None),  # GitHub Enterprise Server with rate limiting off sends neither
+])
+def test_the_rate_limit_and_its_reset_are_read_from_any_answer(headers, remaining, reset):
+    for status in (204, 404):
+        outcome = classify(response(status, headers))
+        assert (outcome.rate_limit_remaining, outcome.rate_limit_reset) == (remaining, reset)
