@@ -42,12 +42,13 @@ $(OPENAPI):
 # allowed (root, apt-get), in one go: PostgreSQL (unless QUAY_TEST_POSTGRESQL_URL names a
 # server), podman with runc and debootstrap (tests/test_image.py), nginx with its stream
 # module and HAProxy (tests/test_proxies.py; Traefik comes from requirements-dev.txt),
-# pebble and pebble-challtestsrv, Let's Encrypt's test CA (tests/test_acme.py).
+# pebble and pebble-challtestsrv, Let's Encrypt's test CA (tests/test_acme.py), and Prometheus with
+# promtool (tests/test_monitoring.py).
 servers:
 	@missing=""; \
 	[ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| missing="$$missing postgresql"; \
-	for tool in podman runc debootstrap haproxy pebble; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for tool in podman runc debootstrap haproxy pebble prometheus; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \
 	if [ -z "$$missing" ]; then \

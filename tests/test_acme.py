@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import psycopg
 import pytest
 import requests
 from cryptography import x509
@@ -255,7 +256,7 @@ def test_the_operator_sees_the_certificate_in_metrics_and_check_config(start_ser
 
 
 def test_two_replicas_on_postgresql_place_one_order_and_the_other_answers_the_validator(
-        start_service, pebble_at, box, backend, test_pki):
+        start_service, pebble_at, box, backend, database_url, test_pki):
     if backend != "postgresql":
         pytest.skip("replicas share a PostgreSQL outbox")
     ordering_port, validated_port = free_ports(2)
@@ -265,9 +266,12 @@ def test_two_replicas_on_postgresql_place_one_order_and_the_other_answers_the_va
     validated = start_service(acme_env(pebble), port=validated_port, wait=False)
     assert wait_until(lambda: status(ordering, "/healthz", test_pki) == 200, timeout=20), ordering.log()
     worker = re.search(r"Booting worker with pid: (\d+)", ordering.log())[1]
-    # The lease handed to the first replica's worker: it orders, the second cannot.
-    box.unlock(state.ORDER_LEASE, "test")
-    assert box.lock(state.ORDER_LEASE, f"{socket.gethostname()}:{worker}", 60)
+    # The lease handed to the first replica's worker in one statement (unlocked first, either replica could
+    # take it before the test does): it orders, the second cannot.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        handed = conn.execute("UPDATE shared_leases SET holder = %s WHERE name = %s AND holder = 'test'",
+                              (f"{socket.gethostname()}:{worker}", state.ORDER_LEASE)).rowcount
+    assert handed == 1
 
     assert wait_until(lambda: pebbles_serial(ordering_port, test_pki.pair("quay")), timeout=40), ordering.log()
     assert wait_until(lambda: pebbles_serial(validated_port, test_pki.pair("quay")) ==

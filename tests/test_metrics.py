@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import os
+import re
+import signal
 import time
 from urllib.parse import urlsplit
 
@@ -110,6 +113,24 @@ def test_the_deliverers_heartbeat_is_the_oldest_workers_and_beats_on(start_servi
     first = scrape(service, test_pki)[key]
     assert wait_until(lambda: scrape(service, test_pki)[key] > first, timeout=5)
     assert time.time() - 5 < scrape(service, test_pki)[key] <= time.time()
+
+
+def test_one_stalled_deliverer_holds_the_heartbeat_back_while_the_other_beats(start_service, test_pki, github):
+    service = start_service(args=["--workers", "2"])
+    key = ("quay_dispatch_deliverer_heartbeat_timestamp_seconds", (("host", host(github)),))
+    assert wait_until(lambda: len(re.findall(r"Booting worker with pid: (\d+)", service.log())) == 2)
+    stalled = int(re.findall(r"Booting worker with pid: (\d+)", service.log())[0])
+
+    os.kill(stalled, signal.SIGSTOP)  # its deliverer, with all else in it, stops looking
+    try:
+        stopped_at = time.time()
+        time.sleep(2.5)
+        seen = [scrape(service, test_pki)[key] for _ in range(3)]  # answered by the other worker, beating on
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+
+    assert all(stopped_at - 5 < beat <= stopped_at for beat in seen), (stopped_at, seen)
+    assert wait_until(lambda: scrape(service, test_pki)[key] > stopped_at + 2, timeout=5)
 
 
 def test_the_oldest_pending_delivery_ages_while_github_fails(start_service, test_pki, github):
