@@ -67,7 +67,6 @@ def test_metrics_add_up_every_worker(start_service, test_pki, github):
 def test_the_served_file_certificates_expiry_is_a_metric(start_service, test_pki):
     service = start_service(args=["--workers", "2"])
     expiry = test_pki.issued["server"].cert.not_valid_after_utc.timestamp()
-
     issued = test_pki.issued["server"].cert.not_valid_before_utc.timestamp()
 
     metrics = scrape(service, test_pki)
@@ -178,8 +177,15 @@ def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_ans
                                                                                     github, backend, database_url):
     if backend != "sqlite":
         pytest.skip("SQLite's write lock")
+    github.answer(204, headers={"GitHub-Authentication-Token-Expiration": "2027-01-02 03:04:05 UTC",
+                                "X-RateLimit-Remaining": "42", "X-RateLimit-Reset": "1900000000"})
     service = start_service(args=["--workers", "2"])
-    heartbeat = ("quay_dispatch_deliverer_heartbeat_timestamp_seconds", (("host", host(github)),))
+    assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                          test_pki.pair("quay"), verify=test_pki.ca_file).status_code == 202
+    labels = (("host", host(github)),)
+    assert wait_until(lambda: ("quay_dispatch_github_token_expiry_timestamp_seconds", labels) in
+                      scrape(service, test_pki), timeout=10)
+    before = scrape(service, test_pki)
 
     with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=6):
         time.sleep(3)
@@ -187,5 +193,12 @@ def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_ans
 
     assert metrics[("quay_dispatch_outbox_readable", ())] == 0
     assert ("quay_dispatch_oldest_pending_delivery_age_seconds", ()) not in metrics
+    assert time.time() - 10 < metrics[("quay_dispatch_deliverer_heartbeat_timestamp_seconds", labels)]  # beats on
+    # What the store does not hold answers as before.
+    for name in ("quay_dispatch_github_token_expiry_timestamp_seconds", "quay_dispatch_github_rate_limit_remaining",
+                 "quay_dispatch_github_rate_limit_reset_timestamp_seconds"):
+        assert metrics[(name, labels)] == before[(name, labels)]
+    for name in ("quay_dispatch_tls_certificate_expiry_timestamp_seconds",
+                 "quay_dispatch_tls_certificate_issued_timestamp_seconds"):
+        assert metrics[(name, (("source", "file"),))] == before[(name, (("source", "file"),))]
     assert metrics[("quay_dispatch_build_info", (("version", __version__),))] == 1
-    assert time.time() - 10 < metrics[heartbeat]  # the deliverer goes on looking, and says so
