@@ -50,10 +50,10 @@ def deliveries(status: str | None, limit: int, as_json: bool) -> None:
         click.echo("no deliveries" + (f" with status {status}" if status else ""))
         return
     now = time.time()
-    header = ("ID", "AGE", "QUAY REPOSITORY", "EVENT", "TARGET", "STATUS", "ATTEMPTS", "LAST ERROR")
+    header = ("ID", "AGE", "QUAY REPOSITORY", "EVENT", "TARGET", "STATUS", "ATTEMPTS", "LAST ERROR OR RUN")
     table = [header] + [
         (str(r.id), _age(now - r.created_at), r.quay_repository, r.event, r.target, r.status, str(r.attempts),
-         (r.last_error or "")[:80])
+         (r.last_error or "")[:80] or r.run_url or "")
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]

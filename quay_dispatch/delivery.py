@@ -144,7 +144,8 @@ class Deliverer:
         decision = self.policy.decide(outcome, delivery.attempts, delivery.queued_at)
         status, next_at = decision.status, decision.next_attempt_at
         result = dict(status=status, http_status=outcome.http_status, request_id=outcome.request_id,
-                      error=outcome.error, next_attempt_at=next_at, pause_host_until=decision.pause_host_until)
+                      error=outcome.error, next_attempt_at=next_at, pause_host_until=decision.pause_host_until,
+                      duration_ms=outcome.duration_ms, run_id=outcome.run_id, run_url=outcome.run_url)
         try:
             self.outbox.record(delivery, **result)
         except StoreUnavailable as exc:

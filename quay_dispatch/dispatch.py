@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .dispatch_request import REPOSITORY_DISPATCH, WORKFLOW_DISPATCH, DispatchRequest
+from .dispatch_request import REPOSITORY_DISPATCH, RUN_DETAILS, WORKFLOW_DISPATCH, DispatchRequest
 from .quay import QUOTA_FIGURES, QuayEvent
 from .routes import Route, template_fields
 
@@ -86,4 +86,4 @@ def workflow_body(route: Route, payload: dict) -> dict:
         value = payload.get(name)
         if value is not None:
             inputs[name] = ",".join(value) if isinstance(value, list) else str(value)
-    return {"ref": ref, "inputs": inputs} if inputs else {"ref": ref}
+    return {"ref": ref} | ({"inputs": inputs} if inputs else {}) | {RUN_DETAILS: True}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 REPOSITORY_DISPATCH = "repository_dispatch"
 WORKFLOW_DISPATCH = "workflow_dispatch"
+RUN_DETAILS = "return_run_details"  # asks GitHub (since 2026-02-19) to answer a workflow_dispatch with its run
 
 
 @dataclass(frozen=True)

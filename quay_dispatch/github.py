@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
-from .dispatch_request import WORKFLOW_DISPATCH, canonical_json
+from .dispatch_request import RUN_DETAILS, WORKFLOW_DISPATCH, canonical_json
 from .policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, json_object, message_of
 
 API_VERSION = "2022-11-28"
@@ -20,6 +22,7 @@ CONNECT_TIMEOUT = 5.0
 USER_AGENT = f"quay-github-actions-dispatch/{__version__}"
 
 _budget = threading.local()
+log = logging.getLogger("quay_dispatch.github")
 
 
 @contextmanager
@@ -163,6 +166,7 @@ class GitHubClient:
         self.timeout = transport.timeout
         self.auth = auth
         self._default_branches: dict[str, tuple[str, float]] = {}
+        self.asks_for_run = True  # whether workflow dispatches ask for the run they start (RUN_DETAILS)
 
     def __repr__(self) -> str:
         return f"GitHubClient({self.api_url!r})"
@@ -178,15 +182,34 @@ class GitHubClient:
         return classify(response)
 
     def dispatch(self, kind: str, path: str, body: str, repo: str) -> Outcome:
-        """Send one stored dispatch; a workflow_dispatch without a ref runs on the repository's default branch."""
+        """Send one stored dispatch; the outcome says how long it took."""
+        started = time.monotonic()
         if kind == WORKFLOW_DISPATCH:
-            fields = json.loads(body)
-            if fields.get("ref") is None:
-                try:
-                    body = canonical_json(fields | {"ref": self.default_branch(repo)})
-                except NoAnswer as exc:
-                    return exc.outcome
-        return self.post(path, body, repo)
+            outcome = self._workflow_dispatch(path, body, repo)
+        else:
+            outcome = self.post(path, body, repo)
+        return dataclasses.replace(outcome, duration_ms=round((time.monotonic() - started) * 1000))
+
+    def _workflow_dispatch(self, path: str, body: str, repo: str) -> Outcome:
+        """A workflow_dispatch: without a ref it runs on the repository's default branch. It asks GitHub for the
+        run it starts (return_run_details); a GitHub that does not know the parameter (an older Enterprise
+        Server: 400 or 422 naming it) is asked again without it, and never again with it."""
+        fields = json.loads(body)
+        if not self.asks_for_run:
+            fields.pop(RUN_DETAILS, None)
+        if fields.get("ref") is None:
+            try:
+                fields["ref"] = self.default_branch(repo)
+            except NoAnswer as exc:
+                return exc.outcome
+        outcome = self.post(path, canonical_json(fields), repo)
+        if RUN_DETAILS in fields and outcome.http_status in (400, 422) and RUN_DETAILS in (outcome.error or ""):
+            self.asks_for_run = False
+            log.warning("%s does not know workflow_dispatch's %s (%s): asking again without it, and from now on",
+                        self.api_url, RUN_DETAILS, outcome.error)
+            del fields[RUN_DETAILS]
+            outcome = self.post(path, canonical_json(fields), repo)
+        return outcome
 
     def _request(self, method: str, path: str, repo: str, body: str | None = None) -> requests.Response:
         """GitHub's response, with `repo`'s credentials; NoAnswer when there is none to go by."""

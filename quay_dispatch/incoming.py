@@ -80,7 +80,8 @@ def incoming(event: str):
 
     planned = plan_dispatches(quay_event, selection.routes, body)
     notification = Notification(event, quay_event.subject, quay_event.build_id, svc.deliverer.host,
-                                svc.settings.dry_run)
+                                svc.settings.dry_run, quay_event.branch, quay_event.tags, quay_event.commit,
+                                body.decode("utf-8"))
     try:
         accepted, duplicates = svc.outbox.add(planned, notification)
     except StoreUnavailable as exc:

@@ -54,6 +54,9 @@ class Outcome:
     rate_limit_remaining: int | None = None
     token_expiry: float | None = None  # epoch seconds, from github-authentication-token-expiration
     rate_limit_reset: float | None = None  # epoch seconds, from x-ratelimit-reset
+    duration_ms: int | None = None  # how long the attempt took, GitHub's calls for it included
+    run_id: int | None = None  # the workflow run a workflow_dispatch started, where GitHub names it
+    run_url: str | None = None  # that run's page
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def classify(response: requests.Response, now: float | None = None) -> Outcome:
     said = dict(rate_limit_remaining=remaining, token_expiry=token_expiry(response),
                 rate_limit_reset=float(reset_text) if reset_text.isdigit() else None)
     if 200 <= status < 300:
-        return Outcome(ACCEPTED, status, request_id, **said)
+        return Outcome(ACCEPTED, status, request_id, **said, **started_run(response))
     message = f"GitHub answered {status}: {message_of(response)}"
     retry_at = rate_limit_reset(response, now)
     if status in (403, 429) and retry_at is not None:
@@ -112,6 +115,16 @@ def classify(response: requests.Response, now: float | None = None) -> Outcome:
     if status == 429 or status >= 500:
         return Outcome(RETRY, status, request_id, message, **said)
     return Outcome(REFUSED, status, request_id, message, **said)
+
+
+def started_run(response: requests.Response) -> dict:
+    """The workflow run a workflow_dispatch started, as run_id and run_url, where GitHub's answer names it (a 200
+    to return_run_details); else nothing."""
+    answer = json_object(response) if response.status_code == 200 else {}
+    run_id, url = answer.get("workflow_run_id"), answer.get("html_url")
+    if isinstance(run_id, int) and isinstance(url, str) and url.startswith("https://"):
+        return {"run_id": run_id, "run_url": url[:500]}
+    return {}
 
 
 def token_expiry(response: requests.Response) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -10,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.credentials import APP_ID, as_app, key_pem
 from testkit.github import FakeApp, FakeGitHub
-from testkit.service import base_env, run_flask, wait_until
+from testkit.service import base_env, deliveries, run_flask, wait_until
 
 
 def accept(service, test_pki, repository="acme/widget", **kwargs) -> dict:
@@ -123,7 +124,8 @@ def test_workflow_dispatch_on_the_builds_branch_with_chosen_inputs(start_service
     [sent] = github.dispatches()
     assert sent.path == "/repos/acme/widget/actions/workflows/deploy.yml/dispatches"
     assert sent.json() == {"ref": "release/2", "inputs": {"sha": body["trigger_metadata"]["commit"],
-                                                          "tags": "v2,latest", "image": "quay.io/acme/widget"}}
+                                                          "tags": "v2,latest", "image": "quay.io/acme/widget"},
+                           "return_run_details": True}
 
 
 def test_workflow_dispatch_without_a_branch_runs_on_the_default_branch(start_service, test_pki, github, tmp_path):
@@ -136,8 +138,48 @@ def test_workflow_dispatch_without_a_branch_runs_on_the_default_branch(start_ser
     accept(service, test_pki, commit=None)
 
     assert wait_until(lambda: len(succeeded(github)) == 2)
-    assert [r.json() for r in github.dispatches()] == [{"ref": "trunk"}, {"ref": "trunk"}]
+    assert [r.json() for r in github.dispatches()] == [{"ref": "trunk", "return_run_details": True}] * 2
     assert len([r for r in github.requests if r.method == "GET"]) == 1  # the default branch is cached
+
+
+RUN = {"workflow_run_id": 1520, "run_url": "https://api.github.com/repos/acme/widget/actions/runs/1520",
+       "html_url": "https://github.com/acme/widget/actions/runs/1520"}
+
+
+def workflow_service(start_service, tmp_path):
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\nquay = "acme/*"\nworkflow = "deploy.yml"\nref = "main"\n')
+    return start_service({"ROUTES": None, "ROUTES_FILE": str(routes)})
+
+
+def test_a_workflow_dispatch_records_the_run_github_says_it_started(start_service, test_pki, github, tmp_path):
+    github.answer(200, RUN)
+    service = workflow_service(start_service, tmp_path)
+
+    accept(service, test_pki)
+
+    assert wait_until(lambda: len(succeeded(github)) == 1)
+    assert succeeded(github)[0].json() == {"ref": "main", "return_run_details": True}
+    assert wait_until(lambda: deliveries(service)[0]["status"] == "delivered")
+    assert deliveries(service)[0]["run_url"] == RUN["html_url"]
+    assert RUN["html_url"] in run_flask(service.env, "deliveries").stdout
+
+
+def test_a_github_that_refuses_return_run_details_gets_each_dispatch_once_without_it(start_service, test_pki,
+                                                                                      github, tmp_path):
+    github.answer(422, {"message": 'Invalid request.\n\n"return_run_details" is not a permitted key.'})
+    service = workflow_service(start_service, tmp_path)
+
+    accept(service, test_pki)
+    assert wait_until(lambda: len(succeeded(github)) == 1)
+    accept(service, test_pki)
+    assert wait_until(lambda: len(succeeded(github)) == 2)
+    time.sleep(0.5)  # a dispatch sent twice would come now
+
+    assert [r.json() for r in github.dispatches()] == [{"ref": "main", "return_run_details": True},
+                                                       {"ref": "main"}, {"ref": "main"}]  # and remembered
+    assert [(d["status"], d["attempts"], d["run_url"]) for d in deliveries(service)] == [("delivered", 1, None)] * 2
+    assert "does not know workflow_dispatch's return_run_details" in service.log()
 
 
 def test_a_422_keeps_githubs_message(start_service, test_pki, github, tmp_path):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quay_dispatch.dispatch import plan_dispatches
+from quay_dispatch.dispatch_request import canonical_json
 from quay_dispatch.github import host_of
 from quay_dispatch.outbox import (
     DELIVERED,
@@ -37,6 +38,18 @@ def event(build_id: str, event_name: str = "build_success") -> QuayEvent:
 def add(box, build_id: str, dry_run: bool = False, routes: str = "acme/*"):
     requests = plan_dispatches(event(build_id), parse_inline_routes(routes), build_id.encode())
     return box.add(requests, Notification("build_success", "acme/api", build_id, HOST, dry_run))
+
+
+def add_as_release_before(box, build_id: str, host: str = HOST) -> None:
+    """A pending delivery as the releases before schema version 4 stored it, with their columns only."""
+    [request] = plan_dispatches(event(build_id), parse_inline_routes("acme/*"), build_id.encode())
+    now = time.time()
+    with box._transaction() as run:
+        run("""INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id, host,
+                   target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            now, now, now, "build_success", "acme/api", build_id, host, request.target, request.kind,
+            request.event_type, request.path, canonical_json(request.body), request.dedup_key, None, PENDING, now)
 
 
 def test_migrate_is_idempotent_and_safe_from_many_workers_at_once(database_url):
@@ -98,14 +111,32 @@ def test_record_releases_the_lease_and_keeps_each_attempt(box):
     [accepted], _ = add(box, "b1")
     delivery = box.claim(HOST, 30, PACE)
     box.record(delivery, status=PENDING, http_status=502, request_id="R1", error="GitHub answered 502: x",
-               next_attempt_at=time.time() - 1)
+               next_attempt_at=time.time() - 1, duration_ms=812)
     delivery = box.claim(HOST, 30, PACE)
-    box.record(delivery, status=DELIVERED, http_status=204, request_id="R2", error=None)
+    box.record(delivery, status=DELIVERED, http_status=204, request_id="R2", error=None, duration_ms=95,
+               run_id=1520, run_url="https://github.com/acme/api/actions/runs/1520")
 
     [row] = box.list()
-    assert (row.id, row.status, row.attempts, row.last_status, row.last_request_id) == (accepted.id, DELIVERED, 2,
-                                                                                       204, "R2")
-    assert [(a["http_status"], a["request_id"]) for a in box.attempts(row.id)] == [(502, "R1"), (204, "R2")]
+    assert (row.id, row.status, row.attempts, row.last_status, row.last_request_id, row.run_url) == (
+        accepted.id, DELIVERED, 2, 204, "R2", "https://github.com/acme/api/actions/runs/1520")
+    assert [(a["result"], a["http_status"], a["request_id"], a["error"], a["duration_ms"])
+            for a in box.attempts(row.id)] == [("retry", 502, "R1", "GitHub answered 502: x", 812),
+                                               ("delivered", 204, "R2", None, 95)]
+
+
+def test_a_delivery_keeps_the_build_and_notification_it_came_from_and_counts_duplicates(box):
+    notification = Notification("build_success", "acme/api", "b1", HOST, False, "main", ("v2", "latest"),
+                                "42d4a62c53350993ea41069e9f2cfdefb0df097d", '{"build_id": "b1"}')
+    requests = plan_dispatches(event("b1"), parse_inline_routes("acme/*"), b"b1")
+    [accepted], _ = box.add(requests, notification)
+
+    assert box.add(requests, notification) == ([], ["acme/api"])
+    assert box.add(requests, notification) == ([], ["acme/api"])
+    with box._transaction() as run:
+        row = run("SELECT branch, tags, commit_sha, notification, duplicates FROM deliveries WHERE id = ?",
+                  accepted.id).fetchone()
+    assert tuple(dict(row).values()) == ("main", "v2 latest", "42d4a62c53350993ea41069e9f2cfdefb0df097d",
+                                         '{"build_id": "b1"}', 2)
 
 
 def test_a_rate_limit_pauses_every_delivery_to_the_host(box):
@@ -181,7 +212,7 @@ def test_a_database_of_an_older_version_is_migrated(database_url, monkeypatch, v
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:version])
     old = open_outbox(database_url)
     old.migrate()
-    add(old, "before-upgrade")
+    add_as_release_before(old, "before-upgrade")
     monkeypatch.undo()
 
     store = open_outbox(database_url)
@@ -272,11 +303,10 @@ def test_a_failed_group_commit_fails_its_requests_and_the_next_ones_go_on(tmp_pa
 
 def test_pending_deliveries_of_the_release_before_are_each_delivered_once_by_this_one(database_url, monkeypatch,
                                                                                      start_service, github):
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])  # the schema before the shared state (ACME's)
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])  # the schema before the operator's page
     old = open_outbox(database_url)
     old.migrate()
-    dispatches = plan_dispatches(event("b-1"), parse_inline_routes("acme/*"), b"b-1")
-    old.add(dispatches, Notification("build_success", "acme/api", "b-1", host_of(github.url), False))
+    add_as_release_before(old, "b-1", host_of(github.url))
     monkeypatch.undo()
     github.reset()
 

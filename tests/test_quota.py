@@ -190,7 +190,8 @@ def test_a_workflow_route_sends_quota_figures_as_inputs_on_the_default_branch():
     [planned] = plan_dispatches(quota(), (route,), b"{}")
 
     assert planned.path == "/repos/acme/infra/actions/workflows/cleanup.yml/dispatches"
-    assert planned.body == {"ref": None, "inputs": {"namespace": "acme", "usage_percent": "80"}}
+    assert planned.body == {"ref": None, "inputs": {"namespace": "acme", "usage_percent": "80"},
+                            "return_run_details": True}
 
 
 def test_a_route_for_repository_and_quota_events_sends_each_the_inputs_it_has():
@@ -202,8 +203,9 @@ def test_a_route_for_repository_and_quota_events_sends_each_the_inputs_it_has():
     [for_quota] = plan_dispatches(quota(), (route,), b"{}")
     [for_build] = plan_dispatches(build, (route,), b"{}")
 
-    assert for_quota.body == {"ref": None, "inputs": {"usage_percent": "80"}}
-    assert for_build.body == {"ref": None, "inputs": {"sha": "42d4a62c53350993ea41069e9f2cfdefb0df097d"}}
+    assert for_quota.body == {"ref": None, "inputs": {"usage_percent": "80"}, "return_run_details": True}
+    assert for_build.body == {"ref": None, "inputs": {"sha": "42d4a62c53350993ea41069e9f2cfdefb0df097d"},
+                              "return_run_details": True}
 
 
 def test_quota_events_deduplicate_by_body_for_a_window():
@@ -270,7 +272,7 @@ def test_a_quota_error_runs_a_workflow_with_its_figures_as_inputs(quota_service,
     [workflow] = [r for r in wait_for_dispatches(github, 2) if "/actions/workflows/" in r.path]
     assert workflow.path == "/repos/acme/ops/actions/workflows/cleanup.yml/dispatches"
     assert workflow.json() == {"ref": "trunk", "inputs": {"namespace": "acme", "usage_percent": "105",
-                                                          "limit_bytes": "1073741824"}}
+                                                          "limit_bytes": "1073741824"}, "return_run_details": True}
 
 
 def test_a_quota_event_of_a_namespace_no_route_allows_is_forbidden(quota_service, test_pki, github):

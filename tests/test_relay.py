@@ -439,7 +439,7 @@ def test_a_locked_store_sends_directly_workflows_included_and_records_it_once_un
     sent = dispatches_for(github, body["build_id"], count=1)
     [workflow] = [r for r in github.dispatches() if "/actions/workflows/" in r.path]
     assert workflow.path == "/repos/acme/deploy/actions/workflows/deploy.yml/dispatches"
-    assert workflow.json() == {"ref": "trunk"}
+    assert workflow.json() == {"ref": "trunk", "return_run_details": True}
     assert [r.path for r in sent] == ["/repos/acme/deploy/dispatches"]
     # Unlocked, the outbox learns of both; Quay's retry is then a duplicate, and nothing is sent again.
     retry = None

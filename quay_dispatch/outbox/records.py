@@ -25,6 +25,10 @@ class Notification:
     build_id: str | None
     host: str  # the GitHub API host the dispatches go to
     dry_run: bool
+    branch: str | None = None
+    tags: tuple[str, ...] = ()
+    commit: str | None = None
+    body: str | None = None  # Quay's notification as received, for the operator's page
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,7 @@ class Delivery:
     last_error: str | None
     last_request_id: str | None
     delivered_at: float | None
-
-
-Run = Callable[..., object]  # run(sql, *params) -> cursor, inside a transaction
+    run_url: str | None  # the workflow run GitHub started, for a workflow_dispatch it named one for
 
 
 def delivery_of(row) -> Delivery:

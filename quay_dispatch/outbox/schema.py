@@ -53,4 +53,31 @@ MIGRATIONS = [
         "CREATE TABLE shared_values (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at {real} NOT NULL)",
         "CREATE TABLE shared_leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {real} NOT NULL)",
     ],
+    [
+        # What the operator's page shows (docs/operations.md): the build a delivery came from, the Quay
+        # notification as received, the duplicates Quay sent of it, the workflow run GitHub started; each
+        # attempt's result and duration; the latest refused calls (capped, see Outbox.keep_refusals).
+        "ALTER TABLE deliveries ADD COLUMN branch TEXT",
+        "ALTER TABLE deliveries ADD COLUMN tags TEXT",
+        "ALTER TABLE deliveries ADD COLUMN commit_sha TEXT",
+        "ALTER TABLE deliveries ADD COLUMN notification TEXT",
+        "ALTER TABLE deliveries ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE deliveries ADD COLUMN run_id BIGINT",
+        "ALTER TABLE deliveries ADD COLUMN run_url TEXT",
+        "ALTER TABLE attempts ADD COLUMN result TEXT",
+        "ALTER TABLE attempts ADD COLUMN duration_ms INTEGER",
+        "CREATE INDEX deliveries_target ON deliveries (target, id)",
+        "CREATE INDEX deliveries_repository ON deliveries (quay_repository, id)",
+        "CREATE INDEX deliveries_build ON deliveries (build_id)",
+        "CREATE INDEX deliveries_commit ON deliveries (commit_sha)",
+        """CREATE TABLE refusals (
+            id {id},
+            at {real} NOT NULL,
+            caller TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            event TEXT,
+            reason TEXT NOT NULL,
+            names TEXT
+        )""",
+    ],
 ]

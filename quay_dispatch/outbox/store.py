@@ -67,20 +67,22 @@ class Outbox(SharedState):
         accepted, duplicates = [], []
         for req in requests:
             seen = run(
-                "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
+                "SELECT id FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
                 req.dedup_key, now,
             ).fetchone()
             if seen:
+                run("UPDATE deliveries SET duplicates = duplicates + 1 WHERE id = ?", seen["id"])
                 duplicates.append(req.target)
                 continue
             row = run(
                 """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
-                       host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                       host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at,
+                       branch, tags, commit_sha, notification)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 now, now, now, n.event, n.quay_repository, n.build_id, n.host, req.target, req.kind, req.event_type,
                 req.path, canonical_json(req.body), req.dedup_key,
                 None if req.dedup_window is None else now + req.dedup_window,
-                DRY_RUN if n.dry_run else PENDING, now,
+                DRY_RUN if n.dry_run else PENDING, now, n.branch, " ".join(n.tags) or None, n.commit, n.body,
             ).fetchone()
             accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
         return accepted, duplicates
@@ -114,6 +116,7 @@ class Outbox(SharedState):
     def record(
         self, delivery: Delivery, *, status: str, http_status: int | None, request_id: str | None,
         error: str | None, next_attempt_at: float | None = None, pause_host_until: float | None = None,
+        duration_ms: int | None = None, run_id: int | None = None, run_url: str | None = None,
     ) -> None:
         """Record an attempt and the delivery's new status; release its lease.
 
@@ -123,15 +126,17 @@ class Outbox(SharedState):
         """
         now = time.time()
         with self._transaction(f"host:{delivery.host}") as run:
-            run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
-                   VALUES (?, ?, ?, ?, ?, ?)""", delivery.id, delivery.host, now, http_status, request_id, error)
+            run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error, result, duration_ms)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""", delivery.id, delivery.host, now, http_status, request_id,
+                error, "retry" if status == PENDING else status, duration_ms)
             run(
                 """UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
                        next_attempt_at = COALESCE(?, next_attempt_at), last_status = ?, last_error = ?,
-                       last_request_id = ?, delivered_at = ?
+                       last_request_id = ?, delivered_at = ?, run_id = COALESCE(?, run_id),
+                       run_url = COALESCE(?, run_url)
                    WHERE id = ?""",
                 status, now, next_attempt_at, http_status, error, request_id,
-                now if status == DELIVERED else None, delivery.id,
+                now if status == DELIVERED else None, run_id, run_url, delivery.id,
             )
             if status == DELIVERED:
                 run("UPDATE deliveries SET next_attempt_at = ? WHERE host = ? AND status = ? AND next_attempt_at > ?",
@@ -153,8 +158,8 @@ class Outbox(SharedState):
     def attempts(self, delivery_id: int) -> list[dict]:
         """Every attempt of a delivery, oldest first."""
         with self._transaction() as run:
-            rows = run("SELECT at, http_status, request_id, error FROM attempts WHERE delivery_id = ? ORDER BY at",
-                       delivery_id).fetchall()
+            rows = run("""SELECT at, result, http_status, request_id, error, duration_ms FROM attempts
+                          WHERE delivery_id = ? ORDER BY at""", delivery_id).fetchall()
         return [dict(row) for row in rows]
 
     def redeliver(self, ids: list[int] | None = None) -> tuple[list[int], dict[int, str]]:
@@ -242,10 +247,13 @@ class Outbox(SharedState):
                     delivery_id = row["id"]
                 else:
                     continue
-                run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error)
-                       VALUES (?, ?, ?, ?, ?, ?)""", delivery_id, notification.host, now, outcome.http_status,
-                    outcome.request_id, "sent directly: the outbox could not take it")
+                run("""INSERT INTO attempts (delivery_id, host, at, http_status, request_id, error, result,
+                           duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    delivery_id, notification.host, now, outcome.http_status, outcome.request_id,
+                    "sent directly: the outbox could not take it", DELIVERED, outcome.duration_ms)
                 run("""UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?, lease_until = NULL,
-                           last_status = ?, last_error = NULL, last_request_id = ?, delivered_at = ?
+                           last_status = ?, last_error = NULL, last_request_id = ?, delivered_at = ?,
+                           run_id = ?, run_url = ?
                        WHERE id = ?""",
-                    DELIVERED, now, outcome.http_status, outcome.request_id, now, delivery_id)
+                    DELIVERED, now, outcome.http_status, outcome.request_id, now, outcome.run_id, outcome.run_url,
+                    delivery_id)
