@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN = "pending", "delivered", "failed", "expired", "dry_run"
 STATUSES = (PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN)
+REQUEUABLE = (DELIVERED, FAILED, EXPIRED)  # what redeliver may queue again: not pending, never dry-run
 DEFAULT_TIMEOUT = 2.0  # seconds a transaction may take, locks included (STORE_TIMEOUT)
 
 Run = Callable[..., object]  # run(sql, *params) -> cursor, inside a transaction
@@ -69,3 +70,10 @@ class Delivery:
 def delivery_of(row) -> Delivery:
     """The Delivery a `deliveries` row holds."""
     return Delivery(**{f.name: row[f.name] for f in fields(Delivery)})
+
+
+def requeue(run: Run, ids: list[int], now: float) -> None:
+    """Queue deliveries again, from now: their expiry counts from now too."""
+    for delivery_id in ids:
+        run("""UPDATE deliveries SET status = ?, queued_at = ?, updated_at = ?, next_attempt_at = ?,
+                   lease_until = NULL WHERE id = ?""", PENDING, now, now, now, delivery_id)

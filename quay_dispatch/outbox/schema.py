@@ -70,6 +70,8 @@ MIGRATIONS = [
         "CREATE INDEX deliveries_repository ON deliveries (quay_repository, id)",
         "CREATE INDEX deliveries_build ON deliveries (build_id)",
         "CREATE INDEX deliveries_commit ON deliveries (commit_sha)",
+        "CREATE INDEX deliveries_created ON deliveries (created_at)",
+        "CREATE INDEX attempts_at ON attempts (at)",
         """CREATE TABLE refusals (
             id {id},
             at {real} NOT NULL,

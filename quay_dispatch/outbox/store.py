@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from ..dispatch_request import DispatchRequest, canonical_json
 from . import schema
+from .browse import Browse
 from .records import (
     DELIVERED,
     DRY_RUN,
@@ -20,6 +21,7 @@ from .records import (
     Notification,
     Run,
     delivery_of,
+    requeue,
 )
 from .shared import SharedState
 
@@ -27,7 +29,7 @@ from .shared import SharedState
 LEASE_IN_FLIGHT = "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1"
 
 
-class Outbox(SharedState):
+class Outbox(SharedState, Browse):
     """The durable store of deliveries (and the workers' shared state); subclasses say how to open a serialised
     transaction."""
 
@@ -185,9 +187,7 @@ class Outbox(SharedState):
                     refused[row["id"]] = "recorded in dry-run mode; it was never meant to be sent"
                 else:
                     queued.append(row["id"])
-            for delivery_id in queued:
-                run("""UPDATE deliveries SET status = ?, queued_at = ?, updated_at = ?, next_attempt_at = ?,
-                           lease_until = NULL WHERE id = ?""", PENDING, now, now, now, delivery_id)
+            requeue(run, queued, now)
         return sorted(queued), refused
 
     def prune(self, older_than: float) -> int:
