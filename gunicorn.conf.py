@@ -5,13 +5,16 @@ gunicorn's own command-line flags (--bind, --certfile, --keyfile,
 """
 
 import os
+import secrets
 import shutil
 import ssl
 import sys
 import tempfile
 
-from quay_dispatch.config import ConfigError, environment_settings, stale_metric_files
-from quay_dispatch.startup import TLS_WORKER, serving_problems
+from gunicorn import sock as gunicorn_sockets
+
+from quay_dispatch.config import ADMIN_SECRET_VARIABLE, ConfigError, environment_settings, stale_metric_files
+from quay_dispatch.startup import TLS_WORKER, admin_address, serving_problems
 
 try:
     _settings = environment_settings()
@@ -54,6 +57,36 @@ def on_starting(server):
     # gunicorn's effective forwarded_allow_ips, whichever setting it came from, before any is forked.
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(server.cfg.forwarded_allow_ips)
     _prepare_metrics()
+    if _settings.admin_bind and not _settings.admin_token:
+        os.environ[ADMIN_SECRET_VARIABLE] = secrets.token_hex(32)  # the page's sessions, alike in every worker
+
+
+_admin_listener = None
+
+
+def when_ready(server):
+    _open_admin(server)
+
+
+def on_reload(server):
+    _open_admin(server)  # a SIGHUP that changed --bind closed every listener
+
+
+def _open_admin(server):
+    """ADMIN_BIND: one more listener beside gunicorn's own, whatever --bind says, served by the same workers
+    (which tell it apart by its address). Not in gunicorn's bind setting: a SIGHUP would drop it."""
+    global _admin_listener
+    if not _settings.admin_bind:
+        return
+    if _admin_listener is None or _admin_listener.sock.fileno() == -1:
+        address = _settings.admin_bind
+        try:
+            _admin_listener = gunicorn_sockets._sock_type(address)(address, server.cfg, server.log)
+        except OSError as exc:
+            sys.exit(f"quay-dispatch: cannot listen on ADMIN_BIND={admin_address(_settings)}: {exc.strerror}")
+        server.log.info("The operator's page at: %s", _admin_listener)
+    if _admin_listener not in server.LISTENERS:
+        server.LISTENERS.append(_admin_listener)
 
 
 _own_metrics_dir = None

@@ -4,6 +4,7 @@ threads a whole request is handed to."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import threading
 import time
@@ -88,10 +89,13 @@ def _chunked_body(data: bytes | bytearray, start: int) -> str | None:
 class Conn(TConn):
     """A connection the event loop reads: handshake (TLS only), then a request until it is whole."""
 
-    def __init__(self, cfg, sock, client, server, context: SSL.Context | None):
+    def __init__(self, cfg, sock, client, server, context: SSL.Context | None, admin: bool = False):
+        """`admin`: it came to the operator's page's listener, where TLS asks for no client certificate."""
         super().__init__(cfg, sock, client, server)  # leaves the socket non-blocking
         io_timeout = float(cfg.timeout) or None
-        self.sock: Stream = TLSStream(sock, context, io_timeout) if context else PlainStream(sock, io_timeout)
+        self.sock: Stream = (TLSStream(sock, context, io_timeout, client_certificate=not admin) if context
+                             else PlainStream(sock, io_timeout))
+        self.sock.admin = admin
         self.handshaken = context is None
         self.received = bytearray()
         self.served = 0  # requests answered on this connection
@@ -197,3 +201,13 @@ class Slot:
         self.conn: Conn | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
+
+
+def batch_scheduling(log) -> None:
+    """Linux's SCHED_BATCH for the worker and every thread it starts (they inherit it): a thread woken by
+    another (a request handed over, a commit's followers) then waits for the waker's turn to end instead
+    of preempting it, only to find the GIL still held by it (docs/architecture.md). No privilege needed."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or refused by a seccomp profile
+        log.info("SCHED_BATCH is not available (%s): the default scheduling policy stays", exc)

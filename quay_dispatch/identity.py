@@ -43,9 +43,10 @@ class IdentityError(Exception):
     does not trust or out of its validity, or somebody's forgery of it: worth telling the operator either way.
     """
 
-    def __init__(self, message: str, names_quay: bool = False):
+    def __init__(self, message: str, names_quay: bool = False, names: str | None = None):
         super().__init__(message)
         self.names_quay = names_quay
+        self.names = names  # the refused certificate's subject and DNS names, as describe() says them
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class QuayVerifier:
         # QUAY_INTERMEDIATES_FILE: for a proxy that forwards the leaf alone. Offered as
         # intermediates only, never trusted as roots.
         self._extra_intermediates = intermediates or []
-        self._cache: OrderedDict[bytes, tuple[Caller | tuple[str, bool], float]] = OrderedDict()  # result or refusal
+        self._cache: OrderedDict[bytes, tuple[Caller | tuple, float]] = OrderedDict()  # result, or refusal's args
         self._lock = threading.Lock()
         now = datetime.datetime.now(datetime.UTC)
         for hostname in hostnames:  # a name cryptography cannot check stops the start, not every call
@@ -144,7 +145,7 @@ class QuayVerifier:
             try:
                 result, lifetime = self._verify(chain_pems), None
             except IdentityError as exc:
-                result, lifetime = (str(exc), exc.names_quay), REFUSAL_CACHE_SECONDS
+                result, lifetime = (str(exc), exc.names_quay, exc.names), REFUSAL_CACHE_SECONDS
             if lifetime is None:
                 lifetime = min(SUCCESS_CACHE_SECONDS, result.valid_until - time.time())
             with self._lock:
@@ -189,7 +190,8 @@ class QuayVerifier:
             why = "; ".join(dict.fromkeys(_explain(r) for r in reasons))
         # Whoever made the certificate chose its names: escaped, they cannot forge a log line.
         raise IdentityError(printable(f"client certificate {describe(leaf)} is not a valid certificate for "
-                                      f"{expected}: {why}"), names_quay=_names_one_of(leaf, self.hostnames))
+                                      f"{expected}: {why}"), names_quay=_names_one_of(leaf, self.hostnames),
+                            names=printable(describe(leaf)))
 
 
 def _names_one_of(leaf: x509.Certificate, hostnames: tuple[str, ...]) -> bool:

@@ -6,6 +6,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
@@ -18,6 +19,7 @@ from .dispatch_request import DispatchRequest, canonical_json
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
 from .outbox import Accepted, Notification, StoreUnavailable
+from .outbox.browse import RefusedCall
 from .quay import ALL_EVENTS, PayloadError, parse_event
 from .routes import select_routes
 from .services import Services, services_of
@@ -148,6 +150,7 @@ def authenticate(svc: Services, req: Request) -> None:
     except IdentityError as exc:
         if exc.names_quay:
             metrics.QUAY_CERTIFICATE_REFUSED.inc()
+        g.refused_names = exc.names
         raise Refusal(403, str(exc)) from None
     g.caller = caller.hostname
 
@@ -254,11 +257,16 @@ def _unexpected(exc: Exception):
 
 
 def _count(response):
-    """Every answer to /incoming in the metrics, refusals before routing (405, 413) included."""
+    """Every answer to /incoming in the metrics, refusals before routing (405, 413) included; with the operator's
+    page on, each refusal (4xx) kept for it."""
     if request.path == "/incoming" or request.path.startswith("/incoming/"):
         event = (request.view_args or {}).get("event")
-        metrics.INCOMING.labels(event if event in ALL_EVENTS else "unknown", str(response.status_code),
-                                g.get("outcome") or "error").inc()
+        event = event if event in ALL_EVENTS else "unknown"
+        metrics.INCOMING.labels(event, str(response.status_code), g.get("outcome") or "error").inc()
+        refusals = services_of().refusals
+        if refusals is not None and 400 <= response.status_code < 500:
+            refusals.add(RefusedCall(time.time(), request.remote_addr or "-", response.status_code, event,
+                                     g.get("error_detail") or "", g.get("refused_names")))
     return response
 
 

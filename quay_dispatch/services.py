@@ -24,6 +24,7 @@ from .startup import service_problems
 
 if TYPE_CHECKING:
     from .acme.manager import CertificateManager
+    from .admin.refusals import RefusalLog
 
 _EXTENSION = "quay_dispatch"
 log = logging.getLogger("quay_dispatch.outbox")
@@ -40,6 +41,7 @@ class Services:
     github: GitHubClient
     deliverer: Deliverer
     certificates: CertificateManager | None = None  # ACME's, when ACME_DOMAINS is set; the TLS worker starts it
+    refusals: RefusalLog | None = None  # refused calls for the operator's page, when it is on (ADMIN_BIND)
 
     def start_certificates(self, cert_reqs: int, ciphers: str | None) -> CertificateManager | None:
         """With ACME_DOMAINS, start the certificate manager (gunicorn's cert_reqs and ciphers for the serving context)
@@ -99,8 +101,8 @@ def _certificates(settings: Settings, outbox: Outbox) -> CertificateManager | No
     return CertificateManager(settings.acme_domains, ca, outbox)
 
 
-def init_app(app: Flask, settings: Settings | None) -> None:
-    """Remember `settings` (None: read the environment when first needed)."""
+def init_app(app: Flask, settings: Settings | Services | None) -> None:
+    """Remember `settings` (None: read the environment when first needed), or the Services to share."""
     app.extensions[_EXTENSION] = settings
 
 

@@ -39,8 +39,28 @@ def serving_problems(settings: Settings, cfg, say: Callable[[str], None]) -> lis
         cert_setting = settings.tls_cert_setting if cfg.certfile == settings.tls_cert_file else "--certfile"
         key_setting = settings.tls_key_setting if cfg.keyfile == settings.tls_key_file else "--keyfile"
         problems += tls_problems((cert_setting, cfg.certfile), (key_setting, cfg.keyfile))
+    problems += _admin_problems(settings, cfg.bind)
     problems += _store_problems(settings, say)
     return problems
+
+
+def _admin_problems(settings: Settings, binds: list[str]) -> list[str]:
+    """ADMIN_BIND: a port that none of gunicorn's own binds takes (the page must never share Quay's door)."""
+    if settings.admin_bind is None:
+        return []
+    host, port = settings.admin_bind
+    for bind in binds:
+        bound_host, _, bound_port = bind.rpartition(":")
+        if bound_port == str(port) and bound_host.strip("[]") in (host, "0.0.0.0", "::", "localhost", ""):
+            return [f"ADMIN_BIND={admin_address(settings)} is also where the service listens ({bind}): give the "
+                    "operator's page a port of its own"]
+    return []
+
+
+def admin_address(settings: Settings) -> str:
+    """ADMIN_BIND as gunicorn writes a bind: host:port, an IPv6 address in brackets."""
+    host, port = settings.admin_bind
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def service_problems(settings: Settings) -> list[str]:

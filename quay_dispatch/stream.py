@@ -35,6 +35,7 @@ class Stream:
         self.deadline: float | None = None
         self.environ: dict[str, str] = {}  # what the transport adds to the WSGI environ
         self.failure: str | None = None  # a TLS error the peer caused after the handshake (TLSStream)
+        self.admin = False  # it came to the operator's page's listener (ADMIN_BIND), not Quay's
         self._corked: bytearray | None = None
 
     # The two primitives, which raise WouldBlock instead of waiting.

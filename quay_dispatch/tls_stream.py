@@ -35,9 +35,12 @@ class TLSStream(Stream):
     socket and OpenSSL, so that it can count what a handshake takes. The handshake is done
     (see handshake_nowait) before any read."""
 
-    def __init__(self, raw: socket.socket, context: SSL.Context | ChooseContext, io_timeout: float | None):
-        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.door.ChallengeDoor)."""
+    def __init__(self, raw: socket.socket, context: SSL.Context | ChooseContext, io_timeout: float | None,
+                 client_certificate: bool = True):
+        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.door.ChallengeDoor);
+        without `client_certificate`, none is asked for, whatever the context says (the operator's page)."""
         super().__init__(raw, io_timeout)
+        self._client_certificate = client_certificate
         self.tls: SSL.Connection | None = None
         self._choose: ChooseContext | None = None
         self._first = b""  # the client's bytes while no context is chosen
@@ -91,6 +94,8 @@ class TLSStream(Stream):
 
     def _connect(self, context: SSL.Context) -> None:
         self.tls = SSL.Connection(context, None)
+        if not self._client_certificate:
+            self.tls.set_verify(SSL.VERIFY_NONE)
         self.tls.set_accept_state()
 
     def _chosen(self, data: bytes) -> bytes:

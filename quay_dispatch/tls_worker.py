@@ -23,7 +23,8 @@ tests/test_tls_worker.py starts it for real):
 - handle_error: gunicorn's own refusals (414, 431, a malformed request's 400) as the
   service's JSON error with X-Request-Id, instead of gunicorn's HTML page.
 - load_wsgi: adds the client's chain (SSL_CLIENT_CERT, SSL_CLIENT_CERT_CHAIN_n) to
-  the environ; with ACME_DOMAINS, takes its TLS from the application's certificate manager.
+  the environ; with ACME_DOMAINS, takes its TLS from the application's certificate manager;
+  with ADMIN_BIND, serves that listener's requests with the operator's page.
 
 Limits come from gunicorn's settings where it has one: limit_request_line,
 limit_request_fields and limit_request_field_size bound the headers buffered,
@@ -37,7 +38,6 @@ import errno
 import gc
 import json
 import logging
-import os
 import secrets
 import selectors
 import ssl
@@ -48,7 +48,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 from OpenSSL import SSL
 
-from .conn import Conn, Threads, max_head
+from .conn import Conn, Threads, batch_scheduling, max_head
 from .limits import REQUEST_TIMEOUT
 from .stream import Stream
 from .tls import ChallengeAnswered, ReloadingContext, handshake_reason
@@ -70,7 +70,7 @@ class TLSWorker(ThreadWorker):
     """gunicorn's gthread worker: TLS by pyOpenSSL, requests buffered whole in the loop, served by threads."""
 
     def init_process(self):
-        _batch_scheduling(self.log)
+        batch_scheduling(self.log)
         self.tls = None
         self.head_limit = max_head(self.cfg)
         if self.cfg.is_ssl:
@@ -86,18 +86,27 @@ class TLSWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
         application = self.wsgi
+        from .services import services_of  # here: gunicorn's master loads this module, not the application
+
+        services = services_of(application)
         if self.tls is None:  # ACME_DOMAINS (or no TLS): the application's certificate manager, if any, from now on
-            from .services import services_of  # here: gunicorn's master loads this module, not the application
+            self.tls = services.start_certificates(self.cfg.cert_reqs, self.cfg.ciphers)
+        admin, self.admin_listeners = None, []
+        if services.settings.admin_bind:  # the operator's page, its own application on the same services
+            from .admin import create_admin_app
 
-            self.tls = services_of(application).start_certificates(self.cfg.cert_reqs, self.cfg.ciphers)
+            admin = create_admin_app(services, tls=self.tls is not None)
+            self.admin_listeners = [s for s in self.sockets if s.getsockname()[:2] == services.settings.admin_bind]
 
-        def with_client_certificate(environ, start_response):
+        def by_door(environ, start_response):
             sock = environ.get("gunicorn.socket")
             if isinstance(sock, Stream):
                 environ.update(sock.environ)
+                if sock.admin:
+                    return admin(environ, start_response)
             return application(environ, start_response)
 
-        self.wsgi = with_client_certificate
+        self.wsgi = by_door
         # What the application loaded lives as long as the worker: out of the collector's sight,
         # a full collection looks at what requests made instead of every module (about 30 ms each).
         gc.collect()
@@ -114,7 +123,8 @@ class TLSWorker(ThreadWorker):
             return
         self.nr_conns += 1
         context = self.tls.current() if self.tls else None
-        conn = Conn(self.cfg, client_sock, client_addr, listener.getsockname(), context)
+        conn = Conn(self.cfg, client_sock, client_addr, listener.getsockname(), context,
+                    admin=listener in self.admin_listeners)
         self._await_request(conn)
 
     def _await_request(self, conn: Conn, registered: bool = False) -> None:
@@ -277,16 +287,6 @@ def _certificate_served(leaf) -> None:
     from . import metrics
 
     metrics.certificate_served("file", leaf)
-
-
-def _batch_scheduling(log) -> None:
-    """Linux's SCHED_BATCH for the worker and every thread it starts (they inherit it): a thread woken by
-    another (a request handed over, a commit's followers) then waits for the waker's turn to end instead
-    of preempting it, only to find the GIL still held by it (docs/architecture.md). No privilege needed."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError) as exc:  # not Linux, or refused by a seccomp profile
-        log.info("SCHED_BATCH is not available (%s): the default scheduling policy stays", exc)
 
 
 def _peer(client) -> str:

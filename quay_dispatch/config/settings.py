@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 from .acme import acme_settings
+from .admin import admin_settings
 from .github import github_settings
 from .quay import DEFAULT_CLIENT_CERT_HEADER, Network, quay_settings
 from .reader import ConfigError, Env, read_file
@@ -55,6 +56,9 @@ class Settings:
     acme_profile: str | None = None
     acme_eab_kid: str | None = None
     acme_eab_hmac_key: str | None = None
+    admin_bind: tuple[str, int] | None = None  # the operator's page is on when set
+    admin_token: str | None = None
+    admin_secret: str | None = None  # what signs its sessions and forms, the same in every worker
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
@@ -90,6 +94,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     fields |= _ops_settings(env)
     fields |= tls_settings(env)
     fields |= acme_settings(env)
+    fields |= admin_settings(env)
     fields |= _delivery_settings(env)
     env.check()
     return Settings(dry_run=dry_run, **fields)

@@ -1,0 +1,168 @@
+"""What the page shows and does: the overview, the deliveries (filtered, a page at a time), one delivery whole,
+redeliver (one, or what a filter selects once its count is confirmed), the refused calls, the login."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+
+from ..outbox import STATUSES, StoreUnavailable
+from ..outbox.browse import Filter
+from ..services import services_of
+from . import chart, status
+from .guard import token_matches
+
+bp = Blueprint("admin", __name__)
+PAGE_SIZE = 50
+FILTERS = ("status", "target", "quay_repository", "event", "q")
+
+
+def _filter() -> Filter:
+    """The filter the query string (or a form) gives; unknown statuses are a 400."""
+    given = {name: (request.values.get(name) or "").strip()[:200] or None for name in FILTERS}
+    if given["status"] and given["status"] not in STATUSES:
+        abort(400, f"no status {given['status']!r}; the statuses are {', '.join(STATUSES)}")
+    return Filter(**given)
+
+
+@bp.get("/")
+def overview():
+    svc = services_of()
+    g.outcome = "ok"
+    try:
+        counts, hours = svc.outbox.counts(), svc.outbox.hourly()
+        store_problem = None
+    except StoreUnavailable as exc:
+        counts, hours, store_problem = {}, [], str(exc)
+    return render_template("overview.html", counts=counts, store_problem=store_problem, health=status.health(svc),
+                           deliverer_alive=svc.deliverer.alive, chart=chart.svg(hours) if hours else None,
+                           now=time.time())
+
+
+@bp.get("/deliveries")
+def deliveries():
+    where = _filter()
+    before = request.args.get("before", type=int)
+    listed, next_before = services_of().outbox.page(where, before, PAGE_SIZE)
+    g.outcome = "ok"
+    return render_template("deliveries.html", listed=listed, where=where, next_before=next_before,
+                           statuses=STATUSES, now=time.time())
+
+
+@bp.get("/deliveries/<int:delivery_id>")
+def delivery(delivery_id: int):
+    found = services_of().outbox.detail(delivery_id)
+    if found is None:
+        abort(404, f"no delivery {delivery_id}")
+    detail, attempts = found
+    g.outcome = "ok"
+    return render_template("delivery.html", d=detail, attempts=attempts, body=_pretty(detail.body),
+                           notification=_pretty(detail.notification), now=time.time(),
+                           web=web_url(services_of().settings.github_api_url))
+
+
+@bp.post("/deliveries/<int:delivery_id>/redeliver")
+def redeliver(delivery_id: int):
+    svc = services_of()
+    queued, refused = svc.outbox.redeliver([delivery_id])
+    if queued:
+        svc.deliverer.wake()
+        flash(f"delivery {delivery_id} is queued again: it goes out within seconds")
+    else:
+        flash(f"delivery {delivery_id} was not queued again: {refused[delivery_id]}")
+    g.outcome = "redelivered" if queued else "refused"
+    return redirect(url_for("admin.delivery", delivery_id=delivery_id), 303)
+
+
+@bp.post("/deliveries/redeliver")
+def redeliver_selected():
+    """Without `confirmed`: the confirmation, with how many; with it: queue exactly those again."""
+    svc = services_of()
+    where = _filter()
+    confirmed, upto = request.form.get("confirmed", type=int), request.form.get("upto", type=int)
+    if confirmed is None or upto is None:
+        counts, upto = svc.outbox.redeliverable(where)
+        g.outcome = "confirm"
+        return render_template("confirm.html", where=where, counts=counts, total=sum(counts.values()), upto=upto)
+    queued = svc.outbox.redeliver_selected(where, upto, confirmed)
+    if queued is None:
+        flash("nothing was queued: the selection changed since you confirmed it; look at the count again")
+    else:
+        svc.deliverer.wake()
+        flash(f"{len(queued)} deliveries are queued again")
+    g.outcome = "refused" if queued is None else "redelivered"
+    return redirect(url_for("admin.deliveries", **{k: v for k, v in vars(where).items() if v}), 303)
+
+
+@bp.get("/refusals")
+def refusals():
+    g.outcome = "ok"
+    return render_template("refusals.html", refused=services_of().outbox.refusals(), now=time.time())
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    settings = services_of().settings
+    if settings.admin_token is None:
+        return redirect(url_for("admin.overview"))
+    if request.method == "GET":
+        g.outcome = "ok"
+        return render_template("login.html", wrong=False)
+    throttle, address = current_app.extensions["admin_throttle"], request.remote_addr or "-"
+    if wait := throttle.wait_left(address):
+        g.outcome = "throttled"
+        abort(429, f"too many wrong tokens: try again in {wait:.0f} s")
+    if not token_matches(settings.admin_token, request.form.get("token", "")):
+        throttle.failed(address)
+        g.outcome = "refused"
+        return render_template("login.html", wrong=True), 401
+    throttle.succeeded(address)
+    session.clear()
+    session["admin"] = True
+    g.outcome = "ok"
+    target = request.args.get("next", "")
+    return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("admin.overview"),
+                    303)
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    g.outcome = "ok"
+    return redirect(url_for("admin.login"), 303)
+
+
+def _pretty(text: str | None) -> str | None:
+    """JSON text indented for reading; any other text as it is."""
+    if text is None:
+        return None
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def _span(seconds: int) -> str:
+    """A duration as people say it: 42 s, 7 min, 3 h, 12 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _isotime(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def web_url(api_url: str) -> str:
+    """GitHub's web address for its API's: github.com for api.github.com, the server's own for an Enterprise
+    Server's /api/v3."""
+    return "https://github.com" if api_url.rstrip("/") == "https://api.github.com" else api_url.rstrip("/")[:-7]
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    app.add_template_filter(_span, "span")
+    app.add_template_filter(_isotime, "isotime")

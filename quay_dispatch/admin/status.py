@@ -1,0 +1,37 @@
+"""Is it healthy: what /metrics says (every worker's, summed as for Prometheus), as the overview shows it."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .. import metrics
+from ..services import Services
+
+
+def health(svc: Services) -> dict:
+    """The samples the overview shows, by metric name: {labels as a tuple of pairs: value}."""
+    text = metrics.exposition(svc.outbox, svc.settings.metrics_dir).decode("utf-8")
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return {
+        "readable": samples.get("quay_dispatch_outbox_readable", {}).get((), 0.0) == 1.0,
+        "bypasses": {dict(k)["result"]: v for k, v in samples.get("quay_dispatch_store_bypass_total", {}).items()},
+        "calls": _by(samples, "quay_dispatch_incoming_total", "outcome"),
+        "rate_limit": _by(samples, "quay_dispatch_github_rate_limit_remaining", "host"),
+        "rate_limit_reset": _by(samples, "quay_dispatch_github_rate_limit_reset_timestamp_seconds", "host"),
+        "token_expiry": _by(samples, "quay_dispatch_github_token_expiry_timestamp_seconds", "host"),
+        "certificate_expiry": _by(samples, "quay_dispatch_tls_certificate_expiry_timestamp_seconds", "source"),
+        "heartbeat": _by(samples, "quay_dispatch_deliverer_heartbeat_timestamp_seconds", "host"),
+        "oldest_pending": samples.get("quay_dispatch_oldest_pending_delivery_age_seconds", {}).get(()),
+    }
+
+
+def _by(samples: dict, name: str, label: str) -> dict[str, float]:
+    """A metric's samples summed by one label."""
+    summed: dict[str, float] = {}
+    for labels, value in samples.get(name, {}).items():
+        key = dict(labels).get(label, "")
+        summed[key] = summed.get(key, 0.0) + value
+    return summed
