@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEV_PKI := var/dev-pki
 PYTHON ?= python3
 
-.PHONY: run test lint clean servers bench
+.PHONY: run test lint clean servers bench screenshots
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,10 @@ run: $(BIN)/.installed
 # (or QUAY_TEST_POSTGRESQL_URL's), and the real proxies and podman (`servers` below).
 # GitHub's OpenAPI description (npm's @octokit/openapi) checks the requests the tests capture.
 OPENAPI := var/openapi/node_modules/@octokit/openapi/package.json
+# axe-core (npm) checks the operator's page for accessibility in Chromium (tests/test_admin_browser.py).
+AXE := var/axe/node_modules/axe-core/axe.min.js
 
-test: $(BIN)/.installed servers $(OPENAPI)
+test: $(BIN)/.installed servers $(OPENAPI) $(AXE)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 $(OPENAPI):
@@ -38,17 +40,29 @@ $(OPENAPI):
 		echo "npm is missing: the OpenAPI checks will be skipped"; \
 	fi
 
+$(AXE):
+	@if command -v npm >/dev/null; then \
+		npm install --silent --no-audit --no-fund --prefix var/axe axe-core@4.14.1; \
+	else \
+		echo "npm is missing: the accessibility check will be skipped"; \
+	fi
+
+# The operator's page's screenshots in docs/images/, taken by its Chromium tests.
+screenshots: $(BIN)/.installed servers $(AXE)
+	SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/test_admin_browser.py
+
 # The real programs the suite runs, installed from Debian's packages when missing and
 # allowed (root, apt-get), in one go: PostgreSQL (unless QUAY_TEST_POSTGRESQL_URL names a
 # server), podman with runc and debootstrap (tests/test_image.py), nginx with its stream
 # module and HAProxy (tests/test_proxies.py; Traefik comes from requirements-dev.txt),
-# pebble and pebble-challtestsrv, Let's Encrypt's test CA (tests/test_acme.py), and Prometheus with
-# promtool (tests/test_monitoring.py).
+# pebble and pebble-challtestsrv, Let's Encrypt's test CA (tests/test_acme.py), Prometheus with
+# promtool (tests/test_monitoring.py), Chromium and its driver (tests/test_admin_browser.py).
 servers:
 	@missing=""; \
 	[ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| missing="$$missing postgresql"; \
-	for tool in podman runc debootstrap haproxy pebble prometheus; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for tool in podman runc debootstrap haproxy pebble prometheus chromium; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \
 	if [ -z "$$missing" ]; then \

@@ -35,6 +35,7 @@ timeout = 30
 graceful_timeout = 20
 preload_app = False  # each worker imports wsgi.py and starts its own deliverer
 control_socket_disable = True
+sendfile = False  # the TLS worker writes through its own streams (the page's static files), never sendfile()
 accesslog = None  # the application logs one line per request, without query strings
 if _settings.log_format == "json":
     # gunicorn's own lines (worker boots, failed handshakes) as JSON objects too, one a line.

@@ -46,6 +46,8 @@ def test_each_door_serves_its_own_and_nothing_of_the_other(start_service, test_p
     assert "frame-ancestors 'none'" in overview.headers["Content-Security-Policy"]
     assert (overview.headers["X-Content-Type-Options"], overview.headers["Referrer-Policy"]) == ("nosniff",
                                                                                                "no-referrer")
+    stylesheet = page.get("/static/admin.css")
+    assert (stylesheet.status_code, stylesheet.headers["Content-Type"]) == (200, "text/css; charset=utf-8")
     assert page.post("/incoming", csrf=False).status_code == 404  # no Quay door here
     assert page.get("/metrics").status_code == 200  # Prometheus needs no client certificate here
     assert page.get("/readyz").json()["status"] == "ready"
