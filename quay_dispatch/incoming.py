@@ -142,6 +142,7 @@ def authenticate(svc: Services, req: Request) -> None:
     if settings.incoming_token is not None and not _token_matches(settings.incoming_token, req):
         raise Refusal(401, "missing or wrong token: put INCOMING_TOKEN in the notification URL as "
                       "https://quay:TOKEN@host/incoming", headers={"WWW-Authenticate": 'Basic realm="quay-dispatch"'})
+    g.from_quay = svc.verifier is None  # the token was Quay's proof, if any was asked
     if svc.verifier is None:
         return
     try:
@@ -153,6 +154,7 @@ def authenticate(svc: Services, req: Request) -> None:
         g.refused_names = exc.names
         raise Refusal(403, str(exc)) from None
     g.caller = caller.hostname
+    g.from_quay = True
 
 
 def _tls_chain(req: Request) -> list[str]:
@@ -262,7 +264,10 @@ def _count(response):
     if request.path == "/incoming" or request.path.startswith("/incoming/"):
         event = (request.view_args or {}).get("event")
         event = event if event in ALL_EVENTS else "unknown"
-        metrics.INCOMING.labels(event, str(response.status_code), g.get("outcome") or "error").inc()
+        outcome = g.get("outcome") or "error"
+        metrics.INCOMING.labels(event, str(response.status_code), outcome).inc()
+        if g.get("from_quay"):
+            metrics.LAST_CALL.labels(outcome).set(time.time())
         refusals = services_of().refusals
         if refusals is not None and 400 <= response.status_code < 500:
             refusals.add(RefusedCall(time.time(), request.remote_addr or "-", response.status_code, event,

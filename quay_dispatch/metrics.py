@@ -70,6 +70,9 @@ for _result in ("delivered", "retry", "failed", "expired"):
     ATTEMPTS.labels(_result)
 for _result in ("dispatched", "unavailable"):
     STORE_BYPASS.labels(_result)
+LAST_CALL = Gauge("quay_dispatch_last_call_timestamp_seconds",
+                  "When Quay last called (a caller that proved to be Quay), by the outcome of the answer",
+                  ["outcome"], multiprocess_mode="mostrecent")
 RATE_LIMIT_REMAINING = Gauge("quay_dispatch_github_rate_limit_remaining",
                              "GitHub's x-ratelimit-remaining in its latest answer", ["host"],
                              multiprocess_mode="mostrecent")

@@ -184,3 +184,19 @@ def test_html_in_a_branch_and_in_githubs_words_is_shown_as_text(start_service, t
         assert "<svg/onload" not in html and "<img src=x" not in html
     assert "&lt;svg/onload=alert(1)&gt;" in page.get("/deliveries").text
     assert "&lt;img src=x onerror=" in page.get(delivery).text
+
+
+def test_the_overview_says_what_github_and_quay_last_did(start_service, test_pki, github):
+    service, page = with_page(start_service, test_pki)
+    assert "No call from Quay since the service started." in page.get("/").text
+    github.answer(404, {"message": "Not Found"})
+
+    notify(service, test_pki)
+    assert wait_until(lambda: "Last answer" in page.get("/").text)
+    stranger = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
+                              test_pki.pair("other_host"), verify=test_pki.ca_file)
+
+    assert stranger.status_code == 403
+    overview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.get("/").text))
+    assert re.search(r"Last answer \d+ s ago : failed 404 GitHub answered 404: Not Found", overview), overview
+    assert re.search(r"Last call \d+ s ago , answered accepted", overview), overview  # not the stranger's 403

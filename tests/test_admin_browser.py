@@ -112,7 +112,8 @@ def test_browsing_filtering_and_sending_again(start_service, github, browser):
     shoot(driver, "deliveries")
     link = driver.find_element(By.CSS_SELECTOR, "tbody a")
     assert link.get_attribute("target") == "_blank"
-    driver.get(link.get_attribute("href"))
+    delivery = link.get_attribute("href")
+    driver.get(delivery)
     attempts = rows(driver)
     assert "502" in attempts[0] and "GH-502-A" in attempts[0] and "GitHub answered 502: Server Error" in attempts[0]
     assert "delivered" in attempts[1] and "204" in attempts[1]
@@ -137,7 +138,7 @@ def test_browsing_filtering_and_sending_again(start_service, github, browser):
     shoot(driver, "overview")
     assert [m for m in browser.console() if "SEVERE" in m or "Content Security Policy" in m] == []
     if SCREENSHOTS:
-        on_a_phone(url, link.get_attribute("href"))
+        on_a_phone(url, delivery)
 
 
 def on_a_phone(url: str, delivery: str) -> None:

@@ -32,13 +32,13 @@ def overview():
     svc = services_of()
     g.outcome = "ok"
     try:
-        counts, hours = svc.outbox.counts(), svc.outbox.hourly()
+        counts, hours, last = svc.outbox.counts(), svc.outbox.hourly(), svc.outbox.last_attempt()
         store_problem = None
     except StoreUnavailable as exc:
-        counts, hours, store_problem = {}, [], str(exc)
+        counts, hours, last, store_problem = {}, [], None, str(exc)
     return render_template("overview.html", counts=counts, store_problem=store_problem, health=status.health(svc),
                            deliverer_alive=svc.deliverer.alive, chart=chart.svg(hours) if hours else None,
-                           now=time.time())
+                           last=last, now=time.time())
 
 
 @bp.get("/deliveries")

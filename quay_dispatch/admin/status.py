@@ -18,7 +18,9 @@ def health(svc: Services) -> dict:
     return {
         "readable": samples.get("quay_dispatch_outbox_readable", {}).get((), 0.0) == 1.0,
         "bypasses": {dict(k)["result"]: v for k, v in samples.get("quay_dispatch_store_bypass_total", {}).items()},
-        "calls": _by(samples, "quay_dispatch_incoming_total", "outcome"),
+        "calls": {k: v for k, v in _by(samples, "quay_dispatch_incoming_total", "outcome").items() if v},
+        "last_call": max(((v, k) for k, v in _by(samples, "quay_dispatch_last_call_timestamp_seconds",
+                                                   "outcome").items()), default=None),
         "rate_limit": _by(samples, "quay_dispatch_github_rate_limit_remaining", "host"),
         "rate_limit_reset": _by(samples, "quay_dispatch_github_rate_limit_reset_timestamp_seconds", "host"),
         "token_expiry": _by(samples, "quay_dispatch_github_token_expiry_timestamp_seconds", "host"),

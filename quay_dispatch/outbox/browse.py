@@ -190,6 +190,12 @@ class Browse:
             bucket["latency"] = latencies[len(latencies) // 2] if latencies else None
         return buckets
 
+    def last_attempt(self) -> Attempt | None:
+        """GitHub's latest answer to a delivery, or None."""
+        with self._transaction() as run:
+            row = run(f"SELECT {_columns(Attempt)} FROM attempts ORDER BY at DESC LIMIT 1").fetchone()
+        return None if row is None else _of(Attempt, row)
+
     def keep_refusals(self, refused: list[RefusedCall]) -> None:
         """Add refused calls, and forget all but the newest KEPT_REFUSALS."""
         if not refused:
