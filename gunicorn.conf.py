@@ -62,32 +62,29 @@ def on_starting(server):
         os.environ[ADMIN_SECRET_VARIABLE] = secrets.token_hex(32)  # the page's sessions, alike in every worker
 
 
-_admin_listener = None
-
-
 def when_ready(server):
     _open_admin(server)
 
 
 def on_reload(server):
-    _open_admin(server)  # a SIGHUP that changed --bind closed every listener
+    _open_admin(server)  # a SIGHUP that changed --bind closed every listener, the page's too
 
 
 def _open_admin(server):
     """ADMIN_BIND: one more listener beside gunicorn's own, whatever --bind says, served by the same workers
-    (which tell it apart by its address). Not in gunicorn's bind setting: a SIGHUP would drop it."""
-    global _admin_listener
+    (which tell it apart by its address). Not in gunicorn's bind setting, where a SIGHUP would drop it; found
+    again among the listeners after one (this file is read anew)."""
     if not _settings.admin_bind:
         return
-    if _admin_listener is None or _admin_listener.sock.fileno() == -1:
-        address = _settings.admin_bind
-        try:
-            _admin_listener = gunicorn_sockets._sock_type(address)(address, server.cfg, server.log)
-        except OSError as exc:
-            sys.exit(f"quay-dispatch: cannot listen on ADMIN_BIND={admin_address(_settings)}: {exc.strerror}")
-        server.log.info("The operator's page at: %s", _admin_listener)
-    if _admin_listener not in server.LISTENERS:
-        server.LISTENERS.append(_admin_listener)
+    if any(listener.sock.fileno() != -1 and listener.sock.getsockname()[:2] == _settings.admin_bind
+           for listener in server.LISTENERS):
+        return
+    try:
+        listener = gunicorn_sockets._sock_type(_settings.admin_bind)(_settings.admin_bind, server.cfg, server.log)
+    except OSError as exc:
+        sys.exit(f"quay-dispatch: cannot listen on ADMIN_BIND={admin_address(_settings)}: {exc.strerror}")
+    server.LISTENERS.append(listener)
+    server.log.info("The operator's page at: %s", listener)
 
 
 _own_metrics_dir = None

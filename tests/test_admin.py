@@ -3,7 +3,9 @@ service and the loopback GitHub. tests/test_admin_browser.py drives it in Chromi
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import time
 
@@ -200,3 +202,16 @@ def test_the_overview_says_what_github_and_quay_last_did(start_service, test_pki
     overview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.get("/").text))
     assert re.search(r"Last answer \d+ s ago : failed 404 GitHub answered 404: Not Found", overview), overview
     assert re.search(r"Last call \d+ s ago , answered accepted", overview), overview  # not the stranger's 403
+
+
+def test_the_page_stays_open_across_a_reload(start_service, test_pki):
+    service, page = with_page(start_service, test_pki)
+    booted = service.log().count("Booting worker")
+
+    os.kill(service.proc.pid, signal.SIGHUP)  # gunicorn's master reads its configuration anew, new workers
+
+    assert wait_until(lambda: service.log().count("Booting worker") > booted, timeout=10)
+    assert wait_until(lambda: page.get("/healthz").status_code == 200, timeout=10)
+    assert page.get("/").status_code == 200
+    assert service.log().count("The operator's page at:") == 1  # the same listener, not a second one
+    assert service.exited() is None
