@@ -18,9 +18,11 @@ from pathlib import Path
 from testkit.service import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
-# What the image holds: the application, nothing of the tests, docs or tools.
+# What the image holds: the application (its code, the page's templates and stylesheet), nothing of the tests,
+# docs or tools.
 IMAGE_FILES = {"app.py", "wsgi.py", "gunicorn.conf.py", "requirements.txt"} | {
-    str(path.relative_to(ROOT)) for path in (ROOT / "quay_dispatch").rglob("*.py")
+    str(path.relative_to(ROOT)) for path in (ROOT / "quay_dispatch").rglob("*")
+    if path.is_file() and "__pycache__" not in path.parts
 }
 
 
