@@ -127,8 +127,8 @@ class OutboxCollector:
                                     value=0 if oldest is None else max(0.0, time.time() - oldest))
 
 
-def exposition(outbox: Outbox, multiprocess_dir: str | None) -> bytes:
-    """Every counter of every worker, and the outbox's counts, in Prometheus text format.
+def exposition(outbox: Outbox | None, multiprocess_dir: str | None) -> bytes:
+    """Every counter of every worker, and the outbox's counts (unless `outbox` is None), in Prometheus text format.
 
     `multiprocess_dir` is Settings.metrics_dir: PROMETHEUS_MULTIPROC_DIR, prometheus-client's own
     switch to its multiprocess mode, which gunicorn.conf.py sets for the workers.
@@ -138,6 +138,8 @@ def exposition(outbox: Outbox, multiprocess_dir: str | None) -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
+    if outbox is None:
+        return generate_latest(registry)
     outbox_registry = CollectorRegistry()
     outbox_registry.register(OutboxCollector(outbox))
     return generate_latest(registry) + generate_latest(outbox_registry)

@@ -1,4 +1,4 @@
-"""The last 24 hours as a server-rendered SVG: accepted, delivered and failed per hour as bars, the median
+"""The last 24 hours as a server-rendered SVG: accepted, delivered and failed per hour as bars, the mean
 delivery latency as a line. No script; colours come from the stylesheet's classes, and a title per bar says
 the numbers for screen readers and on hover."""
 
@@ -38,7 +38,7 @@ def svg(hours: list[dict]) -> Markup:
         if hour["latency"] is not None and slowest:
             line.append(f"{x + slot / 2:.1f},{HEIGHT - BOTTOM - plot * hour['latency'] / slowest:.1f}")
     if line:
-        parts.append(f'<polyline class="latency" points="{" ".join(line)}"><title>median delivery latency, '
+        parts.append(f'<polyline class="latency" points="{" ".join(line)}"><title>mean delivery latency, '
                      f'longest {slowest:.1f} s</title></polyline>')
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -33,12 +33,12 @@ def overview():
     g.outcome = "ok"
     try:
         counts, hours, last = svc.outbox.counts(), svc.outbox.hourly(), svc.outbox.last_attempt()
-        store_problem = None
+        oldest, store_problem = svc.outbox.oldest_pending(), None
     except StoreUnavailable as exc:
-        counts, hours, last, store_problem = {}, [], None, str(exc)
+        counts, hours, last, oldest, store_problem = {}, [], None, None, str(exc)
     return render_template("overview.html", counts=counts, store_problem=store_problem, health=status.health(svc),
                            deliverer_alive=svc.deliverer.alive, chart=chart.svg(hours) if hours else None,
-                           last=last, now=time.time())
+                           last=last, oldest=oldest, now=time.time())
 
 
 @bp.get("/deliveries")

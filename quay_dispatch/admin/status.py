@@ -9,14 +9,13 @@ from ..services import Services
 
 
 def health(svc: Services) -> dict:
-    """The samples the overview shows, by metric name: {labels as a tuple of pairs: value}."""
-    text = metrics.exposition(svc.outbox, svc.settings.metrics_dir).decode("utf-8")
+    """What the workers' metrics say, as the overview shows it (the store's own counts it reads itself)."""
+    text = metrics.exposition(None, svc.settings.metrics_dir).decode("utf-8")
     samples: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return {
-        "readable": samples.get("quay_dispatch_outbox_readable", {}).get((), 0.0) == 1.0,
         "bypasses": {dict(k)["result"]: v for k, v in samples.get("quay_dispatch_store_bypass_total", {}).items()},
         "calls": {k: v for k, v in _by(samples, "quay_dispatch_incoming_total", "outcome").items() if v},
         "last_call": max(((v, k) for k, v in _by(samples, "quay_dispatch_last_call_timestamp_seconds",
@@ -26,7 +25,6 @@ def health(svc: Services) -> dict:
         "token_expiry": _by(samples, "quay_dispatch_github_token_expiry_timestamp_seconds", "host"),
         "certificate_expiry": _by(samples, "quay_dispatch_tls_certificate_expiry_timestamp_seconds", "source"),
         "heartbeat": _by(samples, "quay_dispatch_deliverer_heartbeat_timestamp_seconds", "host"),
-        "oldest_pending": samples.get("quay_dispatch_oldest_pending_delivery_age_seconds", {}).get(()),
     }
 
 
