@@ -1,5 +1,5 @@
 """The operator's page (ADMIN_BIND) without a browser: its door, its login, its forms and what they do to the real
-service and the loopback GitHub. tests/test_admin_browser.py drives it in Chromium."""
+service and the loopback GitHub, on SQLite and on PostgreSQL. tests/test_admin_browser.py drives it in Chromium."""
 
 from __future__ import annotations
 
@@ -18,11 +18,6 @@ from testkit.credentials import GITHUB_TOKEN
 from testkit.service import free_port, run_gunicorn, wait_until
 
 TOKEN = "admin-token-for-the-tests-0123456789"
-
-
-@pytest.fixture(scope="module")
-def backend() -> str:
-    return "sqlite"  # the page's queries run on both stores in test_browse.py
 
 
 def with_page(start_service, test_pki, token: str | None = None, **env):

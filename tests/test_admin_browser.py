@@ -177,7 +177,7 @@ def test_another_sites_forms_are_refused_and_nothing_is_sent(start_service, gith
     delivery = re.search(r'href="/deliveries/(\d+)"', requests.get(url + "/deliveries", timeout=5).text)[1]
     posts = {f"/deliveries/{delivery}/redeliver": {"sure": "on"},
              "/deliveries/redeliver": {"status": "failed", "confirmed": "1", "upto": "999999999"},
-             "/logout": {}}
+             "/logout": {}, "/login": {"token": "anything-at-all-000000000000"}}
     hostile = HostilePage({url + path: fields for path, fields in posts.items()})
 
     try:
