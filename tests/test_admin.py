@@ -100,8 +100,8 @@ def test_with_a_token_every_page_but_the_login_asks_for_it_and_a_wrong_one_slows
     assert page.log_in("wrong" * 8).status_code == 401
     assert page.post("/login", {"token": TOKEN}).status_code == 429  # too soon after a wrong one, even the right
     time.sleep(1.1)
-    logged_in = page.post("/login", {"token": TOKEN})
-    assert logged_in.status_code == 303
+    logged_in = page.post("/login?next=/\\evil.example/", {"token": TOKEN})
+    assert (logged_in.status_code, logged_in.headers["Location"]) == (303, "/")  # never to another site
     cookie = logged_in.headers["Set-Cookie"]
     assert all(flag in cookie for flag in ("HttpOnly", "SameSite=Strict", "Secure"))
     assert page.get("/deliveries").status_code == 200
