@@ -30,7 +30,7 @@ class AdminClient:
         form = dict(data or {})
         if csrf:
             if self.csrf is None:
-                self.get("/login" if "/login" in path else "/")
+                self.get("/login" if "/login" in path else "/deliveries")  # a page with a form
             form["csrf_token"] = self.csrf
         headers = {"Sec-Fetch-Site": "same-origin", **kwargs.pop("headers", {})}
         response = self.http.post(self.url + path, data=form, headers=headers, timeout=10, allow_redirects=False,

@@ -210,3 +210,17 @@ def test_the_page_stays_open_across_a_reload(start_service, test_pki):
     assert page.get("/").status_code == 200
     assert service.log().count("The operator's page at:") == 1  # the same listener, not a second one
     assert service.exited() is None
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/deliveries/99999999999999999999999", 404), ("/deliveries?before=99999999999999999999999", 200),
+    ("/deliveries?status=nope", 400), ("/deliveries?q=%00", 400), ("/deliveries/0", 404),
+])
+def test_what_no_delivery_is_gets_an_answer_not_a_500(start_service, test_pki, path, status):
+    service, page = with_page(start_service, test_pki)
+
+    assert page.get(path).status_code == status
+    assert page.post("/deliveries/99999999999999999999999/redeliver").status_code == 404
+    assert page.post("/deliveries/redeliver", {"confirmed": "1", "upto": "9" * 30}).status_code == 303
+    assert "Traceback" not in service.log()
+

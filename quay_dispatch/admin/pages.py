@@ -16,15 +16,24 @@ from .guard import token_matches
 
 bp = Blueprint("admin", __name__)
 PAGE_SIZE = 50
+MAX_ID = 2**63 - 1  # the stores' largest integer: a larger id names no delivery
 FILTERS = ("status", "target", "quay_repository", "event", "q")
 
 
 def _filter() -> Filter:
-    """The filter the query string (or a form) gives; unknown statuses are a 400."""
+    """The filter the query string (or a form) gives; an unknown status or a control character is a 400."""
     given = {name: (request.values.get(name) or "").strip()[:200] or None for name in FILTERS}
     if given["status"] and given["status"] not in STATUSES:
         abort(400, f"no status {given['status']!r}; the statuses are {', '.join(STATUSES)}")
+    if any(ord(c) < 32 for value in given.values() if value for c in value):
+        abort(400, "a filter is text without control characters")
     return Filter(**given)
+
+
+def _number(name: str) -> int | None:
+    """An id or a count from the query string or a form, within what the store holds (a 64-bit integer)."""
+    value = request.values.get(name, type=int)
+    return None if value is None else max(0, min(value, MAX_ID))
 
 
 @bp.get("/")
@@ -44,7 +53,7 @@ def overview():
 @bp.get("/deliveries")
 def deliveries():
     where = _filter()
-    before = request.args.get("before", type=int)
+    before = _number("before")
     listed, next_before = services_of().outbox.page(where, before, PAGE_SIZE)
     g.outcome = "ok"
     return render_template("deliveries.html", listed=listed, where=where, next_before=next_before,
@@ -53,7 +62,7 @@ def deliveries():
 
 @bp.get("/deliveries/<int:delivery_id>")
 def delivery(delivery_id: int):
-    found = services_of().outbox.detail(delivery_id)
+    found = services_of().outbox.detail(delivery_id) if delivery_id <= MAX_ID else None
     if found is None:
         abort(404, f"no delivery {delivery_id}")
     detail, attempts = found
@@ -66,6 +75,8 @@ def delivery(delivery_id: int):
 @bp.post("/deliveries/<int:delivery_id>/redeliver")
 def redeliver(delivery_id: int):
     svc = services_of()
+    if delivery_id > MAX_ID:
+        abort(404, f"no delivery {delivery_id}")
     queued, refused = svc.outbox.redeliver([delivery_id])
     if queued:
         svc.deliverer.wake()
@@ -81,7 +92,7 @@ def redeliver_selected():
     """Without `confirmed`: the confirmation, with how many; with it: queue exactly those again."""
     svc = services_of()
     where = _filter()
-    confirmed, upto = request.form.get("confirmed", type=int), request.form.get("upto", type=int)
+    confirmed, upto = _number("confirmed"), _number("upto")
     if confirmed is None or upto is None:
         counts, upto = svc.outbox.redeliverable(where)
         g.outcome = "confirm"
