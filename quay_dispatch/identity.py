@@ -91,13 +91,18 @@ def load_roots(ca_file: str | None) -> list[x509.Certificate]:
     return roots
 
 
-def describe(cert: x509.Certificate) -> str:
-    """A short human description of a certificate: its subject and DNS names."""
+def dns_names(cert: x509.Certificate) -> list[str]:
+    """The certificate's DNS names (subjectAltName); none when it has none, or extensions that do not parse."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = san.get_values_for_type(x509.DNSName)
-    except (x509.ExtensionNotFound, ValueError):  # ValueError: extensions that do not parse
-        names = []
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return san.get_values_for_type(x509.DNSName)
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A short human description of a certificate: its subject and DNS names."""
+    names = dns_names(cert)
     subject = cert.subject.rfc4514_string() or "(empty subject)"
     return f"{subject} (DNS names: {', '.join(names) or 'none'})"
 
@@ -196,13 +201,9 @@ class QuayVerifier:
 
 def _names_one_of(leaf: x509.Certificate, hostnames: tuple[str, ...]) -> bool:
     """Whether the certificate's DNS names hold one of `hostnames`, as itself or under a wildcard."""
-    try:
-        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):  # ValueError: extensions that cannot be parsed
-        return False
     wanted = {name.lower() for name in hostnames} | {"*." + name.split(".", 1)[1].lower()
                                                      for name in hostnames if "." in name}
-    return any(name.lower() in wanted for name in names.get_values_for_type(x509.DNSName))
+    return any(name.lower() in wanted for name in dns_names(leaf))
 
 
 def chain_from_header(value: str) -> list[bytes]:

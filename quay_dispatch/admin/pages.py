@@ -170,7 +170,8 @@ def _isotime(epoch: float) -> str:
 def web_url(api_url: str) -> str:
     """GitHub's web address for its API's: github.com for api.github.com, the server's own for an Enterprise
     Server's /api/v3."""
-    return "https://github.com" if api_url.rstrip("/") == "https://api.github.com" else api_url.rstrip("/")[:-7]
+    api_url = api_url.rstrip("/")
+    return "https://github.com" if api_url == "https://api.github.com" else api_url.removesuffix("/api/v3")
 
 
 def init_app(app: Flask) -> None:

@@ -16,7 +16,7 @@ def health(svc: Services) -> dict:
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return {
-        "bypasses": {dict(k)["result"]: v for k, v in samples.get("quay_dispatch_store_bypass_total", {}).items()},
+        "bypasses": _by(samples, "quay_dispatch_store_bypass_total", "result"),
         "calls": {k: v for k, v in _by(samples, "quay_dispatch_incoming_total", "outcome").items() if v},
         "last_call": max(((v, k) for k, v in _by(samples, "quay_dispatch_last_call_timestamp_seconds",
                                                    "outcome").items()), default=None),

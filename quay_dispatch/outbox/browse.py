@@ -12,7 +12,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 
-from .records import REQUEUABLE, Run, requeue
+from .records import REQUEUABLE, Run, requeue, row_as
 
 KEPT_REFUSALS = 1000
 _HOUR = "CAST({} AS BIGINT) / 3600"  # the hour of an epoch time, in both stores (PostgreSQL rounds the second)
@@ -109,10 +109,6 @@ def _columns(kind) -> str:
     return ", ".join(f.name for f in fields(kind))
 
 
-def _of(kind, row):
-    return kind(**{f.name: row[f.name] for f in fields(kind)})
-
-
 class Browse:
     """The page's reads and writes; the outbox (store.Outbox) provides the transaction."""
 
@@ -128,7 +124,7 @@ class Browse:
         with self._transaction() as run:
             rows = run(f"SELECT {_columns(Listed)} FROM deliveries WHERE {condition} ORDER BY id DESC LIMIT ?",
                        *params, size + 1).fetchall()
-        listed = [_of(Listed, row) for row in rows[:size]]
+        listed = [row_as(Listed, row) for row in rows[:size]]
         return listed, listed[-1].id if len(rows) > size else None
 
     def detail(self, delivery_id: int) -> tuple[Detail, list[Attempt]] | None:
@@ -139,7 +135,7 @@ class Browse:
                 return None
             attempts = run(f"SELECT {_columns(Attempt)} FROM attempts WHERE delivery_id = ? ORDER BY at",
                            delivery_id).fetchall()
-        return _of(Detail, row), [_of(Attempt, a) for a in attempts]
+        return row_as(Detail, row), [row_as(Attempt, a) for a in attempts]
 
     def redeliverable(self, where: Filter) -> tuple[dict[str, int], int]:
         """How many deliveries that `where` selects would be queued again, by status; and the newest one's id,
@@ -196,7 +192,7 @@ class Browse:
         """GitHub's latest answer to a delivery, or None."""
         with self._transaction() as run:
             row = run(f"SELECT {_columns(Attempt)} FROM attempts ORDER BY at DESC LIMIT 1").fetchone()
-        return None if row is None else _of(Attempt, row)
+        return None if row is None else row_as(Attempt, row)
 
     def keep_refusals(self, refused: list[RefusedCall]) -> None:
         """Add refused calls, and forget all but the newest KEPT_REFUSALS."""
@@ -213,4 +209,4 @@ class Browse:
         """The latest refused calls, newest first."""
         with self._transaction() as run:
             rows = run(f"SELECT {_columns(RefusedCall)} FROM refusals ORDER BY id DESC LIMIT ?", limit).fetchall()
-        return [_of(RefusedCall, row) for row in rows]
+        return [row_as(RefusedCall, row) for row in rows]

@@ -67,9 +67,14 @@ class Delivery:
     run_url: str | None  # the workflow run GitHub started, for a workflow_dispatch it named one for
 
 
+def row_as(kind, row):
+    """The dataclass `kind` that a row holds (a row with a column for each of its fields)."""
+    return kind(**{f.name: row[f.name] for f in fields(kind)})
+
+
 def delivery_of(row) -> Delivery:
     """The Delivery a `deliveries` row holds."""
-    return Delivery(**{f.name: row[f.name] for f in fields(Delivery)})
+    return row_as(Delivery, row)
 
 
 def requeue(run: Run, ids: list[int], now: float) -> None:
