@@ -32,10 +32,20 @@ def checkout(revision: str | None, directory: Path, stack: ExitStack) -> Path:
     return directory
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def revision_arguments(parser: argparse.ArgumentParser) -> None:
+    """BASE and CHANGED, as each benchmark that sets two revisions side by side takes them."""
     parser.add_argument("base", help="the git revision to compare against")
     parser.add_argument("changed", nargs="?", help="the git revision with the change (default: the working tree)")
+
+
+def trees(args: argparse.Namespace, directory: Path, stack: ExitStack) -> dict[str, Path]:
+    """The trees of args.base and args.changed ("base", "changed"), checked out under `directory`."""
+    return {name: checkout(getattr(args, name), directory / f"{name}-tree", stack) for name in ("base", "changed")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    revision_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured time of each server in each round")
     args = parser.parse_args()
@@ -44,8 +54,7 @@ def main() -> None:
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, ignore_errors=True)
         servers = []
-        for name, revision in (("base", args.base), ("changed", args.changed)):
-            tree = checkout(revision, base / f"{name}-tree", stack)
+        for name, tree in trees(args, base, stack).items():
             (base / name).mkdir()
             servers.append(start_ours(keys, base / name, stack, name=name, root=tree))
         (base / "nginx").mkdir()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from bench.ab import checkout
+from bench.ab import revision_arguments, trees
 from bench.compare import make_keys
 from quay_dispatch.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
@@ -69,8 +69,7 @@ def _memory(master: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("base", help="the git revision to compare against")
-    parser.add_argument("changed", nargs="?", help="the git revision with the change (default: the working tree)")
+    revision_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="quay-bench-footprint-"))
@@ -78,12 +77,10 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"base": [], "changed": []}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, ignore_errors=True)
-        trees = {}
-        for name, revision in (("base", args.base), ("changed", args.changed)):
-            trees[name] = checkout(revision, base / f"{name}-tree", stack)
+        checked_out = trees(args, base, stack)
         for i in range(args.rounds):
             for name in ("base", "changed") if i % 2 == 0 else ("changed", "base"):
-                results[name].append(measure(keys, base / f"{name}-{i}", trees[name]))
+                results[name].append(measure(keys, base / f"{name}-{i}", checked_out[name]))
     for field in results["base"][0]:
         line = []
         for name in ("base", "changed"):

@@ -17,7 +17,7 @@ import tempfile
 from contextlib import ExitStack, closing
 from pathlib import Path
 
-from bench.ab import checkout
+from bench.ab import revision_arguments, trees
 from bench.compare import make_keys
 from bench.relay_bench import run_phase
 from quay_dispatch.sample import sample_body, send_like_quay
@@ -43,23 +43,20 @@ def flood(keys, workdir: Path, tree: Path, page: bool, requests: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("base", help="the git revision to compare against")
-    parser.add_argument("changed", nargs="?", help="the git revision with the change (default: the working tree)")
+    revision_arguments(parser)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="quay-bench-refusals-"))
-    variants = {"base": (None, False), "changed": (None, False), "changed, page on": (None, True)}
+    variants = ("base", "changed", "changed, page on")
     results: dict[str, list[dict]] = {name: [] for name in variants}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, base, ignore_errors=True)
         keys = make_keys(base, "ecdsa")
-        trees = {"base": checkout(args.base, base / "base-tree", stack),
-                 "changed": checkout(args.changed, base / "changed-tree", stack)}
+        checked_out = trees(args, base, stack)
         for i in range(args.rounds):
-            order = list(variants) if i % 2 == 0 else list(reversed(variants))
-            for name in order:
-                tree = trees["base" if name == "base" else "changed"]
+            for name in variants if i % 2 == 0 else reversed(variants):
+                tree = checked_out["base" if name == "base" else "changed"]
                 result = flood(keys, base / f"{name}-{i}".replace(" ", "").replace(",", ""), tree,
                                name.endswith("page on"), args.requests)
                 assert result["statuses"] == {403: result["done"]}, result

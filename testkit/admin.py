@@ -20,10 +20,8 @@ class AdminClient:
         self.csrf: str | None = None
 
     def get(self, path: str, **kwargs) -> requests.Response:
-        response = self.http.get(self.url + path, timeout=10, allow_redirects=False, verify=self.verify, **kwargs)
-        if match := _CSRF.search(response.text):
-            self.csrf = match.group(1)
-        return response
+        return self._kept(self.http.get(self.url + path, timeout=10, allow_redirects=False, verify=self.verify,
+                                        **kwargs))
 
     def post(self, path: str, data: dict | None = None, csrf: bool = True, **kwargs) -> requests.Response:
         """A form sent as the page sends it: its CSRF token, and Sec-Fetch-Site: same-origin, as Chromium says."""
@@ -33,8 +31,11 @@ class AdminClient:
                 self.get("/login" if "/login" in path else "/deliveries")  # a page with a form
             form["csrf_token"] = self.csrf
         headers = {"Sec-Fetch-Site": "same-origin", **kwargs.pop("headers", {})}
-        response = self.http.post(self.url + path, data=form, headers=headers, timeout=10, allow_redirects=False,
-                                  verify=self.verify, **kwargs)
+        return self._kept(self.http.post(self.url + path, data=form, headers=headers, timeout=10,
+                                         allow_redirects=False, verify=self.verify, **kwargs))
+
+    def _kept(self, response: requests.Response) -> requests.Response:
+        """`response`, its page's CSRF token kept for the next form."""
         if match := _CSRF.search(response.text):
             self.csrf = match.group(1)
         return response

@@ -145,16 +145,24 @@ def test_the_oldest_pending_delivery_ages_while_github_fails(start_service, test
     assert scrape(service, test_pki)[key] >= first + 0.9
 
 
-def test_the_tokens_expiry_and_the_rate_limit_are_what_github_says(start_service, test_pki, github):
+def after_github_said_when(start_service, test_pki, github):
+    """A 2-worker service after one delivery whose answer named the token's expiry and the rate limit; and the
+    label of those gauges."""
     github.answer(204, headers={"GitHub-Authentication-Token-Expiration": "2027-01-02 03:04:05 UTC",
                                 "X-RateLimit-Remaining": "42", "X-RateLimit-Reset": "1900000000"})
     service = start_service(args=["--workers", "2"])
     assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
                           test_pki.pair("quay"), verify=test_pki.ca_file).status_code == 202
     labels = (("host", host(github)),)
+    assert wait_until(lambda: ("quay_dispatch_github_token_expiry_timestamp_seconds", labels) in
+                      scrape(service, test_pki), timeout=10)
+    return service, labels
+
+
+def test_the_tokens_expiry_and_the_rate_limit_are_what_github_says(start_service, test_pki, github):
+    service, labels = after_github_said_when(start_service, test_pki, github)
     expiry = ("quay_dispatch_github_token_expiry_timestamp_seconds", labels)
 
-    assert wait_until(lambda: expiry in scrape(service, test_pki), timeout=10)
     metrics = scrape(service, test_pki)
     assert metrics[expiry] == datetime.datetime(2027, 1, 2, 3, 4, 5, tzinfo=datetime.UTC).timestamp()
     assert metrics[("quay_dispatch_github_rate_limit_remaining", labels)] == 42
@@ -177,14 +185,7 @@ def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_ans
                                                                                     github, backend, database_url):
     if backend != "sqlite":
         pytest.skip("SQLite's write lock")
-    github.answer(204, headers={"GitHub-Authentication-Token-Expiration": "2027-01-02 03:04:05 UTC",
-                                "X-RateLimit-Remaining": "42", "X-RateLimit-Reset": "1900000000"})
-    service = start_service(args=["--workers", "2"])
-    assert send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
-                          test_pki.pair("quay"), verify=test_pki.ca_file).status_code == 202
-    labels = (("host", host(github)),)
-    assert wait_until(lambda: ("quay_dispatch_github_token_expiry_timestamp_seconds", labels) in
-                      scrape(service, test_pki), timeout=10)
+    service, labels = after_github_said_when(start_service, test_pki, github)
     before = scrape(service, test_pki)
 
     with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=6):
