@@ -23,6 +23,18 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def require(missing: str | None) -> None:
+    """A program the test runs is `missing` (why, and what installs it): skip the test, or fail it under CI,
+    where `make test` installs every program and a skip would hide that it did not."""
+    if missing is None:
+        return
+    import pytest  # here: the benchmarks use this module too
+
+    if os.environ.get("CI"):
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     """Whether `predicate()` comes true within `timeout` seconds (polled)."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from testkit.github import FakeGitHub
 from testkit.pebble import Pebble, pebble_missing
 from testkit.pki import PKI, make_pki
 from testkit.postgres import create_database, find_initdb, private_postgresql
-from testkit.service import ServiceStarter
+from testkit.service import ServiceStarter, require
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,10 +54,7 @@ def postgresql_server():
         return
     initdb = find_initdb()
     if not initdb:
-        message = "PostgreSQL is not installed: `make test` installs it with apt-get when run as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        require("PostgreSQL is not installed: `make test` installs it with apt-get when run as root")
     with private_postgresql(initdb) as url:
         yield url
 
@@ -127,10 +124,7 @@ def installed_copy() -> Installed:
 @pytest.fixture
 def pebble_at(tmp_path, test_pki):
     """pebble_at(port): a pebble whose validator connects to `port` for tls-alpn-01; stopped after the test."""
-    if why := pebble_missing():
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(pebble_missing())
     started = []
 
     def start(port: int, nonce_reject: int = 0, eab: dict[str, str] | None = None) -> Pebble:

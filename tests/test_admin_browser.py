@@ -21,7 +21,7 @@ from quay_dispatch.sample import sample_body
 from testkit.browser import AXE, PHONE, Browser, HostilePage, chromium_missing
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN
-from testkit.service import free_port, wait_until
+from testkit.service import free_port, require, wait_until
 
 TOKEN = "admin-token-for-the-browser-0123456789"
 SCREENSHOTS = os.environ.get("SCREENSHOTS")
@@ -34,10 +34,7 @@ def backend() -> str:
 
 @pytest.fixture
 def browser():
-    if why := chromium_missing():
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(chromium_missing())
     chromium = Browser()
     yield chromium
     chromium.close()
