@@ -21,7 +21,6 @@ def health(svc: Services) -> dict:
         "last_call": max(((v, k) for k, v in _by(samples, "quay_dispatch_last_call_timestamp_seconds",
                                                    "outcome").items()), default=None),
         "rate_limit": _by(samples, "quay_dispatch_github_rate_limit_remaining", "host"),
-        "rate_limit_reset": _by(samples, "quay_dispatch_github_rate_limit_reset_timestamp_seconds", "host"),
         "token_expiry": _by(samples, "quay_dispatch_github_token_expiry_timestamp_seconds", "host"),
         "certificate_expiry": _by(samples, "quay_dispatch_tls_certificate_expiry_timestamp_seconds", "source"),
         "heartbeat": _by(samples, "quay_dispatch_deliverer_heartbeat_timestamp_seconds", "host"),
