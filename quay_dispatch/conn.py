@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from gunicorn import http
 from gunicorn.workers.gthread import TConn
@@ -20,10 +21,21 @@ from .tls_stream import TLSStream
 
 _HEADERS_END = b"\r\n\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)")
+# The fields that frame a body, matched as gunicorn's parser could take them: any case, blanks around the name.
+_FRAMING_FIELD = re.compile(rb"\r\n[ \t]*(content-length|transfer-encoding|expect)[ \t]*:([^\r\n]*)")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})[ \t]*(;[^\r\n]*)?")
 READ_SIZE = 65536
-WHOLE, HEADERS = "whole", "headers"
+WHOLE, CONTINUE = "whole", "continue"
+CONTINUE_ANSWER = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the loop answers itself, then closes: it will never be whole, or never within the limits."""
+
+    status: int
+    reason: str  # the status line's
+    message: str
 
 
 def max_head(cfg) -> int:
@@ -34,51 +46,88 @@ def max_head(cfg) -> int:
     return line + 2 + fields * (field_size + 2) + 4
 
 
-def buffered_request(data: bytes | bytearray, head_limit: int) -> str | None:
-    """How much of a request `data` holds: None while the loop should read on,
-    WHOLE for a whole request, HEADERS for as much as the loop buffers of it.
+def buffered_request(data: bytes | bytearray, head_limit: int) -> str | Refusal | None:
+    """How much of a request `data` holds: None while the loop should read on, CONTINUE to read on once the
+    client has its `100 Continue`, WHOLE for a whole request, or the Refusal to answer.
 
-    Bodies, by Content-Length or chunked, are buffered up to MAX_BODY. A request
-    with a larger body, or one that asks for 100-continue (its client waits for
-    gunicorn's interim answer), is handed on once its headers are in: a thread
-    reads the rest, or refuses it, by the request's deadline. Headers over
-    gunicorn's limits, or with a line ended by a bare LF, are handed on for its
-    parser to refuse.
+    Only a whole request ever reaches a thread, so that no client can hold one by
+    announcing what it never sends. Bodies, by Content-Length or chunked, are
+    buffered up to MAX_BODY; a larger one, a head over gunicorn's limits or one
+    whose framing gunicorn's parser would not take is refused here, at once.
     """
     end = data.find(_HEADERS_END)
     if end < 0:
-        # A line ended by a bare LF never completes a head the loop can see; gunicorn's parser refuses it at once.
-        return HEADERS if len(data) > head_limit or _BARE_LF.search(data) else None
-    head = bytes(data[:end]).lower()
+        if len(data) > head_limit:
+            return Refusal(431, "Request Header Fields Too Large",
+                           f"the request's headers are over {head_limit} bytes")
+        if _BARE_LF.search(data):  # such a head never ends where the loop looks for its end
+            return Refusal(400, "Bad Request", "a line of the request's head ends with a bare LF instead of CRLF")
+        return None
+    head = bytes(data[:end + 2])
+    framing = _framing(head)
+    if isinstance(framing, Refusal):
+        return framing
+    length, expects_continue = framing
     body_start = end + len(_HEADERS_END)
-    if b"100-continue" in head:
-        return HEADERS
-    if b"transfer-encoding" in head:
-        return _chunked_body(data, body_start)
-    match = _CONTENT_LENGTH.search(head)
-    length = int(match[1]) if match else 0
-    if len(data) >= body_start + length:
-        return WHOLE
-    return HEADERS if length > MAX_BODY else None
+    if length is None:
+        buffered = _chunked_body(data, body_start)
+    else:
+        buffered = WHOLE if len(data) >= body_start + length else None
+    return CONTINUE if buffered is None and expects_continue else buffered
 
 
-def _chunked_body(data: bytes | bytearray, start: int) -> str | None:
-    """Whether a chunked body starting at `start` is whole (WHOLE), incomplete (None) or too large (HEADERS).
+def _framing(head: bytes) -> tuple[int | None, bool] | Refusal:
+    """The body the head announces: its length (None: chunked), and whether the client waits for
+    `100 Continue` before it sends it. A Refusal for what gunicorn's parser would refuse too."""
+    lengths, codings, expects_continue = [], [], False
+    for name, value in _FRAMING_FIELD.findall(head.lower()):
+        value = value.strip(b" \t")
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        else:
+            # gunicorn, as RFC 9110 asks, ignores it from an HTTP/1.0 client (one empty line may come first).
+            expects_continue = value == b"100-continue" and head.lstrip(b"\r\n").split(b"\r\n", 1)[0].endswith(
+                b"HTTP/1.1")
+    if codings:
+        if lengths:
+            return Refusal(400, "Bad Request", "the request has both Content-Length and Transfer-Encoding")
+        if codings[-1].rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
+            return Refusal(400, "Bad Request", "the request's Transfer-Encoding does not end with chunked")
+        return None, expects_continue
+    if len(lengths) > 1:
+        return Refusal(400, "Bad Request", "the request has more than one Content-Length")
+    if not lengths:
+        return 0, False
+    if not lengths[0].isdigit():
+        return Refusal(400, "Bad Request", "the request's Content-Length is not a number")
+    length = int(lengths[0])
+    if length > MAX_BODY:
+        return _too_large(f"the body is {length} bytes; the limit is {MAX_BODY}")
+    return length, expects_continue
 
-    Anything that is not chunk framing is handed on (HEADERS) for gunicorn's parser to refuse.
-    """
+
+def _too_large(message: str) -> Refusal:
+    return Refusal(413, "Content Too Large", message)
+
+
+def _chunked_body(data: bytes | bytearray, start: int) -> str | Refusal | None:
+    """Whether a chunked body starting at `start` is whole (WHOLE), incomplete (None), or refused."""
     at, size = start, 0
     while True:
         line_end = data.find(b"\r\n", at)
         if line_end < 0:
-            return None if len(data) - at <= 64 else HEADERS
+            if len(data) - at <= 64:
+                return None
+            return Refusal(400, "Bad Request", "a chunk size line of the request's body is over 64 bytes")
         size_text = _CHUNK_SIZE.fullmatch(bytes(data[at:line_end]))
         if size_text is None:
-            return HEADERS
+            return Refusal(400, "Bad Request", "the request's body is not chunk framing")
         chunk = int(size_text[1], 16)
         size += chunk
         if size > MAX_BODY:
-            return HEADERS
+            return _too_large(f"the chunked body is over {MAX_BODY} bytes, the limit")
         if chunk == 0:  # then any trailers, and an empty line
             return WHOLE if data.find(_HEADERS_END, line_end) >= 0 else None
         at = line_end + 2 + chunk + 2
@@ -102,9 +151,11 @@ class Conn(TConn):
         self.awaiting_room = False  # a pipelined request waits for the client to read earlier answers
         self.awaiting = False  # the loop reads it (in pending_conns and the poller)
         self.waiting_since = 0.0  # when it was queued for a thread
+        self.continued = False  # the request being read was answered `100 Continue`
 
-    def advance(self, head_limit: int) -> str | None:
-        """Handshake, then read what has arrived: how much of the request is buffered (see buffered_request).
+    def advance(self, head_limit: int) -> str | Refusal | None:
+        """Handshake, then read what has arrived: None to read on, WHOLE, or the Refusal to answer (see
+        buffered_request). A client that waits for `100 Continue` is sent it, once.
 
         Never waits. Raises SSL.Error or OSError when the connection is to be dropped.
         """
@@ -124,10 +175,18 @@ class Conn(TConn):
                 break
             self.received += data
         buffered = buffered_request(self.received, head_limit)
-        if ended and buffered != WHOLE:
-            raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
         if buffered is None and len(self.received) > limit:
-            return HEADERS  # framing larger than any body taken: the thread's parser refuses it
+            return _too_large(f"the request's body and its framing are over {limit} bytes")
+        if buffered in (None, CONTINUE) and ended:
+            raise ConnectionResetError(errno.ECONNRESET, "closed by the peer")
+        if buffered == CONTINUE:
+            if not self.continued:
+                try:
+                    self.sock.send_nowait(CONTINUE_ANSWER)
+                except WouldBlock:  # earlier answers are still unread: nothing can be said
+                    raise ConnectionResetError(errno.ECONNRESET, "no room to answer 100 Continue") from None
+                self.continued = True
+            return None
         return buffered
 
     def init(self):
@@ -141,6 +200,7 @@ class Conn(TConn):
         if self.received:
             self.parser.unreader.unread(bytes(self.received))
             self.received.clear()
+        self.continued = False
         self.sock.deadline = time.monotonic() + REQUEST_TIMEOUT
 
     def take_back(self) -> bool:

@@ -15,11 +15,14 @@ tests/test_tls_worker.py starts it for real):
 - init_process: SCHED_BATCH for the worker's threads; the TLS context, from gunicorn's
   certfile, keyfile, cert_reqs and ciphers, once per worker; the threads that serve requests.
 - accept, on_client_socket_readable: a new or kept-alive connection goes to the
-  loop's reading, not to a thread.
+  loop's reading, not to a thread; the loop answers `100 Continue`, and refuses what
+  will never be whole (a body over the limit, framing gunicorn refuses) itself.
 - enqueue_req, get_thread_pool: a whole request goes to a thread through one queue;
-  the thread runs gunicorn's own handle() and hands the connection back.
+  the thread runs gunicorn's own handle() and hands the connection back, or answers 503
+  unserved after QUEUE_TIMEOUT in the queue.
 - murder_pending: says in the log why a connection was closed.
-- handle_request: the response goes out in one write (one TLS record).
+- handle_request: the response goes out in one write (one TLS record), never after a
+  `100 Continue` of gunicorn's.
 - handle_error: gunicorn's own refusals (414, 431, a malformed request's 400) as the
   service's JSON error with X-Request-Id, instead of gunicorn's HTML page.
 - load_wsgi: adds the client's chain (SSL_CLIENT_CERT, SSL_CLIENT_CERT_CHAIN_n) to
@@ -48,9 +51,9 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 from OpenSSL import SSL
 
-from .conn import Conn, Threads, batch_scheduling, max_head
-from .limits import REQUEST_TIMEOUT
-from .stream import Stream
+from .conn import Conn, Refusal, Threads, batch_scheduling, max_head
+from .limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
+from .stream import Stream, WouldBlock
 from .tls import ChallengeAnswered, ReloadingContext, handshake_reason
 
 # gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
@@ -63,6 +66,7 @@ _REFUSALS = (
 )
 _NOT_REFUSALS = (http_errors.ConfigurationProblem, http_errors.InvalidResponseHeader,
                  http_errors.InvalidResponseHeaderName)  # the service's faults: gunicorn's 500 and traceback
+_TOO_BUSY = Refusal(503, "Service Unavailable", f"every thread was busy for {QUEUE_TIMEOUT:.0f} s; try again later")
 http_log = logging.getLogger("quay_dispatch.http")
 
 
@@ -155,6 +159,9 @@ class TLSWorker(ThreadWorker):
             return
         if buffered is None:
             return
+        if isinstance(buffered, Refusal):
+            self._refuse(conn, buffered)
+            return
         if conn.served and not conn.sock.writable():
             # A pipelined request from a client that does not read its answers: it
             # waits here for room, not in a thread, until its deadline.
@@ -173,6 +180,16 @@ class TLSWorker(ThreadWorker):
         conn.awaiting = False
         self.poller.unregister(conn.sock)
         self.pending_conns.remove(conn)
+
+    def _refuse(self, conn: Conn, refusal: Refusal) -> None:
+        """Answer a request that will never be whole (or never within the limits) from the loop, and close."""
+        answer = memoryview(refusal_answer(refusal, _peer(conn.client)))
+        try:
+            while answer:  # a few hundred bytes: a socket takes them at once, or the client is not reading
+                answer = answer[conn.sock.send_nowait(answer):]
+        except (WouldBlock, SSL.Error, OSError):
+            pass
+        self._drop(conn)
 
     def _drop(self, conn: Conn) -> None:
         self._stop_awaiting(conn)
@@ -239,7 +256,9 @@ class TLSWorker(ThreadWorker):
 
     def handle_request(self, req, conn):
         """gunicorn's, with the response's headers and body sent in one write, as soon as it is complete
-        (before gunicorn drains a body the application did not read)."""
+        (before gunicorn drains a body the application did not read), and without `100 Continue`: the
+        request is whole, and the loop said it already to a client that waited for it."""
+        req._expected_100_continue = False
         conn.sock.cork()
         try:
             return super().handle_request(req, conn)
@@ -251,16 +270,8 @@ class TLSWorker(ThreadWorker):
         if not isinstance(exc, http_errors.ParseException) or isinstance(exc, _NOT_REFUSALS):
             return super().handle_error(req, client, addr, exc)
         status, reason = next(((s, r) for kind, s, r in _REFUSALS if isinstance(exc, kind)), (400, "Bad Request"))
-        request_id = secrets.token_hex(6)
-        message = f"the request was refused before it reached the service: {exc}"
-        peer = _peer(addr)
-        http_log.info("%d error from %s: %s", status, peer, ascii(message)[1:-1], extra={
-            "request_id": request_id, "status": status, "outcome": "error", "remote_addr": peer, "detail": message})
-        body = json.dumps({"status": "error", "error": message}).encode()
-        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"X-Request-Id: {request_id}\r\nConnection: close\r\n\r\n").encode("ascii")
         try:
-            client.sendall(head + body)
+            client.sendall(refusal_answer(Refusal(status, reason, str(exc)), _peer(addr)))
         except OSError:
             self.log.debug("Failed to send error message.")
 
@@ -270,6 +281,13 @@ class TLSWorker(ThreadWorker):
         if waited > 1.0:
             self.log.warning("request from %s waited %.1f s for a thread (all %d busy): the service is slow, "
                              "not the client", _peer(conn.client), waited, self.cfg.threads)
+        if waited > QUEUE_TIMEOUT:  # nobody waits this long for its answer: the thread goes to the next one
+            try:
+                conn.sock.sendall(refusal_answer(_TOO_BUSY, _peer(conn.client)))
+            except OSError:
+                pass
+            self.method_queue.defer(self._served, conn, False)
+            return
         conn.data_ready = True
         conn.hand_over()
         try:
@@ -279,6 +297,21 @@ class TLSWorker(ThreadWorker):
         self._log_tls_failure(conn)
         conn.served += 1
         self.method_queue.defer(self._served, conn, keepalive)
+
+
+def refusal_answer(refusal: Refusal, peer: str) -> bytes:
+    """A request refused before it reached the application, as every other refusal: a JSON error with
+    X-Request-Id, and one log line. The connection is closed after it."""
+    request_id = secrets.token_hex(6)
+    message = f"the request was refused before it reached the service: {refusal.message}"
+    http_log.info("%d error from %s: %s", refusal.status, peer, ascii(message)[1:-1], extra={
+        "request_id": request_id, "status": refusal.status, "outcome": "error", "remote_addr": peer,
+        "detail": message})
+    body = json.dumps({"status": "error", "error": message}).encode()
+    retry = "Retry-After: 30\r\n" if refusal.status == 503 else ""
+    head = (f"HTTP/1.1 {refusal.status} {refusal.reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n{retry}Connection: close\r\n\r\n")
+    return head.encode("ascii") + body
 
 
 def _certificate_served(leaf) -> None:

@@ -12,6 +12,7 @@ import os
 import select
 import selectors
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -363,3 +365,20 @@ def silent_listener() -> Iterator[int]:
     after the handshake, or in front of a dead server: the kernel accepts them into the backlog, nobody reads."""
     with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
         yield server.getsockname()[1]
+
+
+@contextlib.contextmanager
+def store_locked(database_url):
+    """Hold the outbox's tables locked, as a stuck writer or a full disk would leave them unwritable."""
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url[len("sqlite:///"):], isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+    else:
+        with psycopg.connect(database_url) as conn, conn.transaction():
+            conn.execute("LOCK TABLE deliveries, schema_version IN ACCESS EXCLUSIVE MODE")
+            yield

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from quay_dispatch.limits import REQUEST_TIMEOUT
+from quay_dispatch.limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
+from testkit.faults import store_locked
 from testkit.service import wait_until
 from testkit.tls import client_context, read_responses, tls_connect
 
@@ -135,3 +138,123 @@ def test_request_line_header_count_and_size_are_bounded(start_service, test_pki)
         except (ConnectionResetError, ssl.SSLError):
             pass
         assert time.monotonic() - started < REQUEST_TIMEOUT + 1.5
+
+
+# Heads that announce what never comes: a thread that took one would wait for it (issue 31).
+STALLING_HEADS = {
+    "100-continue in the query": b"GET /healthz?100-continue HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n",
+    "a real Expect": b"POST /incoming HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n",
+    "a body over the limit": b"POST /incoming HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 70000\r\n\r\n",
+}
+STALLERS_EACH, BURST = 30, 100
+
+
+def expect_continue_like_a_client(service, test_pki, body: bytes) -> tuple[bytes, bytes]:
+    """POST `body` with Quay's certificate the way a careful client does: `Expect: 100-continue`, and the body
+    only once the server said `100 Continue`. The interim answer's status line, and the final one's."""
+    with tls_connect(service, client_context(test_pki)) as conn:
+        conn.sendall(b"POST /incoming HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        conn.settimeout(5)
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n") and len(interim) < 200:
+            interim += conn.recv(1)
+        conn.sendall(body)
+        final = read_responses(conn, 1, timeout=5)
+    return interim.split(b"\r\n")[0], final[0].split(b"\r\n")[0] if final else b""
+
+
+def test_heads_announcing_what_never_comes_hold_no_thread(start_service, test_pki, github):
+    """With 1 worker of 8 threads: 30 connections of each stalling head, and a burst of 100 left open, all from
+    a self-signed certificate, while Quay calls every 300 ms, half of them waiting for `100 Continue`."""
+    service = start_service(args=["--workers", "1"])
+    stop = threading.Event()
+    deadline = time.monotonic() + ATTACK_SECONDS
+    stranger = client_context(test_pki, cert="self_signed")
+    sent = {name: 0 for name in STALLING_HEADS}
+    lock = threading.Lock()
+
+    def running() -> bool:
+        return not stop.is_set() and time.monotonic() < deadline
+
+    def stall(name: str):
+        while running():
+            try:
+                with tls_connect(service, stranger) as conn:
+                    conn.sendall(STALLING_HEADS[name])
+                    with lock:
+                        sent[name] += 1
+                    conn.settimeout(0.5)
+                    while running():  # holds it open until the service closes it
+                        try:
+                            if not conn.recv(4096):
+                                break
+                        except TimeoutError:
+                            pass
+            except (OSError, ssl.SSLError):
+                pass
+            time.sleep(0.3)  # a connection a stall, not a flood of handshakes
+
+    burst = []
+    for i in range(BURST):
+        conn = tls_connect(service, stranger)
+        conn.sendall(list(STALLING_HEADS.values())[i % len(STALLING_HEADS)])
+        burst.append(conn)
+    attackers = [threading.Thread(target=stall, args=(name,)) for name in STALLING_HEADS for _ in range(STALLERS_EACH)]
+    for thread in attackers:
+        thread.start()
+    answers, latencies, genuine_builds = [], [], []
+    try:
+        time.sleep(1.0)
+        while time.monotonic() < deadline - 2.0:
+            body = sample_body("build_success", "acme/widget")
+            genuine_builds.append(body["build_id"])
+            started = time.monotonic()
+            if len(genuine_builds) % 2:
+                response = send_like_quay(service.url + "/incoming", body, test_pki.pair("quay"),
+                                          verify=test_pki.ca_file)
+                answers.append(response.status_code)
+            else:
+                interim, final = expect_continue_like_a_client(service, test_pki, json.dumps(body).encode())
+                answers.append((interim, final))
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(10)
+        for conn in burst:
+            conn.close()
+
+    assert min(sent.values()) >= STALLERS_EACH, sent
+    assert len(answers) >= 20
+    assert set(answers[0::2]) == {202}
+    assert set(answers[1::2]) == {(b"HTTP/1.1 100 Continue", b"HTTP/1.1 202 ACCEPTED")}
+    assert max(latencies) < 2.0, sorted(latencies)[-3:]
+    assert wait_until(lambda: len(github.dispatches()) >= len(genuine_builds), timeout=30)
+    assert sorted(github.dispatched_builds()) == sorted(genuine_builds)
+
+
+def test_a_request_that_waited_past_quays_timeout_for_a_thread_is_answered_503_unserved(
+        start_service, test_pki, database_url):
+    # One thread, and a locked store that holds it STORE_TIMEOUT per /readyz: the fourth waits 12 s.
+    service = start_service({"STORE_TIMEOUT": "4"}, args=["--workers", "1", "--threads", "1"])
+    calls = 4
+
+    def readyz(_):
+        time.sleep(_ * 0.05)  # in this order
+        response = requests.get(service.url + "/readyz", cert=test_pki.pair("quay"), verify=test_pki.ca_file,
+                                timeout=20)
+        return response.status_code, response.headers.get("Retry-After"), response.json()
+
+    with store_locked(database_url), ThreadPoolExecutor(calls) as pool:
+        answers = list(pool.map(readyz, range(calls)))
+
+    assert [status for status, _, _ in answers] == [503] * calls
+    assert all("every thread was busy" not in body.get("error", "") for _, _, body in answers[:3])
+    assert answers[3][1] == "30"
+    busy = f"every thread was busy for {QUEUE_TIMEOUT:.0f} s; try again later"
+    assert answers[3][2] == {"status": "error",
+                             "error": f"the request was refused before it reached the service: {busy}"}

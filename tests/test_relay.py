@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import sqlite3
 import ssl
 import time
 import uuid
 
-import psycopg
 import pytest
 import requests
 
@@ -19,6 +16,7 @@ from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
 from testkit.bodies import BAD_BODIES
 from testkit.client import post
 from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN
+from testkit.faults import store_locked
 from testkit.service import deliveries, wait_until
 from testkit.tls import client_context, tls_connect
 
@@ -400,23 +398,6 @@ def test_cert_reqs_1_lets_a_client_without_certificate_reach_http_and_get_403(st
 
     assert response.status_code == 403
     assert response.json()["error"].startswith("no client certificate was presented")
-
-
-@contextlib.contextmanager
-def store_locked(database_url):
-    """Hold the outbox's tables locked, as a stuck writer or a full disk would leave them unwritable."""
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url[len("sqlite:///"):], isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            conn.execute("ROLLBACK")
-            conn.close()
-    else:
-        with psycopg.connect(database_url) as conn, conn.transaction():
-            conn.execute("LOCK TABLE deliveries, schema_version IN ACCESS EXCLUSIVE MODE")
-            yield
 
 
 def test_a_locked_store_sends_directly_workflows_included_and_records_it_once_unlocked(

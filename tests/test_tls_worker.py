@@ -19,7 +19,7 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.config import Config
 
 from quay_dispatch import pki
-from quay_dispatch.conn import HEADERS, WHOLE, buffered_request
+from quay_dispatch.conn import CONTINUE, WHOLE, Refusal, buffered_request
 from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
@@ -357,19 +357,37 @@ def test_a_client_that_does_not_read_its_answers_holds_no_thread(start_service, 
 @pytest.mark.parametrize("data, expected", [
     (b"GET / HTTP/1.1\r\nHost: x\r\n", None),
     (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", WHOLE),
+    (b"GET /?100-continue HTTP/1.1\r\nX-Expect: 100-continue\r\nX: transfer-encoding\r\n\r\n", WHOLE),
     (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", None),
     (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde", WHOLE),
-    (b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), HEADERS),
-    (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", HEADERS),
+    (b"POST / HTTP/1.1\r\ncOnTeNt-LeNgTh \t: 5\r\n\r\nabc", None),
+    (b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), 413),
+    (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nabcde", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", CONTINUE),
+    (b"POST / HTTP/1.1\r\nEXPECT: 100-Continue\r\nContent-Length: 5\r\n\r\nabcde", WHOLE),
+    (b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", None),
+    (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), 413),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", None),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n", None),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nabcde\r\n0\r\n\r\n", WHOLE),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nTrailer: t\r\n\r\n", WHOLE),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_BODY + 1), HEADERS),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", HEADERS),
-    (b"GET / HTTP/1.1\r\nX: " + b"y" * 300, HEADERS),
-], ids=["headers incomplete", "no body", "body incomplete", "body whole", "body too large", "100-continue",
-        "chunk incomplete", "last chunk without the empty line", "chunked whole", "trailers", "chunk too large",
-        "not chunk framing", "headers over the limit"])
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", WHOLE),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n", CONTINUE),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_BODY + 1), 413),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5" + b";" * 80, 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX: " + b"y" * 300, 431),
+    (b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n", 400),
+], ids=["headers incomplete", "no body", "the words in other places", "body incomplete", "body whole",
+        "any case, blanks", "body too large", "two lengths", "length not a number", "100-continue",
+        "100-continue with its body", "100-continue from HTTP/1.0", "100-continue too large", "chunk incomplete",
+        "last chunk without the empty line", "chunked whole", "trailers", "codings then chunked",
+        "chunked 100-continue", "chunk too large", "not chunk framing", "chunk line too long",
+        "chunked not last", "length and chunked", "headers over the limit", "bare LF"])
 def test_the_loop_knows_when_a_request_is_whole(data, expected):
-    assert buffered_request(data, head_limit=256) == expected
+    """Only a whole request goes to a thread; the loop refuses, with its status, one that never will be."""
+    buffered = buffered_request(data, head_limit=256)
+    assert (buffered.status if isinstance(buffered, Refusal) else buffered) == expected
