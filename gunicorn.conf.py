@@ -14,6 +14,7 @@ import tempfile
 from gunicorn import sock as gunicorn_sockets
 
 from quay_dispatch.config import ADMIN_SECRET_VARIABLE, ConfigError, environment_settings, stale_metric_files
+from quay_dispatch.config.admin import is_admin_listener
 from quay_dispatch.startup import TLS_WORKER, admin_address, serving_problems
 
 try:
@@ -67,22 +68,27 @@ def when_ready(server):
 
 
 def on_reload(server):
-    _open_admin(server)  # a SIGHUP that changed --bind closed every listener, the page's too
+    _open_admin(server, reloading=True)  # a SIGHUP that changed --bind closed every listener, the page's too
 
 
-def _open_admin(server):
+def _open_admin(server, reloading=False):
     """ADMIN_BIND: one more listener beside gunicorn's own, whatever --bind says, served by the same workers
     (which tell it apart by its address). Not in gunicorn's bind setting, where a SIGHUP would drop it; found
-    again among the listeners after one (this file is read anew)."""
+    again among the listeners after one (this file is read anew). At start, a listener that cannot be opened
+    stops the service; after a SIGHUP, Quay's door goes on without the page, and the log says why."""
     if not _settings.admin_bind:
         return
-    if any(listener.sock.fileno() != -1 and listener.sock.getsockname()[:2] == _settings.admin_bind
+    if any(listener.sock.fileno() != -1 and is_admin_listener(listener.sock.getsockname(), _settings.admin_bind)
            for listener in server.LISTENERS):
         return
     try:
         listener = gunicorn_sockets._sock_type(_settings.admin_bind)(_settings.admin_bind, server.cfg, server.log)
     except OSError as exc:
-        sys.exit(f"quay-dispatch: cannot listen on ADMIN_BIND={admin_address(_settings)}: {exc.strerror}")
+        problem = f"cannot listen on ADMIN_BIND={admin_address(_settings)}: {exc.strerror}"
+        if reloading:
+            server.log.error("The operator's page is off until the next reload: %s", problem)
+            return
+        sys.exit(f"quay-dispatch: {problem}")
     server.LISTENERS.append(listener)
     server.log.info("The operator's page at: %s", listener)
 

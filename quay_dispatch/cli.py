@@ -14,6 +14,7 @@ from flask import Flask
 from .config import ConfigError, certificates_in, environment_store_settings, listing, tls_problems
 from .outbox import STATUSES, Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
 from .pki import make_dev_pki
+from .printable import printable
 from .quay import ALL_EVENTS
 from .sample import sample_body, send_like_quay
 from .services import services_of
@@ -53,7 +54,7 @@ def deliveries(status: str | None, limit: int, as_json: bool) -> None:
     header = ("ID", "AGE", "QUAY REPOSITORY", "EVENT", "TARGET", "STATUS", "ATTEMPTS", "LAST ERROR OR RUN")
     table = [header] + [
         (str(r.id), _age(now - r.created_at), r.quay_repository, r.event, r.target, r.status, str(r.attempts),
-         (r.last_error or "")[:80] or r.run_url or "")
+         printable(r.last_error or "")[:80] or r.run_url or "")
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]

@@ -8,11 +8,13 @@ Each problem names the setting to change; all of them are reported together.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import time
 from collections.abc import Callable
 
 from .config import NO_TRUSTED_PROXY, ConfigError, Settings, quay_certificates, tls_problems, trusted_proxies
+from .config.admin import canonical_address
 from .outbox import StoreUnavailable, open_outbox
 from .outbox.watchdog import SLOW
 
@@ -51,10 +53,21 @@ def _admin_problems(settings: Settings, binds: list[str]) -> list[str]:
     host, port = settings.admin_bind
     for bind in binds:
         bound_host, _, bound_port = bind.rpartition(":")
-        if bound_port == str(port) and bound_host.strip("[]") in (host, "0.0.0.0", "::", "localhost", ""):
+        if bound_port == str(port) and _may_overlap(canonical_address(host), bound_host.strip("[]")):
             return [f"ADMIN_BIND={admin_address(settings)} is also where the service listens ({bind}): give the "
                     "operator's page a port of its own"]
     return []
+
+
+def _may_overlap(address: ipaddress.IPv4Address | ipaddress.IPv6Address, bound: str) -> bool:
+    """Whether a bind's host (an address, a name, or nothing for every address) may take `address`'s port."""
+    if address.is_unspecified:
+        return True
+    try:
+        other = canonical_address(bound)
+    except ValueError:
+        return True  # every address, or a name (localhost, say) that may resolve to this one
+    return other.is_unspecified or other == address
 
 
 def admin_address(settings: Settings) -> str:

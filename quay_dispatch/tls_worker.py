@@ -39,35 +39,21 @@ from __future__ import annotations
 
 import errno
 import gc
-import json
-import logging
-import secrets
 import selectors
 import ssl
 import time
 from functools import partial
 
-from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 from OpenSSL import SSL
 
-from .conn import Conn, Refusal, Threads, batch_scheduling, max_head
+from .conn import Conn, Threads, batch_scheduling
+from .framing import Refusal, max_head, parser_refusal, refusal_answer
 from .limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
 from .stream import Stream, WouldBlock
 from .tls import ChallengeAnswered, ReloadingContext, handshake_reason
 
-# gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
-_REFUSALS = (
-    (http_errors.LimitRequestLine, 414, "URI Too Long"),
-    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large"),
-    (http_errors.UnsupportedTransferCoding, 501, "Not Implemented"),
-    (http_errors.ExpectationFailed, 417, "Expectation Failed"),
-    (http_errors.ForbiddenProxyRequest, 403, "Forbidden"),
-)
-_NOT_REFUSALS = (http_errors.ConfigurationProblem, http_errors.InvalidResponseHeader,
-                 http_errors.InvalidResponseHeaderName)  # the service's faults: gunicorn's 500 and traceback
 _TOO_BUSY = Refusal(503, "Service Unavailable", f"every thread was busy for {QUEUE_TIMEOUT:.0f} s; try again later")
-http_log = logging.getLogger("quay_dispatch.http")
 
 
 class TLSWorker(ThreadWorker):
@@ -90,6 +76,7 @@ class TLSWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
         application = self.wsgi
+        from .config.admin import is_admin_listener
         from .services import services_of  # here: gunicorn's master loads this module, not the application
 
         services = services_of(application)
@@ -100,7 +87,8 @@ class TLSWorker(ThreadWorker):
             from .admin import create_admin_app
 
             admin = create_admin_app(services, tls=self.tls is not None)
-            self.admin_listeners = [s for s in self.sockets if s.getsockname()[:2] == services.settings.admin_bind]
+            self.admin_listeners = [s for s in self.sockets
+                                    if is_admin_listener(s.getsockname(), services.settings.admin_bind)]
 
         def by_door(environ, start_response):
             sock = environ.get("gunicorn.socket")
@@ -267,11 +255,11 @@ class TLSWorker(ThreadWorker):
 
     def handle_error(self, req, client, addr, exc):
         """A request gunicorn's parser refused: answered as every other refusal, a JSON error with X-Request-Id."""
-        if not isinstance(exc, http_errors.ParseException) or isinstance(exc, _NOT_REFUSALS):
+        refusal = parser_refusal(exc)
+        if refusal is None:
             return super().handle_error(req, client, addr, exc)
-        status, reason = next(((s, r) for kind, s, r in _REFUSALS if isinstance(exc, kind)), (400, "Bad Request"))
         try:
-            client.sendall(refusal_answer(Refusal(status, reason, str(exc)), _peer(addr)))
+            client.sendall(refusal_answer(refusal, _peer(addr)))
         except OSError:
             self.log.debug("Failed to send error message.")
 
@@ -297,21 +285,6 @@ class TLSWorker(ThreadWorker):
         self._log_tls_failure(conn)
         conn.served += 1
         self.method_queue.defer(self._served, conn, keepalive)
-
-
-def refusal_answer(refusal: Refusal, peer: str) -> bytes:
-    """A request refused before it reached the application, as every other refusal: a JSON error with
-    X-Request-Id, and one log line. The connection is closed after it."""
-    request_id = secrets.token_hex(6)
-    message = f"the request was refused before it reached the service: {refusal.message}"
-    http_log.info("%d error from %s: %s", refusal.status, peer, ascii(message)[1:-1], extra={
-        "request_id": request_id, "status": refusal.status, "outcome": "error", "remote_addr": peer,
-        "detail": message})
-    body = json.dumps({"status": "error", "error": message}).encode()
-    retry = "Retry-After: 30\r\n" if refusal.status == 503 else ""
-    head = (f"HTTP/1.1 {refusal.status} {refusal.reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n{retry}Connection: close\r\n\r\n")
-    return head.encode("ascii") + body
 
 
 def _certificate_served(leaf) -> None:

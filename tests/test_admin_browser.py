@@ -204,6 +204,12 @@ def test_the_login_asks_for_the_token_refuses_a_wrong_one_and_then_lets_in(start
     assert heading(driver, "Deliveries")
     assert driver.current_url == url + "/deliveries"
     assert TOKEN not in service.log()
+    # The worst next= found: a tab, which the browser drops, made another site of /<TAB>/evil.example.
+    driver.get(url + "/login?next=/%09/evil.example")
+    driver.find_element(By.NAME, "token").send_keys(TOKEN)
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    assert wait_until(lambda: "/login" not in driver.current_url, timeout=5)
+    assert driver.current_url == url + "/"  # the overview, not another site
 
 
 def test_no_page_has_a_serious_accessibility_problem(start_service, github, browser):

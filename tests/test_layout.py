@@ -11,8 +11,8 @@ from testkit.service import ROOT
 PACKAGE = ROOT / "quay_dispatch"
 # The request's path from socket to GitHub, top to bottom (docs/architecture.md, "The request's path"):
 # a module imports only modules below it. `config` and `outbox` are packages, taken as one each.
-PATH = ["tls_worker", "conn", "tls_stream", "stream", "incoming", "admin", "health", "services", "startup", "acme",
-        "logs", "config",
+PATH = ["tls_worker", "conn", "framing", "tls_stream", "stream", "incoming", "admin", "health", "services", "startup",
+        "acme", "logs", "config",
         "identity", "dispatch", "routes", "quay", "strict_json", "delivery", "metrics", "github_app", "github",
         "policy", "outbox", "tls", "dispatch_request", "limits", "printable"]
 # Where a process starts, above the path: they may import any module of it.

@@ -19,7 +19,7 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.config import Config
 
 from quay_dispatch import pki
-from quay_dispatch.conn import CONTINUE, WHOLE, Refusal, buffered_request
+from quay_dispatch.framing import CONTINUE, WHOLE, Refusal, buffered_request
 from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
 from quay_dispatch.sample import sample_body, send_like_quay
 from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES

@@ -12,6 +12,7 @@ from flask import Flask
 
 from .. import health, logs, services
 from ..limits import MAX_BODY
+from ..printable import shown
 from ..services import Services
 from . import guard, pages
 from .refusals import RefusalLog
@@ -26,9 +27,11 @@ def create_admin_app(svc: Services, tls: bool) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SECURE=tls,
+        PERMANENT_SESSION_LIFETIME=guard.SESSION_LONGEST,  # the signature's own bound, behind guard's two
         MAX_CONTENT_LENGTH=MAX_BODY,
         WTF_CSRF_SSL_STRICT=False,  # the Referer check: the page sends none (Referrer-Policy: no-referrer)
     )
+    app.jinja_env.finalize = shown  # every value a template shows, whatever its template: see printable.py
     services.init_app(app, svc)
     svc.refusals = RefusalLog(svc.outbox)  # /incoming's refused calls, from now on
     svc.refusals.start()

@@ -1,5 +1,6 @@
-"""What makes the page safe to open: a login where it is not on loopback, a CSRF token and a same-origin check on
-every POST, and headers that keep the browser from running or framing anything the page did not ship.
+"""What makes the page safe to open: its own names only in Host (a DNS rebinding site's requests carry the site's),
+a login where it is not on loopback, a CSRF token and a same-origin check on every POST, and headers that keep the
+browser from running or framing anything the page did not ship.
 
 The CSRF token is Flask-WTF's (a signed token bound to the session); Sec-Fetch-Site is read first, since with
 Referrer-Policy: no-referrer Chromium sends `Origin: null` on the page's own forms.
@@ -16,6 +17,7 @@ from collections import OrderedDict
 from flask import Flask, abort, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
+from ..config.admin import canonical_address
 from ..services import services_of
 
 HEADERS = {
@@ -26,8 +28,11 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-OPEN_ENDPOINTS = {"admin.login", "static", "health.healthz", "health.readyz", "health.prometheus_metrics"}
+# Prometheus and health checks reach these by whatever name they were given; nothing in them is the operator's.
+OPERATIONS = {"health.healthz", "health.readyz", "health.prometheus_metrics"}
+OPEN_ENDPOINTS = {"admin.login", "static"} | OPERATIONS
 FIRST_WAIT, LONGEST_WAIT = 1.0, 60.0  # seconds a caller waits after a wrong token, doubling per failure
+SESSION_LONGEST, SESSION_IDLE = 12 * 3600, 3600  # seconds a login lasts: a working day, and an hour unused
 _SAME_SITE = ("same-origin", "none")  # none: typed in the address bar, a bookmark
 
 
@@ -62,6 +67,42 @@ def token_matches(expected: str, presented: str) -> bool:
     return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
+def host_answered(host: str, bind: tuple[str, int], names: tuple[str, ...]) -> bool:
+    """Whether the page answers to `host` (a Host header, any port): the address it listens on (any address where
+    it listens on all of them, any loopback address on loopback), `localhost` there, or one of `names`.
+
+    A site's name that its owner makes resolve to this address (DNS rebinding) is none of these; an address
+    typed in as such cannot be rebound, and the port may be a tunnel's.
+    """
+    if host.startswith("["):
+        name = host[1:host.find("]")]
+    else:
+        name = host.rpartition(":")[0] if ":" in host else host
+    name = name.lower().rstrip(".")
+    listening = canonical_address(bind[0])
+    try:
+        address = canonical_address(name)
+    except ValueError:
+        local = listening.is_loopback or listening.is_unspecified
+        return name in names or (local and name == "localhost")
+    return listening.is_unspecified or address == listening or (listening.is_loopback and address.is_loopback) \
+        or name in names
+
+
+def _own_host() -> None:
+    """Refuse, before any page or form, a request whose Host is not one of the page's own names."""
+    if request.endpoint in OPERATIONS:
+        return
+    settings = services_of().settings
+    host = request.headers.get("Host", "")
+    if not host_answered(host, settings.admin_bind, settings.admin_hosts):
+        listening = canonical_address(settings.admin_bind[0])
+        known = ["any address" if listening.is_unspecified else str(listening)]
+        known += ["localhost"] if listening.is_loopback or listening.is_unspecified else []
+        abort(421, f"this page answers to {', '.join(known + list(settings.admin_hosts))}, not to {host[:100]!r}: "
+                   "open it by one of those, or add its name to ADMIN_HOSTS")
+
+
 def _same_origin() -> None:
     """Refuse a POST that another site's page sent (the CSRF token is checked after)."""
     if request.method != "POST":
@@ -80,11 +121,30 @@ def _logged_in() -> None:
     """Off loopback (ADMIN_TOKEN set), every page but the login and the operations endpoints needs the token."""
     if services_of().settings.admin_token is None or request.endpoint in OPEN_ENDPOINTS:
         return
-    if session.get("admin"):
+    now = time.time()
+    if session_fresh(session, now):
+        session["seen"] = int(now)
         return
+    if session.get("admin"):
+        session.clear()  # a login past its time: the form's token goes with it, not the login page's
     if request.method == "GET":
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
     abort(401, "log in first")
+
+
+def log_in(now: float) -> None:
+    """The browser's session is now a login, from `now`."""
+    session.clear()
+    session.update(admin=True, since=int(now), seen=int(now))
+
+
+def session_fresh(values, now: float) -> bool:
+    """Whether a session is a login younger than SESSION_LONGEST and used within SESSION_IDLE (a copy of its
+    cookie lasts no longer, logged out or not)."""
+    if not values.get("admin"):
+        return False
+    since, seen = values.get("since", 0), values.get("seen", 0)
+    return now - since < SESSION_LONGEST and now - seen < SESSION_IDLE
 
 
 def _secured(response):
@@ -104,10 +164,11 @@ def _error(exc):
 
 def init_app(app: Flask) -> None:
     app.extensions["admin_throttle"] = Throttle()
+    app.before_request(_own_host)
     app.before_request(_same_origin)
     app.before_request(_logged_in)
     CSRFProtect(app)  # after the two above: a form from elsewhere, or before the login, is refused as such
     app.after_request(_secured)
     app.register_error_handler(CSRFError, _error)
-    for status in (400, 401, 403, 404, 405, 413, 429, 500):
+    for status in (400, 401, 403, 404, 405, 413, 421, 429, 500):
         app.register_error_handler(status, _error)

@@ -4,7 +4,9 @@ redeliver (one, or what a filter selects once its count is confirmed), the refus
 from __future__ import annotations
 
 import json
+import re
 import time
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
@@ -12,12 +14,14 @@ from ..outbox import STATUSES, StoreUnavailable
 from ..outbox.browse import Filter
 from ..services import services_of
 from . import chart, status
-from .guard import token_matches
+from .guard import log_in, token_matches
 
 bp = Blueprint("admin", __name__)
 PAGE_SIZE = 50
 MAX_ID = 2**63 - 1  # the stores' largest integer: a larger id names no delivery
 FILTERS = ("status", "target", "quay_repository", "event", "q")
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_OR_NEWLINE = re.compile("[\t\n\r]")
 
 
 def _filter() -> Filter:
@@ -130,12 +134,9 @@ def login():
         g.outcome = "refused"
         return render_template("login.html", wrong=True), 401
     throttle.succeeded(address)
-    session.clear()
-    session["admin"] = True
+    log_in(time.time())
     g.outcome = "ok"
-    target = request.args.get("next", "")
-    own = target.startswith("/") and not target.startswith("//") and "\\" not in target  # no other site
-    return redirect(target if own else url_for("admin.overview"), 303)
+    return redirect(own_path(request.args.get("next", "")) or url_for("admin.overview"), 303)
 
 
 @bp.post("/logout")
@@ -143,6 +144,20 @@ def logout():
     session.clear()
     g.outcome = "ok"
     return redirect(url_for("admin.login"), 303)
+
+
+def own_path(target: str) -> str | None:
+    """`target` as the path on the page's own origin that a browser would go to for it, ready for a Location
+    header; None when a browser would go anywhere else.
+
+    Judged as a browser's URL parser (WHATWG's) reads it: leading and trailing controls and spaces dropped,
+    tabs and newlines dropped wherever they are, a backslash read as a slash. `/\t/evil.example` is then
+    `//evil.example`, another site.
+    """
+    url = _TAB_OR_NEWLINE.sub("", target.strip(_C0_OR_SPACE)).replace("\\", "/")
+    if not url.startswith("/") or url.startswith("//"):
+        return None
+    return quote(url, safe="/?#[]@!$&'()*+,;=:%-._~")  # controls, spaces and the rest percent-encoded
 
 
 def _pretty(text: str | None) -> str | None:

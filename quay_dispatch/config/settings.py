@@ -57,6 +57,7 @@ class Settings:
     acme_eab_kid: str | None = None
     acme_eab_hmac_key: str | None = None
     admin_bind: tuple[str, int] | None = None  # the operator's page is on when set
+    admin_hosts: tuple[str, ...] = ()  # names it answers to besides its address (ADMIN_HOSTS)
     admin_token: str | None = None
     admin_secret: str | None = None  # what signs its sessions and forms, the same in every worker
 
