@@ -12,7 +12,8 @@ import requests
 from flask import Flask
 
 from .config import ConfigError, certificates_in, environment_store_settings, listing, tls_problems
-from .outbox import STATUSES, Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
+from .dispatch_request import STATUSES
+from .outbox import Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
 from .pki import make_dev_pki
 from .printable import printable
 from .quay import ALL_EVENTS

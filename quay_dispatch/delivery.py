@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import github, metrics, policy
-from .dispatch_request import DispatchRequest
-from .outbox import DELIVERED, PENDING, Delivery, Notification, Outbox, StoreUnavailable
+from .dispatch_request import DELIVERED, PENDING, DispatchRequest
+from .outbox import Delivery, Notification, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
 

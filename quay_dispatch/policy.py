@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import requests
 
-from .outbox import DELIVERED, EXPIRED, FAILED, PENDING
+from .dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
 
 # What GitHub made of one attempt (Outcome.result); the outbox has its own statuses for the delivery.
 ACCEPTED, RETRY, REFUSED = "accepted", "retry", "refused"

@@ -6,7 +6,8 @@ import json
 import time
 
 from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.outbox import DELIVERED, FAILED, PENDING, Notification
+from quay_dispatch.dispatch_request import DELIVERED, FAILED, PENDING
+from quay_dispatch.outbox import Notification
 from quay_dispatch.outbox.browse import KEPT_REFUSALS, Filter, RefusedCall
 from quay_dispatch.policy import WRITES_PER_MINUTE
 from quay_dispatch.quay import QuayEvent

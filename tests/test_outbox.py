@@ -9,13 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.dispatch_request import canonical_json
+from quay_dispatch.dispatch_request import DELIVERED, DRY_RUN, FAILED, PENDING, canonical_json
 from quay_dispatch.github import host_of
 from quay_dispatch.outbox import (
-    DELIVERED,
-    DRY_RUN,
-    FAILED,
-    PENDING,
     Notification,
     StoreUnavailable,
     open_outbox,

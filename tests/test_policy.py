@@ -6,7 +6,7 @@ import email.utils
 import pytest
 import requests
 
-from quay_dispatch.outbox import DELIVERED, EXPIRED, FAILED, PENDING
+from quay_dispatch.dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
 from quay_dispatch.policy import ACCEPTED, REFUSED, RETRY, DeliveryPolicy, Outcome, backoff, classify
 
 

@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
-from ..outbox import STATUSES, StoreUnavailable
+from ..dispatch_request import STATUSES
+from ..outbox import StoreUnavailable
 from ..outbox.browse import Filter
 from ..services import services_of
 from . import chart, status

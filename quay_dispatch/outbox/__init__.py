@@ -19,24 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .postgres import PostgresOutbox
-from .records import (
-    DEFAULT_TIMEOUT,
-    DELIVERED,
-    DRY_RUN,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    STATUSES,
-    Accepted,
-    Delivery,
-    Notification,
-    StoreUnavailable,
-)
+from .records import DEFAULT_TIMEOUT, Accepted, Delivery, Notification, StoreUnavailable
 from .sqlite import SQLiteOutbox
 from .store import Outbox
 
-__all__ = ["DEFAULT_TIMEOUT", "DELIVERED", "DRY_RUN", "EXPIRED", "FAILED", "PENDING", "STATUSES", "Accepted",
-           "Delivery", "Notification", "Outbox", "PostgresOutbox", "SQLiteOutbox", "StoreUnavailable", "open_outbox"]
+__all__ = ["DEFAULT_TIMEOUT", "Accepted", "Delivery", "Notification", "Outbox", "PostgresOutbox", "SQLiteOutbox",
+           "StoreUnavailable", "open_outbox"]
 
 
 def open_outbox(database_url: str, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float | None = None) -> Outbox:

@@ -1,12 +1,13 @@
-"""What the outbox stores and answers: delivery statuses, the notification kept beside each dispatch, the rows."""
+"""What the outbox stores and answers: the notification kept beside each dispatch, the rows (a delivery's
+statuses are the domain's, in dispatch_request.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN = "pending", "delivered", "failed", "expired", "dry_run"
-STATUSES = (PENDING, DELIVERED, FAILED, EXPIRED, DRY_RUN)
+from ..dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
+
 REQUEUABLE = (DELIVERED, FAILED, EXPIRED)  # what redeliver may queue again: not pending, never dry-run
 DEFAULT_TIMEOUT = 2.0  # seconds a transaction may take, locks included (STORE_TIMEOUT)
 

@@ -6,23 +6,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..dispatch_request import DispatchRequest, canonical_json
+from ..dispatch_request import DELIVERED, DRY_RUN, EXPIRED, FAILED, PENDING, STATUSES, DispatchRequest, canonical_json
 from . import schema
 from .browse import Browse
-from .records import (
-    DELIVERED,
-    DRY_RUN,
-    EXPIRED,
-    FAILED,
-    PENDING,
-    STATUSES,
-    Accepted,
-    Delivery,
-    Notification,
-    Run,
-    delivery_of,
-    requeue,
-)
+from .records import Accepted, Delivery, Notification, Run, delivery_of, requeue
 from .shared import SharedState
 
 # Whether a delivery to a host is being sent (claim() looks before every send).
