@@ -1,11 +1,16 @@
-"""Operations endpoints: liveness, readiness and metrics. No credentials needed, nothing secret revealed."""
+"""Operations endpoints: liveness, readiness and metrics (the workers' counters, and the outbox's counts read from
+the store at scrape time). No credentials needed, nothing secret revealed."""
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Flask, Response, g, jsonify
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from . import metrics
-from .outbox import StoreUnavailable
+from .outbox import Outbox, StoreUnavailable
 from .services import services_of
 
 bp = Blueprint("health", __name__)
@@ -43,7 +48,34 @@ def prometheus_metrics():
     """Prometheus text format."""
     g.outcome = "ok"
     svc = services_of()
-    return Response(metrics.exposition(svc.outbox, svc.settings.metrics_dir), mimetype=metrics.MEDIA_TYPE)
+    store = CollectorRegistry()
+    store.register(OutboxCollector(svc.outbox))
+    return Response(metrics.exposition(svc.settings.metrics_dir) + generate_latest(store), mimetype=metrics.MEDIA_TYPE)
+
+
+class OutboxCollector:
+    """Deliveries by status, counted in the store at scrape time; left out while the store cannot be read."""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+
+    def collect(self):
+        try:
+            counts, oldest = self.outbox.counts(), self.outbox.oldest_pending()
+        except StoreUnavailable:
+            counts = oldest = None
+        yield GaugeMetricFamily("quay_dispatch_outbox_readable",
+                                "1 if the outbox answered this scrape, 0 if not (its counts are then left out)",
+                                value=0 if counts is None else 1)
+        if counts is not None:
+            family = GaugeMetricFamily("quay_dispatch_deliveries", "Deliveries in the outbox, by status",
+                                       labels=["status"])
+            for status, count in sorted(counts.items()):
+                family.add_metric([status], count)
+            yield family
+            yield GaugeMetricFamily("quay_dispatch_oldest_pending_delivery_age_seconds",
+                                    "Age of the oldest delivery still to send (since it was queued), 0 when none is",
+                                    value=0 if oldest is None else max(0.0, time.time() - oldest))
 
 
 def init_app(app: Flask) -> None:

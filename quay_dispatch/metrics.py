@@ -2,13 +2,11 @@
 
 gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker starts, which
 puts prometheus-client in multiprocess mode: each worker writes its samples to
-files there and a scrape adds them up. Outbox counts are read from the store at
-scrape time, so they are right across workers and replicas alike.
+files there and a scrape adds them up. The outbox's counts are read from the store
+at scrape time (health.py), so they are right across workers and replicas alike.
 """
 
 from __future__ import annotations
-
-import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,10 +18,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
-from .outbox import Outbox, StoreUnavailable
 
 MEDIA_TYPE = CONTENT_TYPE_LATEST
 
@@ -102,33 +98,8 @@ def certificate_served(source: str, leaf) -> None:
     TLS_CERTIFICATE_ISSUED.labels(source).set(leaf.not_valid_before_utc.timestamp())
 
 
-class OutboxCollector:
-    """Deliveries by status, counted in the store at scrape time; left out while the store cannot be read."""
-
-    def __init__(self, outbox: Outbox):
-        self.outbox = outbox
-
-    def collect(self):
-        try:
-            counts, oldest = self.outbox.counts(), self.outbox.oldest_pending()
-        except StoreUnavailable:
-            counts = oldest = None
-        yield GaugeMetricFamily("quay_dispatch_outbox_readable",
-                                "1 if the outbox answered this scrape, 0 if not (its counts are then left out)",
-                                value=0 if counts is None else 1)
-        if counts is not None:
-            family = GaugeMetricFamily("quay_dispatch_deliveries", "Deliveries in the outbox, by status",
-                                       labels=["status"])
-            for status, count in sorted(counts.items()):
-                family.add_metric([status], count)
-            yield family
-            yield GaugeMetricFamily("quay_dispatch_oldest_pending_delivery_age_seconds",
-                                    "Age of the oldest delivery still to send (since it was queued), 0 when none is",
-                                    value=0 if oldest is None else max(0.0, time.time() - oldest))
-
-
-def exposition(outbox: Outbox | None, multiprocess_dir: str | None) -> bytes:
-    """Every counter of every worker, and the outbox's counts (unless `outbox` is None), in Prometheus text format.
+def exposition(multiprocess_dir: str | None) -> bytes:
+    """Every counter and gauge of every worker, in Prometheus text format (the store's counts are health.py's).
 
     `multiprocess_dir` is Settings.metrics_dir: PROMETHEUS_MULTIPROC_DIR, prometheus-client's own
     switch to its multiprocess mode, which gunicorn.conf.py sets for the workers.
@@ -138,8 +109,4 @@ def exposition(outbox: Outbox | None, multiprocess_dir: str | None) -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    if outbox is None:
-        return generate_latest(registry)
-    outbox_registry = CollectorRegistry()
-    outbox_registry.register(OutboxCollector(outbox))
-    return generate_latest(registry) + generate_latest(outbox_registry)
+    return generate_latest(registry)

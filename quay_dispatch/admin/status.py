@@ -10,7 +10,7 @@ from ..services import Services
 
 def health(svc: Services) -> dict:
     """What the workers' metrics say, as the overview shows it (the store's own counts it reads itself)."""
-    text = metrics.exposition(None, svc.settings.metrics_dir).decode("utf-8")
+    text = metrics.exposition(svc.settings.metrics_dir).decode("utf-8")
     samples: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
