@@ -20,11 +20,11 @@ from .github import GitHubClient, TokenAuth, Transport
 from .github_app import AppAuth
 from .identity import QuayVerifier
 from .outbox import Outbox, StoreUnavailable, open_outbox
+from .outbox.refusals import RefusalLog
 from .startup import service_problems
 
 if TYPE_CHECKING:
     from .acme.manager import CertificateManager
-    from .admin.refusals import RefusalLog
 
 _EXTENSION = "quay_dispatch"
 log = logging.getLogger("quay_dispatch.outbox")
@@ -51,7 +51,8 @@ class Services:
         return self.certificates
 
     def start_delivery(self) -> None:
-        """Bring the schema up to date if it can, and start sending; called once per serving process.
+        """Bring the schema up to date if it can, and start sending (and keeping refused calls for the page);
+        called once per serving process.
 
         gunicorn's master brought the schema up to date before any worker started. A worker that
         starts later (one replaced, a reload) while the store cannot answer serves all the same:
@@ -63,6 +64,8 @@ class Services:
             log.warning("the outbox (%s) cannot be reached as this worker starts (%s): serving on, the "
                         "schema was brought up to date when the service started", self.outbox.description, exc)
         self.deliverer.start()
+        if self.refusals is not None:
+            self.refusals.start()
 
 
 def build(settings: Settings) -> Services:
@@ -86,7 +89,8 @@ def build(settings: Settings) -> Services:
         auth = TokenAuth(transport, settings.github_token or "")
     client = GitHubClient(transport, auth)
     deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
-    return Services(settings, verifier, outbox, client, deliverer, _certificates(settings, outbox))
+    refusals = RefusalLog(outbox) if settings.admin_bind else None
+    return Services(settings, verifier, outbox, client, deliverer, _certificates(settings, outbox), refusals)
 
 
 def _certificates(settings: Settings, outbox: Outbox) -> CertificateManager | None:

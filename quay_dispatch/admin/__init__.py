@@ -15,7 +15,6 @@ from ..limits import MAX_BODY
 from ..printable import shown
 from ..services import Services
 from . import guard, pages
-from .refusals import RefusalLog
 
 
 def create_admin_app(svc: Services, tls: bool) -> Flask:
@@ -33,8 +32,6 @@ def create_admin_app(svc: Services, tls: bool) -> Flask:
     )
     app.jinja_env.finalize = shown  # every value a template shows, whatever its template: see printable.py
     services.init_app(app, svc)
-    svc.refusals = RefusalLog(svc.outbox)  # /incoming's refused calls, from now on
-    svc.refusals.start()
     logs.init_app(app)
     health.init_app(app)
     guard.init_app(app)

@@ -1,5 +1,6 @@
-"""The refused calls the page shows: each worker keeps them in memory, and writes them to the store once a second
-in one transaction, so that a flood of bad calls costs /incoming an append, and the store 1000 rows at most."""
+"""The refused calls the operator's page shows: each worker keeps them in memory, and writes them to the store once a
+second in one transaction, so that a flood of bad calls costs /incoming an append, and the store 1000 rows at most.
+Built with the Services when the page is on (ADMIN_BIND)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import threading
 import time
 from collections import deque
 
-from ..outbox import Outbox, StoreUnavailable
-from ..outbox.browse import KEPT_REFUSALS, RefusedCall
+from .browse import KEPT_REFUSALS, RefusedCall
+from .records import StoreUnavailable
+from .store import Outbox
 
 log = logging.getLogger("quay_dispatch.admin")
 FLUSH_INTERVAL = 1.0
