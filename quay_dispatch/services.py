@@ -78,7 +78,8 @@ def build(settings: Settings) -> Services:
         raise listing(problems)
     verifier = None
     if settings.client_cert_source in ("tls", "header"):
-        verifier = QuayVerifier(settings.quay_hostnames, *quay_certificates(settings))
+        roots, intermediates = quay_certificates(settings.quay_ca_file, settings.quay_intermediates_file)
+        verifier = QuayVerifier(settings.quay_hostnames, roots, intermediates)
     outbox = open_outbox(settings.database_url, settings.store_timeout)
     # In dry-run mode there may be no credentials and nothing is pending; the deliverer only prunes.
     transport = Transport(settings.github_api_url, settings.github_timeout, settings.github_ca_file)

@@ -96,7 +96,7 @@ def _quay_file_problems(settings: Settings) -> list[str]:
     if settings.client_cert_source not in ("tls", "header"):
         return []
     try:
-        quay_certificates(settings)
+        quay_certificates(settings.quay_ca_file, settings.quay_intermediates_file)
     except ConfigError as exc:
         return [str(exc)]
     return []

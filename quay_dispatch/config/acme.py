@@ -7,8 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .github import is_loopback
-from .quay import dns_name_problem
-from .reader import Env
+from .reader import Env, dns_name_problem
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 DIRECTORY_NAMES = {"letsencrypt": LETS_ENCRYPT,

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from ..identity import load_roots
-from .reader import Env
+from .reader import Env, dns_name_problem
 from .tls import certificates_in
-
-if TYPE_CHECKING:
-    from .settings import Settings
 
 MIN_INCOMING_TOKEN_LENGTH = 24
 CLIENT_CERT_SOURCES = ("tls", "header", "none")
 DEFAULT_CLIENT_CERT_HEADER = "X-SSL-Client-Cert"
 NO_TRUSTED_PROXY = ("CLIENT_CERT_SOURCE=header needs FORWARDED_ALLOW_IPS (or gunicorn's --forwarded-allow-ips): "
                     "the proxy's addresses, the only ones whose client certificate header is believed")
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one part of a DNS name, as a certificate names it
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -72,19 +66,6 @@ def _hostname_problem(hostname: str) -> str | None:
     return dns_name_problem(hostname, "quay.io")
 
 
-def dns_name_problem(name: str, example: str) -> str | None:
-    """Why `name` is not a plain DNS host name (an IP address, bad characters), or None; `example` is one that is."""
-    try:
-        ipaddress.ip_address(name)
-        return f"an IP address is not allowed: use a host name, such as {example}"
-    except ValueError:
-        pass
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
-        return f"not a valid host name (letters, digits and '-', in parts separated by dots), such as {example}"
-    return None
-
-
 def trusted_proxies(entries: Iterable[str], source: str, setting: str, problems: list[str]) -> tuple[Network, ...]:
     """The networks in `entries` (FORWARDED_ALLOW_IPS, or gunicorn's effective list, named by `setting`).
 
@@ -104,13 +85,12 @@ def trusted_proxies(entries: Iterable[str], source: str, setting: str, problems:
     return tuple(proxies)
 
 
-def quay_certificates(settings: Settings) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+def quay_certificates(ca_file: str | None, intermediates_file: str | None
+                      ) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """The trusted roots (QUAY_CA_FILE, else certifi's bundle) and QUAY_INTERMEDIATES_FILE's certificates.
 
     Raises ConfigError naming the setting, the path and why the file cannot be used.
     """
-    roots = certificates_in("QUAY_CA_FILE", settings.quay_ca_file) if settings.quay_ca_file else load_roots(None)
-    intermediates = []
-    if settings.quay_intermediates_file:
-        intermediates = certificates_in("QUAY_INTERMEDIATES_FILE", settings.quay_intermediates_file)
+    roots = certificates_in("QUAY_CA_FILE", ca_file) if ca_file else load_roots(None)
+    intermediates = certificates_in("QUAY_INTERMEDIATES_FILE", intermediates_file) if intermediates_file else []
     return roots, intermediates

@@ -1,7 +1,9 @@
-"""Reading the environment: one way for every setting, and every problem collected before any is reported."""
+"""Reading the environment: one way for every setting, and every problem collected before any is reported; and the
+checks several parsers share (a DNS name)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -83,3 +85,19 @@ def read_file(setting: str, path: str) -> bytes:
     except OSError as exc:
         reason = f"cannot be read: {(exc.strerror or str(exc)).lower()}"
     raise ConfigError(f"{setting}={path} {reason}")
+
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # one part of a DNS name, as a certificate names it
+
+
+def dns_name_problem(name: str, example: str) -> str | None:
+    """Why `name` is not a plain DNS host name (an IP address, bad characters), or None; `example` is one that is."""
+    try:
+        ipaddress.ip_address(name)
+        return f"an IP address is not allowed: use a host name, such as {example}"
+    except ValueError:
+        pass
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        return f"not a valid host name (letters, digits and '-', in parts separated by dots), such as {example}"
+    return None
