@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import github, metrics, policy
-from .dispatch_request import DELIVERED, PENDING, DispatchRequest
+from .dispatch_request import DELIVERED, PENDING, DispatchRequest, canonical_json
 from .outbox import Delivery, Notification, Outbox, StoreUnavailable
 
 log = logging.getLogger("quay_dispatch.delivery")
@@ -65,7 +65,7 @@ class Deliverer:
         if not self._wake.is_set():  # set() costs a lock even when the flag is already up
             self._wake.set()
 
-    def sent_directly(self, direct: DirectDispatch) -> None:
+    def _sent_directly(self, direct: DirectDispatch) -> None:
         """Remember a direct dispatch: for the outbox once the store is back, and against Quay's retries meanwhile."""
         until = time.monotonic() + DIRECT_DEDUP_WINDOW
         for outcome in direct.outcomes:
@@ -80,7 +80,24 @@ class Deliverer:
                 self._recent_direct = {k: t for k, t in self._recent_direct.items() if t > now}
         self.wake()
 
-    def was_sent_directly(self, req: DispatchRequest) -> bool:
+    def dispatch_directly(self, planned: list[DispatchRequest], notification: Notification, until: float
+                          ) -> tuple[list[DispatchRequest], list[str]]:
+        """Send what the outbox could not take to GitHub now, every call ended by `until` (time.monotonic()), so
+        that Quay's call still succeeds: the requests sent (none when this process sent them all lately, Quay's
+        retry), and what GitHub did not accept, "target: error" each. Remembered for the outbox, and counted."""
+        fresh = [req for req in planned if not self._was_sent_directly(req)]
+        if not fresh:
+            return [], []
+        with github.deadline(until):
+            outcomes = [self.client.dispatch(req.kind, req.path, canonical_json(req.body), req.target)
+                        for req in fresh]
+        self._sent_directly(DirectDispatch(fresh, outcomes, notification))
+        refused = [f"{req.target}: {outcome.error}" for req, outcome in zip(fresh, outcomes, strict=True)
+                   if outcome.result != policy.ACCEPTED]
+        metrics.STORE_BYPASS.labels("unavailable" if refused else "dispatched").inc()
+        return fresh, refused
+
+    def _was_sent_directly(self, req: DispatchRequest) -> bool:
         """Whether this process sent `req` directly lately (the outbox may not know yet)."""
         return self._recent_direct.get(req.dedup_key, 0.0) > time.monotonic()
 

@@ -11,11 +11,10 @@ import time
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from . import github, metrics, policy
+from . import metrics
 from .config import Settings
-from .delivery import DirectDispatch
 from .dispatch import plan_dispatches
-from .dispatch_request import DispatchRequest, canonical_json
+from .dispatch_request import DispatchRequest
 from .identity import IdentityError, chain_from_header
 from .limits import MAX_BODY
 from .outbox import Accepted, Notification, StoreUnavailable
@@ -95,7 +94,7 @@ def incoming(event: str):
 
 
 def dispatch_directly(svc: Services, planned: list[DispatchRequest], notification: Notification, reason: str):
-    """The outbox cannot take the event: send it to GitHub now, so that Quay's call still succeeds.
+    """The outbox cannot take the event: the deliverer sends it to GitHub now, so that Quay's call still succeeds.
 
     Answered 202 "dispatched" when GitHub accepts every request; else 503, and Quay
     retries (what GitHub did accept is remembered, and not sent again by this process).
@@ -106,28 +105,20 @@ def dispatch_directly(svc: Services, planned: list[DispatchRequest], notificatio
         metrics.STORE_BYPASS.labels("unavailable").inc()
         raise Refusal(503, "the event cannot be recorded right now (DRY_RUN: nothing is sent); Quay will retry",
                       headers={"Retry-After": "30"})
-    fresh = [req for req in planned if not svc.deliverer.was_sent_directly(req)]
-    if not fresh:
+    sent, refused = svc.deliverer.dispatch_directly(planned, notification, g.started + ANSWER_WITHIN)
+    if not sent:
         return answer(200, "duplicate", reason=f"already dispatched for {', '.join(r.target for r in planned)}")
-    outcomes = []
-    with github.deadline(g.started + ANSWER_WITHIN):
-        for req in fresh:
-            outcomes.append(svc.github.dispatch(req.kind, req.path, canonical_json(req.body), req.target))
-    svc.deliverer.sent_directly(DirectDispatch(fresh, outcomes, notification))
-    refused = [(req, o) for req, o in zip(fresh, outcomes, strict=True) if o.result != policy.ACCEPTED]
     if refused:
-        metrics.STORE_BYPASS.labels("unavailable").inc()
-        g.error_detail += "; GitHub did not take it either: " + "; ".join(f"{r.target}: {o.error}" for r, o in refused)
+        g.error_detail += "; GitHub did not take it either: " + "; ".join(refused)
         log.warning("%s %s: the outbox cannot take it (%s) and GitHub did not either: answered 503",
                     notification.event, notification.quay_repository, reason)
         raise Refusal(503, "the event can neither be stored nor sent to GitHub right now; Quay will retry",
                       headers={"Retry-After": "30"})
-    metrics.STORE_BYPASS.labels("dispatched").inc()
     log.warning("%s %s: the outbox cannot take it (%s): sent to GitHub directly, to %s",
                 notification.event, notification.quay_repository, reason,
-                ", ".join(req.target for req in fresh))
+                ", ".join(req.target for req in sent))
     return answer(202, "dispatched", reason=f"the outbox cannot take the event right now ({reason}); "
-                  "it was sent to GitHub directly", deliveries=[_described(req) for req in fresh])
+                  "it was sent to GitHub directly", deliveries=[_described(req) for req in sent])
 
 
 def _described(delivery: Accepted | DispatchRequest) -> dict:
