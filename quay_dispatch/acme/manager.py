@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from .. import metrics
-from ..outbox import Outbox
 from ..tls import context_from_pem
 from . import schedule, state
 from .challenge import self_signed
 from .door import ChallengeDoor
 from .protocol import CA, Session, new_key_pem, private_pem, said
+from .state import Storage
 
 CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges
 CERTIFICATE_POLL = 2.0  # seconds between looks at the stored certificate (a renewal elsewhere), and at orders due
@@ -40,8 +40,8 @@ log = logging.getLogger("quay_dispatch.acme")
 class CertificateManager:
     """The certificates of one worker: a temporary self-signed one until the CA's is in the store, then that."""
 
-    def __init__(self, domains: tuple[str, ...], ca: CA, outbox: Outbox):
-        self.domains, self.ca, self.outbox = domains, ca, outbox
+    def __init__(self, domains: tuple[str, ...], ca: CA, storage: Storage):
+        self.domains, self.ca, self.storage = domains, ca, storage
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.served: state.StoredCertificate | None = None
         self.waiting = "the first look at the store has not been made yet"  # None once the CA's certificate is served
@@ -70,7 +70,7 @@ class CertificateManager:
         next_certificate_look, trouble = 0.0, None
         while True:
             try:
-                self.door.expect(state.load_challenges(self.outbox))
+                self.door.expect(state.load_challenges(self.storage))
                 if time.monotonic() >= next_certificate_look:
                     next_certificate_look = time.monotonic() + CERTIFICATE_POLL
                     self._take_stored()
@@ -84,10 +84,10 @@ class CertificateManager:
 
     def _take_stored(self) -> None:
         """Serve the stored certificate if it is new and for ACME_DOMAINS."""
-        stored = state.load_certificate(self.outbox)
+        stored = state.load_certificate(self.storage)
         if stored is None or stored == self.served or set(stored.domains) != set(self.domains):
             if self.served is None:
-                failures = state.load_failures(self.outbox)
+                failures = state.load_failures(self.storage)
                 self.waiting = f"waiting for a certificate from ACME: {failures.last_error or 'ordering'}"
             return
         self._serve(stored.chain_pem.encode("ascii"), stored.key_pem.encode("ascii"))
@@ -99,18 +99,18 @@ class CertificateManager:
         metrics.certificate_served("acme", x509.load_pem_x509_certificate(chain_pem))
 
     def _order_if_due(self) -> None:
-        reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.outbox), time.time())
-        if reason is None or time.time() < state.load_failures(self.outbox).next_try:
+        reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.storage), time.time())
+        if reason is None or time.time() < state.load_failures(self.storage).next_try:
             return
-        if not self.outbox.lock(state.ORDER_LEASE, self.holder, ORDER_LEASE_SECONDS):
+        if not self.storage.lock(state.ORDER_LEASE, self.holder, ORDER_LEASE_SECONDS):
             return  # another worker or replica orders; its certificate comes through the store
         try:
             self._take_stored()  # a second look, with the lease: another may have just stored one
-            reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.outbox), time.time())
-            if reason and time.time() >= state.load_failures(self.outbox).next_try:
+            reason = schedule.order_due(self.served, self.domains, state.renewal_requested(self.storage), time.time())
+            if reason and time.time() >= state.load_failures(self.storage).next_try:
                 self._order(reason)
         finally:
-            self.outbox.unlock(state.ORDER_LEASE, self.holder)
+            self.storage.unlock(state.ORDER_LEASE, self.holder)
 
     def _order(self, reason: str) -> None:
         log.info("ACME: ordering a certificate for %s from %s: %s", ", ".join(self.domains), self.ca.directory,
@@ -122,37 +122,37 @@ class CertificateManager:
             certificate = state.StoredCertificate(issued.chain_pem, issued.key_pem, self.domains, time.time(),
                                                   schedule.renew_at(leaf, _ari(session, issued.chain_pem)))
         except Exception as exc:
-            failures = state.load_failures(self.outbox)
+            failures = state.load_failures(self.storage)
             count = failures.count + 1
             retry = time.time() + schedule.backoff(count)
-            state.store_failures(self.outbox, state.Failures(count, said(exc), retry))
+            state.store_failures(self.storage, state.Failures(count, said(exc), retry))
             metrics.ACME_ORDERS.labels("failed").inc()
             log.warning("ACME: the order failed (%d in a row), next try at %s: %s", count, state.utc(retry),
                         said(exc))
             return
-        state.store_certificate(self.outbox, certificate)
-        state.store_failures(self.outbox, state.Failures())
-        state.request_renewal(self.outbox, None)
+        state.store_certificate(self.storage, certificate)
+        state.store_failures(self.storage, state.Failures())
+        state.request_renewal(self.storage, None)
         metrics.ACME_ORDERS.labels("issued").inc()
         log.info("ACME: certificate issued, %s; renewal at %s", certificate.describe(),
                  state.utc(certificate.renew_at))
         self._take_stored()
 
     def _session(self) -> Session:
-        account = state.load_account(self.outbox, self.ca.directory)
+        account = state.load_account(self.storage, self.ca.directory)
         key_pem, url = account if account else (new_key_pem(), None)
         if account is None:  # stored before it is registered: a crash in between cannot make two accounts
-            state.store_account(self.outbox, self.ca.directory, key_pem, None)
+            state.store_account(self.storage, self.ca.directory, key_pem, None)
         session = Session(self.ca, key_pem, url)
         registered = session.account()
         if registered != url:
-            state.store_account(self.outbox, self.ca.directory, key_pem, registered)
+            state.store_account(self.storage, self.ca.directory, key_pem, registered)
             log.info("ACME: account %s at %s", registered, self.ca.directory)
         return session
 
     def _publish(self, challenges: dict[str, str]) -> None:
         """The challenges to every worker and replica (through the store) and to this one, before validation."""
-        state.store_challenges(self.outbox, challenges)
+        state.store_challenges(self.storage, challenges)
         self.door.expect(challenges)
         if challenges:
             log.info("ACME: answering the tls-alpn-01 challenge for %s", ", ".join(sorted(challenges)))

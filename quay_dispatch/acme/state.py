@@ -12,14 +12,28 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from cryptography import x509
-
-from ..outbox import Outbox
 
 ORDER_LEASE = "acme:order"  # whoever holds it orders; everyone else waits for the certificate in the store
 _CERTIFICATE, _FAILURES, _RENEW = "acme:certificate", "acme:failures", "acme:renew-requested"
 CHALLENGE_PREFIX = "acme:challenge:"
+
+
+class Storage(Protocol):
+    """What ACME needs of the store every worker and replica shares: named values, and leases one holder at a
+    time may take (certmagic's Storage and Locker). The storage provides it (outbox/shared.py)."""
+
+    def load(self, name: str) -> str | None: ...
+
+    def load_prefixed(self, prefix: str) -> dict[str, str]: ...
+
+    def store(self, name: str, value: str | None) -> None: ...
+
+    def lock(self, name: str, holder: str, seconds: float) -> bool: ...
+
+    def unlock(self, name: str, holder: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,21 +69,21 @@ class Failures:
     next_try: float = 0.0  # epoch seconds
 
 
-def load_account(outbox: Outbox, directory: str) -> tuple[str, str | None] | None:
+def load_account(storage: Storage, directory: str) -> tuple[str, str | None] | None:
     """The account key (PEM) and URL for `directory`, or None."""
-    value = outbox.load(f"acme:account:{directory}")
+    value = storage.load(f"acme:account:{directory}")
     if value is None:
         return None
     account = json.loads(value)
     return account["key"], account.get("url")
 
 
-def store_account(outbox: Outbox, directory: str, key_pem: str, url: str | None) -> None:
-    outbox.store(f"acme:account:{directory}", json.dumps({"key": key_pem, "url": url}))
+def store_account(storage: Storage, directory: str, key_pem: str, url: str | None) -> None:
+    storage.store(f"acme:account:{directory}", json.dumps({"key": key_pem, "url": url}))
 
 
-def load_certificate(outbox: Outbox) -> StoredCertificate | None:
-    value = outbox.load(_CERTIFICATE)
+def load_certificate(storage: Storage) -> StoredCertificate | None:
+    value = storage.load(_CERTIFICATE)
     if value is None:
         return None
     fields = json.loads(value)
@@ -77,40 +91,40 @@ def load_certificate(outbox: Outbox) -> StoredCertificate | None:
                              fields["renew_at"])
 
 
-def store_certificate(outbox: Outbox, certificate: StoredCertificate) -> None:
-    outbox.store(_CERTIFICATE, json.dumps(asdict(certificate)))
+def store_certificate(storage: Storage, certificate: StoredCertificate) -> None:
+    storage.store(_CERTIFICATE, json.dumps(asdict(certificate)))
 
 
-def load_failures(outbox: Outbox) -> Failures:
-    value = outbox.load(_FAILURES)
+def load_failures(storage: Storage) -> Failures:
+    value = storage.load(_FAILURES)
     return Failures(**json.loads(value)) if value else Failures()
 
 
-def store_failures(outbox: Outbox, failures: Failures) -> None:
-    outbox.store(_FAILURES, json.dumps(asdict(failures)) if failures.count else None)
+def store_failures(storage: Storage, failures: Failures) -> None:
+    storage.store(_FAILURES, json.dumps(asdict(failures)) if failures.count else None)
 
 
-def renewal_requested(outbox: Outbox) -> float | None:
+def renewal_requested(storage: Storage) -> float | None:
     """When `certificate renew` asked for a new certificate (epoch seconds), if it did."""
-    value = outbox.load(_RENEW)
+    value = storage.load(_RENEW)
     return float(value) if value else None
 
 
-def request_renewal(outbox: Outbox, at: float | None) -> None:
-    outbox.store(_RENEW, None if at is None else repr(at))
+def request_renewal(storage: Storage, at: float | None) -> None:
+    storage.store(_RENEW, None if at is None else repr(at))
 
 
-def load_challenges(outbox: Outbox) -> dict[str, str]:
+def load_challenges(storage: Storage) -> dict[str, str]:
     """The pending challenges: name -> key authorization."""
-    return {name[len(CHALLENGE_PREFIX):]: value for name, value in outbox.load_prefixed(CHALLENGE_PREFIX).items()}
+    return {name[len(CHALLENGE_PREFIX):]: value for name, value in storage.load_prefixed(CHALLENGE_PREFIX).items()}
 
 
-def store_challenges(outbox: Outbox, challenges: dict[str, str]) -> None:
+def store_challenges(storage: Storage, challenges: dict[str, str]) -> None:
     """Publish exactly `challenges` (name -> key authorization): the others are taken down."""
-    for name in load_challenges(outbox).keys() - challenges.keys():
-        outbox.store(CHALLENGE_PREFIX + name, None)
+    for name in load_challenges(storage).keys() - challenges.keys():
+        storage.store(CHALLENGE_PREFIX + name, None)
     for name, key_authorization in challenges.items():
-        outbox.store(CHALLENGE_PREFIX + name, key_authorization)
+        storage.store(CHALLENGE_PREFIX + name, key_authorization)
 
 
 def utc(epoch: float) -> str:
