@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from flask import Flask
 
-from quay_dispatch import cli, health, incoming, logs, services
+from quay_dispatch import cli
 from quay_dispatch.config import Settings
+from quay_dispatch.runtime import logs, services
+from quay_dispatch.web import incoming
+from quay_dispatch.web import probes as health
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -15,7 +15,7 @@ from gunicorn import sock as gunicorn_sockets
 
 from quay_dispatch.config import ADMIN_SECRET_VARIABLE, ConfigError, environment_settings, stale_metric_files
 from quay_dispatch.config.admin import is_admin_listener
-from quay_dispatch.startup import TLS_WORKER, admin_address, serving_problems
+from quay_dispatch.runtime.preflight import TLS_WORKER, admin_address, serving_problems
 
 try:
     _settings = environment_settings()
@@ -44,7 +44,7 @@ if _settings.log_format == "json":
     logconfig_dict = {
         "root": {"level": "INFO", "handlers": ["error_console"]},
         "loggers": {"gunicorn.error": _json_logger, "gunicorn.access": _json_logger},
-        "formatters": {"generic": {"()": "quay_dispatch.logs.JSONFormatter"}},
+        "formatters": {"generic": {"()": "quay_dispatch.runtime.logs.JSONFormatter"}},
     }
 # Nobody is trusted to set forwarding headers unless FORWARDED_ALLOW_IPS (or --forwarded-allow-ips)
 # names them (gunicorn's own default would trust 127.0.0.1).

@@ -5,7 +5,7 @@ one builds its services and starts its own deliverer thread.
 """
 
 from app import create_app
-from quay_dispatch.services import services_of
+from quay_dispatch.runtime.services import services_of
 
 app = create_app()
 services_of(app).start_delivery()

@@ -4,7 +4,7 @@ same service with the same certificate from files, and nginx, measured as bench.
     .venv/bin/python -m bench.acme_bench [--rounds 6] [--seconds 4]
 
 With ACME_DOMAINS, each new connection's ClientHello is read in Python to choose its context
-(quay_dispatch.acme.door) before OpenSSL sees it. The ACME service here finds its certificate
+(quay_dispatch.acme.router) before OpenSSL sees it. The ACME service here finds its certificate
 already in its store (the same pair the file service serves), so it orders nothing: what
 differs is the door alone. Reported: the median of the rounds' acme/file CPU ratio per
 new-connection request, with its range.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.compare import cpu_seconds, make_keys, process_tree
-from quay_dispatch import pki
+from quay_dispatch.tools import pki
 from testkit.github import FakeGitHub
 from testkit.service import Service, base_env
 

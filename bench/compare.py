@@ -41,8 +41,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from quay_dispatch import pki
-from quay_dispatch.sample import sample_body
+from quay_dispatch.tools import pki
+from quay_dispatch.tools.sample import sample_body
 from testkit.github import FakeGitHub
 from testkit.pki import PKI, make_pki
 from testkit.service import Service, base_env, free_port, stop_process_group

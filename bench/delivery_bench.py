@@ -30,7 +30,7 @@ import requests
 
 from bench.compare import make_keys
 from bench.relay_bench import run_phase
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
 from testkit.postgres import create_database, find_initdb, private_postgresql
 from testkit.service import Service, base_env

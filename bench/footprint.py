@@ -22,7 +22,7 @@ import requests
 
 from bench.ab import revision_arguments, trees
 from bench.compare import make_keys
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
 from testkit.service import Service, base_env
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.ab import revision_arguments, trees
 from bench.compare import make_keys
 from bench.relay_bench import run_phase
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
 from testkit.service import Service, base_env, free_port
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import requests
 
 from bench.compare import make_keys
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
 from testkit.service import Service, base_env
 

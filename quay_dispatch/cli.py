@@ -11,14 +11,14 @@ import click
 import requests
 from flask import Flask
 
+from .base.printable import printable
 from .config import ConfigError, certificates_in, environment_store_settings, listing, tls_problems
-from .dispatch_request import STATUSES
+from .domain.dispatch_request import STATUSES
+from .domain.quay import ALL_EVENTS
 from .outbox import Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
-from .pki import make_dev_pki
-from .printable import printable
-from .quay import ALL_EVENTS
-from .sample import sample_body, send_like_quay
-from .services import services_of
+from .runtime.services import services_of
+from .tools.pki import make_dev_pki
+from .tools.sample import sample_body, send_like_quay
 
 
 @click.command("dev-certs")

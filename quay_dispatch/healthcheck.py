@@ -10,9 +10,9 @@ from pathlib import Path
 import requests
 from urllib3.exceptions import InsecureRequestWarning
 
-from . import pki
 from .config import ConfigError, Settings, environment_settings
-from .github import innermost
+from .delivery.github import innermost
+from .tools import pki
 
 TIMEOUT = 5.0  # seconds; shorter than the HEALTHCHECK's --timeout, so that this one explains itself
 

@@ -1,13 +1,12 @@
 """Transport: gunicorn's gthread worker, TLS by pyOpenSSL, each request buffered whole before a thread serves it.
 
-The event loop does the TLS handshake and reads each request until it is whole,
-never waiting (quay_dispatch.tls, tls_stream and stream have the TLS machinery, quay_dispatch.conn
-the connection the loop buffers and the threads it goes to). A client that connects
-and says nothing, or dribbles its handshake, headers or body, holds nothing but a
-place in the poller, until murder_pending() closes it at its deadline. A whole
-request is then served by a thread: the application never runs on the loop, so
-nothing it waits for (a locked database, GitHub) delays a handshake or another
-connection. The thread answers, then hands the connection back to the loop.
+The event loop does the TLS handshake and reads each request until it is whole, never
+waiting (transport/ has the machinery). A client that connects and says nothing, or
+dribbles its handshake, headers or body, holds nothing but a place in the poller, until
+murder_pending() closes it at its deadline. A whole request is then served by a thread:
+the application never runs on the loop, so nothing it waits for (a locked database,
+GitHub) delays a handshake or another connection. The thread answers, then hands the
+connection back to the loop.
 
 What it overrides of gunicorn 27.0.1's ThreadWorker (pinned in requirements.txt;
 tests/test_tls_worker.py starts it for real):
@@ -32,7 +31,7 @@ tests/test_tls_worker.py starts it for real):
 Limits come from gunicorn's settings where it has one: limit_request_line,
 limit_request_fields and limit_request_field_size bound the headers buffered,
 keepalive the idle time, timeout each read or write of a thread; the rest are in
-quay_dispatch.limits.
+quay_dispatch.base.limits.
 """
 
 from __future__ import annotations
@@ -47,11 +46,11 @@ from functools import partial
 from gunicorn.workers.gthread import ThreadWorker
 from OpenSSL import SSL
 
-from .conn import Conn, Threads, batch_scheduling
-from .framing import Refusal, max_head, parser_refusal, refusal_answer
-from .limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
-from .stream import Stream, WouldBlock
-from .tls import ChallengeAnswered, ReloadingContext, handshake_reason
+from .base.limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
+from .transport.connection import Conn, Threads, batch_scheduling
+from .transport.framing import Refusal, max_head, parser_refusal, refusal_answer
+from .transport.stream import Stream, WouldBlock
+from .transport.tls_context import ChallengeAnswered, ReloadingContext, handshake_reason
 
 _TOO_BUSY = Refusal(503, "Service Unavailable", f"every thread was busy for {QUEUE_TIMEOUT:.0f} s; try again later")
 
@@ -77,7 +76,7 @@ class TLSWorker(ThreadWorker):
         super().load_wsgi()
         application = self.wsgi
         from .config.admin import is_admin_listener
-        from .services import services_of  # here: gunicorn's master loads this module, not the application
+        from .runtime.services import services_of  # here: gunicorn's master loads this module, not the application
 
         services = services_of(application)
         if self.tls is None:  # ACME_DOMAINS (or no TLS): the application's certificate manager, if any, from now on
@@ -290,7 +289,7 @@ class TLSWorker(ThreadWorker):
 def _certificate_served(leaf) -> None:
     """The certificate now served, for its expiry's metric (prometheus-client is imported in the worker, after the
     master set its multiprocess directory)."""
-    from . import metrics
+    from .base import metrics
 
     metrics.certificate_served("file", leaf)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 
 PLAIN = {"TLS_CERT_FILE": None, "TLS_KEY_FILE": None}  # a service without TLS: behind a proxy or a router
 

@@ -7,8 +7,8 @@ import select
 import socket
 import threading
 
-from quay_dispatch.tls import ChallengeAnswered
-from quay_dispatch.tls_stream import TLSStream
+from quay_dispatch.transport.tls_context import ChallengeAnswered
+from quay_dispatch.transport.tls_stream import TLSStream
 
 
 def constant(value):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from quay_dispatch import pki
+from quay_dispatch.tools import pki
 
 
 @dataclass

@@ -20,7 +20,7 @@ import requests
 from cryptography import x509
 
 from quay_dispatch.acme import state
-from quay_dispatch.sample import sample_body
+from quay_dispatch.tools.sample import sample_body
 from testkit.pebble import DOMAIN, Pebble, session_for
 from testkit.service import ROOT, free_port, free_ports, run_flask, wait_until
 

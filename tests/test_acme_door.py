@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quay_dispatch.acme.challenge import ACME_IDENTIFIER
-from quay_dispatch.acme.door import ChallengeDoor
 from quay_dispatch.acme.hello import Hello, read_hello
-from quay_dispatch.tls import MAX_HANDSHAKE_BYTES, build_context
+from quay_dispatch.acme.router import ChallengeDoor
+from quay_dispatch.transport.tls_context import MAX_HANDSHAKE_BYTES, build_context
 from testkit.door import DoorServer, constant
 from testkit.pki import make_pki
 from testkit.service import wait_until

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.admin import AdminClient
 from testkit.credentials import GITHUB_TOKEN
 from testkit.service import free_port, run_gunicorn, wait_until

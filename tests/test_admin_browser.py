@@ -17,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from quay_dispatch.sample import sample_body
+from quay_dispatch.tools.sample import sample_body
 from testkit.browser import AXE, PHONE, Browser, HostilePage, chromium_missing
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN

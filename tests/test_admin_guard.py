@@ -18,10 +18,10 @@ from flask.sessions import SecureCookieSessionInterface
 
 from quay_dispatch.admin.guard import SESSION_IDLE, SESSION_LONGEST, host_answered, session_fresh
 from quay_dispatch.admin.pages import own_path
+from quay_dispatch.base.printable import printable
 from quay_dispatch.config import ConfigError, load_settings
 from quay_dispatch.config.admin import is_admin_listener
-from quay_dispatch.printable import printable
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.admin import AdminClient
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN

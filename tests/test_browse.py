@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.dispatch_request import DELIVERED, FAILED, PENDING
+from quay_dispatch.domain.dispatch_request import DELIVERED, FAILED, PENDING
+from quay_dispatch.domain.plan import plan_dispatches
+from quay_dispatch.domain.policy import WRITES_PER_MINUTE
+from quay_dispatch.domain.quay import QuayEvent
+from quay_dispatch.domain.routes import parse_inline_routes
 from quay_dispatch.outbox import Notification
 from quay_dispatch.outbox.browse import KEPT_REFUSALS, Filter, RefusedCall
-from quay_dispatch.policy import WRITES_PER_MINUTE
-from quay_dispatch.quay import QuayEvent
-from quay_dispatch.routes import parse_inline_routes
 
 HOST = "api.github.test"
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.faults import hold_sqlite_lock
 from testkit.service import deliveries, outbox_command, wait_until
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.credentials import GITHUB_TOKEN
 from testkit.deploy import (
     DOCKERFILE,

@@ -1,8 +1,8 @@
 """The domain: what GitHub receives for an event, and what identifies a duplicate."""
 
-from quay_dispatch.dispatch import BODY_DEDUP_WINDOW, client_payload, plan_dispatches
-from quay_dispatch.quay import QuayEvent
-from quay_dispatch.routes import parse_inline_routes
+from quay_dispatch.domain.plan import BODY_DEDUP_WINDOW, client_payload, plan_dispatches
+from quay_dispatch.domain.quay import QuayEvent
+from quay_dispatch.domain.routes import parse_inline_routes
 
 EVENT = QuayEvent(event="build_success", repository="acme/api", namespace="acme", name="api", build_id="b-1",
                   commit="42d4a62c53350993ea41069e9f2cfdefb0df097d", ref="refs/heads/main", tags=("latest",),

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from quay_dispatch.limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.base.limits import QUEUE_TIMEOUT, REQUEST_TIMEOUT
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.faults import store_locked
 from testkit.service import wait_until
 from testkit.tls import client_context, read_responses, tls_connect

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from app import create_app
 from quay_dispatch.config import load_settings
-from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.quay import BUILD_EVENTS, EVENTS, PayloadError, QuayEvent, parse_event
-from quay_dispatch.routes import parse_inline_routes, select_routes
-from quay_dispatch.sample import sample_body
-from quay_dispatch.services import services_of
+from quay_dispatch.domain.plan import plan_dispatches
+from quay_dispatch.domain.quay import BUILD_EVENTS, EVENTS, PayloadError, QuayEvent, parse_event
+from quay_dispatch.domain.routes import parse_inline_routes, select_routes
+from quay_dispatch.runtime.services import services_of
+from quay_dispatch.tools.sample import sample_body
 from testkit.bodies import VALID_TEXT, edited
 from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN
 

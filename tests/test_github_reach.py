@@ -8,7 +8,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.credentials import APP_ID, as_app, key_pem
 from testkit.github import FakeApp, FakeGitHub
 from testkit.service import base_env, deliveries, run_flask, wait_until

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from quay_dispatch import pki
-from quay_dispatch.identity import IdentityError, QuayVerifier, load_roots
+from quay_dispatch.tools import pki
+from quay_dispatch.transport.identity import IdentityError, QuayVerifier, load_roots
 
 
 def chain_of(test_pki, name):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
 from testkit.deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 from testkit.pebble import DOMAIN, session_for

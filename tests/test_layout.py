@@ -1,4 +1,4 @@
-"""The house rules, read off the source: short functions and modules, imports that flow down the request's path."""
+"""The house rules, read off the source: short functions and modules, folders that import only the folders below."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 from testkit.service import ROOT
 
 PACKAGE = ROOT / "quay_dispatch"
-# The request's path from socket to GitHub, top to bottom (docs/architecture.md, "The request's path"):
-# a module imports only modules below it. `config` and `outbox` are packages, taken as one each.
-PATH = ["tls_worker", "conn", "framing", "tls_stream", "stream", "incoming", "admin", "health", "services", "startup",
-        "acme", "logs", "config",
-        "identity", "dispatch", "routes", "quay", "strict_json", "delivery", "metrics", "github_app", "github",
-        "policy", "outbox", "tls", "dispatch_request", "limits", "printable"]
-# Where a process starts, above the path: they may import any module of it.
-ENTRY_POINTS = {"cli", "healthcheck", "pki", "sample"}
+# The package's folders, top to bottom (docs/architecture.md, "The layers"): a folder imports only folders below it,
+# so that no two import each other.
+PATH = ["admin", "web", "runtime", "acme", "delivery", "config", "outbox", "tools", "domain", "transport", "base"]
+# The doors at the package's root, whose import paths are public (gunicorn's --worker-class, the image's health
+# check, the CLI): they may import any folder.
+ENTRY_POINTS = {"tls_worker", "cli", "healthcheck"}
+MAX_ROOT_MODULES = 6
+MAX_FOLDER_MODULES = 14
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 300
 
@@ -70,6 +70,14 @@ def test_every_module_has_its_place():
     assert units == set(PATH) | ENTRY_POINTS
 
 
+def test_few_modules_at_the_root_and_no_crowded_folder():
+    root = [path.name for path in PACKAGE.glob("*.py")]
+    crowded = {folder: count for folder in PATH
+               if (count := len(list((PACKAGE / folder).rglob("*.py")))) > MAX_FOLDER_MODULES}
+    assert len(root) <= MAX_ROOT_MODULES, root
+    assert not crowded
+
+
 def test_the_import_graph_has_no_cycle():
     graph = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): _imports(path)
              for path in _files(PACKAGE)}
@@ -92,10 +100,10 @@ def test_the_import_graph_has_no_cycle():
     assert not cycles
 
 
-def test_architecture_md_walks_the_path_in_this_order():
+def test_architecture_md_walks_the_layers_in_this_order():
     text = (ROOT / "docs" / "architecture.md").read_text()
-    section = text.split("## The request's path", 1)[1].split("\n## ", 1)[0]
-    named = [re.sub(r"(\.py|/)$", "", name) for name in re.findall(r"^\d+\. `([a-z_]+(?:\.py|/))`", section, re.M)]
+    section = text.split("## The layers", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"^\d+\. `([a-z_]+)/`", section, re.M)
     assert named == PATH
 
 

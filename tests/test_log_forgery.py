@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
-from quay_dispatch import pki
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools import pki
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.service import wait_until
 
 FORGED_LINE = "2026-12-02 00:43:00,000 INFO [quay_dispatch.http] POST /incoming 202 accepted 1.0ms from 10.0.0.1"

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from quay_dispatch import __version__
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN
 from testkit.faults import hold_sqlite_lock

@@ -10,7 +10,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.client import PLAIN, pem_blocks, post_from
 from testkit.credentials import INCOMING_TOKEN
 from testkit.service import run_gunicorn

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.faults import hold_sqlite_lock
 from testkit.prometheus import DASHBOARD, OPERATIONS, RULE_TESTS, RULES, Prometheus, prometheus_missing
 from testkit.service import require, wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.bodies import edited
 from testkit.credentials import INCOMING_TOKEN
 from testkit.service import wait_until

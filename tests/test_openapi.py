@@ -8,7 +8,7 @@ import re
 import jsonschema
 import pytest
 
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.credentials import APP_ID, as_app
 from testkit.github import FakeApp
 from testkit.service import ROOT, require, wait_until

@@ -8,19 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from quay_dispatch.dispatch import plan_dispatches
-from quay_dispatch.dispatch_request import DELIVERED, DRY_RUN, FAILED, PENDING, canonical_json
-from quay_dispatch.github import host_of
-from quay_dispatch.outbox import (
-    Notification,
-    StoreUnavailable,
-    open_outbox,
-    schema,
-    store,
-)
-from quay_dispatch.policy import WRITES_PER_MINUTE
-from quay_dispatch.quay import QuayEvent
-from quay_dispatch.routes import parse_inline_routes
+from quay_dispatch.delivery.github import host_of
+from quay_dispatch.domain.dispatch_request import DELIVERED, DRY_RUN, FAILED, PENDING, canonical_json
+from quay_dispatch.domain.plan import plan_dispatches
+from quay_dispatch.domain.policy import WRITES_PER_MINUTE
+from quay_dispatch.domain.quay import QuayEvent
+from quay_dispatch.domain.routes import parse_inline_routes
+from quay_dispatch.outbox import Notification, StoreUnavailable, open_outbox, schema, store
 from testkit.faults import hold_sqlite_lock
 
 HOST = "api.github.test"

@@ -1,4 +1,4 @@
-"""GitHub's delivery rules (quay_dispatch/policy.py), as tables: what an answer means, and what follows it."""
+"""GitHub's delivery rules (quay_dispatch/domain/policy.py), as tables: what an answer means, and what follows it."""
 
 import datetime
 import email.utils
@@ -6,8 +6,8 @@ import email.utils
 import pytest
 import requests
 
-from quay_dispatch.dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
-from quay_dispatch.policy import ACCEPTED, REFUSED, RETRY, DeliveryPolicy, Outcome, backoff, classify
+from quay_dispatch.domain.dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
+from quay_dispatch.domain.policy import ACCEPTED, REFUSED, RETRY, DeliveryPolicy, Outcome, backoff, classify
 
 
 def response(status, headers=None, body=b'{"message": "Bad credentials"}'):

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from quay_dispatch import pki
-from quay_dispatch.sample import sample_body
+from quay_dispatch.tools import pki
+from quay_dispatch.tools.sample import sample_body
 from testkit.service import ROOT, LoggedProcess, Service, ServiceStarter, free_port, wait_for_readyz, wait_until
 
 DOC = ROOT / "docs" / "deployment.md"

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from quay_dispatch.limits import MAX_BODY
-from quay_dispatch.quay import PayloadError, parse_event
-from quay_dispatch.sample import SAMPLE_COMMIT, sample_body
+from quay_dispatch.base.limits import MAX_BODY
+from quay_dispatch.domain.quay import PayloadError, parse_event
+from quay_dispatch.tools.sample import SAMPLE_COMMIT, sample_body
 from testkit.bodies import BAD_BODIES, VALID_TEXT, edited, value_at, with_extra
 
 

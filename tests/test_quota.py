@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from quay_dispatch.dispatch import client_payload, plan_dispatches
-from quay_dispatch.quay import PayloadError, QuayEvent, parse_event
-from quay_dispatch.routes import Route, RouteError, parse_toml_routes, select_routes
-from quay_dispatch.sample import sample_body
+from quay_dispatch.domain.plan import client_payload, plan_dispatches
+from quay_dispatch.domain.quay import PayloadError, QuayEvent, parse_event
+from quay_dispatch.domain.routes import Route, RouteError, parse_toml_routes, select_routes
+from quay_dispatch.tools.sample import sample_body
 from testkit.client import post
 from testkit.service import wait_until
 

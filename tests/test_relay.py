@@ -11,8 +11,8 @@ import uuid
 import pytest
 import requests
 
-from quay_dispatch.quay import EVENTS
-from quay_dispatch.sample import SAMPLE_COMMIT, sample_body, send_like_quay
+from quay_dispatch.domain.quay import EVENTS
+from quay_dispatch.tools.sample import SAMPLE_COMMIT, sample_body, send_like_quay
 from testkit.bodies import BAD_BODIES
 from testkit.client import post
 from testkit.credentials import GITHUB_TOKEN, INCOMING_TOKEN, LEGACY_GITHUB_TOKEN

@@ -2,8 +2,8 @@
 
 import pytest
 
-from quay_dispatch.quay import QuayEvent
-from quay_dispatch.routes import Route, RouteError, parse_inline_routes, parse_toml_routes, select_routes
+from quay_dispatch.domain.quay import QuayEvent
+from quay_dispatch.domain.routes import Route, RouteError, parse_inline_routes, parse_toml_routes, select_routes
 
 
 def build(repository="acme/widget", event="build_success", ref="refs/heads/main", tags=("latest",)):

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from quay_dispatch.limits import REQUEST_TIMEOUT
-from quay_dispatch.sample import sample_body, send_like_quay
+from quay_dispatch.base.limits import REQUEST_TIMEOUT
+from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.client import PLAIN, pem_blocks, post_from
 from testkit.credentials import INCOMING_TOKEN as TOKEN
 from testkit.faults import HealthProbe, assert_healthy

@@ -9,7 +9,7 @@ import time
 import pytest
 from OpenSSL import SSL
 
-from quay_dispatch.tls import DEFAULT_CIPHERS, MAX_HANDSHAKE_BYTES, build_context
+from quay_dispatch.transport.tls_context import DEFAULT_CIPHERS, MAX_HANDSHAKE_BYTES, build_context
 from testkit.service import wait_for_log
 from testkit.tls import (
     alert_in,

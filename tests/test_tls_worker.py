@@ -18,11 +18,11 @@ from cryptography import x509
 from gunicorn import sock as gunicorn_sock
 from gunicorn.config import Config
 
-from quay_dispatch import pki
-from quay_dispatch.framing import CONTINUE, WHOLE, Refusal, buffered_request
-from quay_dispatch.limits import MAX_BODY, REQUEST_TIMEOUT
-from quay_dispatch.sample import sample_body, send_like_quay
-from quay_dispatch.tls import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
+from quay_dispatch.base.limits import MAX_BODY, REQUEST_TIMEOUT
+from quay_dispatch.tools import pki
+from quay_dispatch.tools.sample import sample_body, send_like_quay
+from quay_dispatch.transport.framing import CONTINUE, WHOLE, Refusal, buffered_request
+from quay_dispatch.transport.tls_context import MAX_CHAIN_CERTIFICATES, MAX_HANDSHAKE_BYTES
 from testkit.client import timed_notification
 from testkit.service import wait_for_log, wait_until
 from testkit.tls import client_context, read_responses, tls_connect

@@ -22,12 +22,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from .. import metrics
-from ..tls import context_from_pem
+from ..base import metrics
+from ..transport.tls_context import context_from_pem
 from . import schedule, state
 from .challenge import self_signed
-from .door import ChallengeDoor
 from .protocol import CA, Session, new_key_pem, private_pem, said
+from .router import ChallengeDoor
 from .state import Storage
 
 CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges

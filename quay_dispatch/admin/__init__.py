@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from flask import Flask
 
-from .. import health, logs, services
-from ..limits import MAX_BODY
-from ..printable import shown
-from ..services import Services
+from ..base.limits import MAX_BODY
+from ..base.printable import shown
+from ..runtime import logs, services
+from ..runtime.services import Services
+from ..web import probes as health
 from . import guard, pages
 
 

@@ -18,7 +18,7 @@ from flask import Flask, abort, g, redirect, render_template, request, session, 
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from ..config.admin import canonical_address
-from ..services import services_of
+from ..runtime.services import services_of
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "

@@ -10,11 +10,12 @@ from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
-from ..dispatch_request import STATUSES
+from ..domain.dispatch_request import STATUSES
 from ..outbox import StoreUnavailable
 from ..outbox.browse import Filter
-from ..services import services_of
-from . import chart, status
+from ..runtime.services import services_of
+from . import chart
+from . import readings as status
 from .guard import log_in, token_matches
 
 bp = Blueprint("admin", __name__)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from cryptography import x509
 
-from ..identity import load_roots
+from ..transport.identity import load_roots
 from .reader import Env, dns_name_problem
 from .tls import certificates_in
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..routes import Route, RouteError, parse_inline_routes, parse_toml_routes
+from ..domain.routes import Route, RouteError, parse_inline_routes, parse_toml_routes
 from .acme import acme_settings
 from .admin import admin_settings
 from .github import github_settings

@@ -8,8 +8,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from ..identity import load_certificates
-from ..tls import build_context, handshake_reason
+from ..transport.identity import load_certificates
+from ..transport.tls_context import build_context, handshake_reason
 from .reader import ConfigError, Env, read_file
 
 

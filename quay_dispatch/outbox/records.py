@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from ..dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
+from ..domain.dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
 
 REQUEUABLE = (DELIVERED, FAILED, EXPIRED)  # what redeliver may queue again: not pending, never dry-run
 DEFAULT_TIMEOUT = 2.0  # seconds a transaction may take, locks included (STORE_TIMEOUT)

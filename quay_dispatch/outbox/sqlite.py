@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..dispatch_request import DispatchRequest
+from ..domain.dispatch_request import DispatchRequest
 from .records import DEFAULT_TIMEOUT, Accepted, Notification, Run, StoreUnavailable
 from .store import Outbox
 from .watchdog import SLOW, WATCHDOG_TICK, Watchdog, warn_if_slow

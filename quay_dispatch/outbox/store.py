@@ -6,7 +6,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..dispatch_request import DELIVERED, DRY_RUN, EXPIRED, FAILED, PENDING, STATUSES, DispatchRequest, canonical_json
+from ..domain.dispatch_request import (
+    DELIVERED,
+    DRY_RUN,
+    EXPIRED,
+    FAILED,
+    PENDING,
+    STATUSES,
+    DispatchRequest,
+    canonical_json,
+)
 from . import schema
 from .browse import Browse
 from .records import Accepted, Delivery, Notification, Run, delivery_of, requeue

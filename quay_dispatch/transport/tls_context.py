@@ -3,7 +3,7 @@
 Why not the stdlib's ssl (gunicorn's own TLS): it checks client certificates with
 OpenSSL's client-purpose rule, which refuses Quay's serverAuth-only certificate.
 Here the certificate is *requested*, any chain is let through the handshake (which
-still proves the client holds the key), and quay_dispatch.identity verifies it as
+still proves the client holds the key), and quay_dispatch.transport.identity verifies it as
 a server certificate for Quay.
 
 - build_context: the server context, TLS 1.2 at least, no resumption.
@@ -12,7 +12,7 @@ a server certificate for Quay.
 - A client's handshake is bounded before OpenSSL parses it: OpenSSL works on memory
   buffers that TLSStream fills, and is given MAX_HANDSHAKE_BYTES before the handshake
   is done, no more; then MAX_CHAIN_CERTIFICATES are checked.
-- quay_dispatch.stream and tls_stream: Stream, PlainStream, TLSStream, a non-blocking connection
+- quay_dispatch.transport.stream and tls_stream: Stream, PlainStream, TLSStream, a non-blocking connection
   that a thread can use like a blocking socket, every wait bounded (what gunicorn's
   parser and response need).
 """

@@ -11,18 +11,18 @@ import time
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from . import metrics
-from .config import Settings
-from .dispatch import plan_dispatches
-from .dispatch_request import DispatchRequest
-from .identity import IdentityError, chain_from_header
-from .limits import MAX_BODY
-from .outbox import Accepted, Notification, StoreUnavailable
-from .outbox.browse import RefusedCall
-from .quay import ALL_EVENTS, PayloadError, parse_event
-from .routes import select_routes
-from .services import Services, services_of
-from .tls import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
+from ..base import metrics
+from ..base.limits import MAX_BODY
+from ..config import Settings
+from ..domain.dispatch_request import DispatchRequest
+from ..domain.plan import plan_dispatches
+from ..domain.quay import ALL_EVENTS, PayloadError, parse_event
+from ..domain.routes import select_routes
+from ..outbox import Accepted, Notification, StoreUnavailable
+from ..outbox.browse import RefusedCall
+from ..runtime.services import Services, services_of
+from ..transport.identity import IdentityError, chain_from_header
+from ..transport.tls_context import CLIENT_CERT, CLIENT_CERT_CHAIN_PREFIX
 
 # Quay gives up after 10 s; what the service does for a notification ends by then, with room to answer.
 ANSWER_WITHIN = 7.5

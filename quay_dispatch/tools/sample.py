@@ -7,7 +7,7 @@ import uuid
 
 import requests
 
-from .quay import BUILD_EVENTS, NAMESPACE_EVENTS, TEST_BUILD_ID
+from ..domain.quay import BUILD_EVENTS, NAMESPACE_EVENTS, TEST_BUILD_ID
 
 SAMPLE_COMMIT = "42d4a62c53350993ea41069e9f2cfdefb0df097d"  # the commit of Quay's own samples
 # The figures of Quay's own quota samples (QuotaWarningEvent, QuotaErrorEvent in notifications/notificationevent.py).

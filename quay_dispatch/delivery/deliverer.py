@@ -12,9 +12,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from . import github, metrics, policy
-from .dispatch_request import DELIVERED, PENDING, DispatchRequest, canonical_json
-from .outbox import Delivery, Notification, Outbox, StoreUnavailable
+from ..base import metrics
+from ..domain import policy
+from ..domain.dispatch_request import DELIVERED, PENDING, DispatchRequest, canonical_json
+from ..outbox import Delivery, Notification, Outbox, StoreUnavailable
+from . import github
 
 log = logging.getLogger("quay_dispatch.delivery")
 

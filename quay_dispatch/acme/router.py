@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from OpenSSL import SSL
 
-from ..tls import HandshakeRefused
+from ..transport.tls_context import HandshakeRefused
 from .challenge import challenge_context
 from .hello import read_hello
 

@@ -15,8 +15,8 @@ import time
 import jwt
 import requests
 
+from ..domain.policy import ACCEPTED, RETRY, classify
 from .github import AuthError, NoAnswer, Transport
-from .policy import ACCEPTED, RETRY, classify
 
 JWT_BACKDATE = 60  # seconds: GitHub's advice against clock drift
 JWT_LIFETIME = 540  # seconds: GitHub allows at most 10 minutes

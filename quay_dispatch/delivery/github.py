@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import __version__
-from .dispatch_request import RUN_DETAILS, WORKFLOW_DISPATCH, canonical_json
-from .policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, json_object, message_of
+from .. import __version__
+from ..domain.dispatch_request import RUN_DETAILS, WORKFLOW_DISPATCH, canonical_json
+from ..domain.policy import MAX_ERROR_LENGTH, RETRY, Outcome, classify, json_object, message_of
 
 API_VERSION = "2022-11-28"
 CONNECT_TIMEOUT = 5.0

@@ -19,7 +19,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from . import __version__
+from .. import __version__
 
 MEDIA_TYPE = CONTENT_TYPE_LATEST
 

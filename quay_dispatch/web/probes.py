@@ -9,9 +9,9 @@ from flask import Blueprint, Flask, Response, g, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from . import metrics
-from .outbox import Outbox, StoreUnavailable
-from .services import services_of
+from ..base import metrics
+from ..outbox import Outbox, StoreUnavailable
+from ..runtime.services import services_of
 
 bp = Blueprint("health", __name__)
 

@@ -13,8 +13,8 @@ from gunicorn import http
 from gunicorn.workers.gthread import TConn
 from OpenSSL import SSL
 
+from ..base.limits import MAX_BODY, REQUEST_TIMEOUT
 from .framing import CONTINUE, CONTINUE_ANSWER, Refusal, buffered_request, too_large
-from .limits import MAX_BODY, REQUEST_TIMEOUT
 from .stream import PlainStream, Stream, WouldBlock
 from .tls_stream import TLSStream
 

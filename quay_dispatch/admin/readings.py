@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .. import metrics
-from ..services import Services
+from ..base import metrics
+from ..runtime.services import Services
 
 
 def health(svc: Services) -> dict:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..base.printable import find_control
 from . import strict_json
-from .printable import find_control
 
 BUILD_EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled")
 EVENTS = BUILD_EVENTS + (

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from OpenSSL import SSL
 
 from .stream import Stream, WouldBlock
-from .tls import (
+from .tls_context import (
     MAX_CHAIN_CERTIFICATES,
     MAX_HANDSHAKE_BYTES,
     ChallengeAnswered,
@@ -37,7 +37,7 @@ class TLSStream(Stream):
 
     def __init__(self, raw: socket.socket, context: SSL.Context | ChooseContext, io_timeout: float | None,
                  client_certificate: bool = True):
-        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.door.ChallengeDoor);
+        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.router.ChallengeDoor);
         without `client_certificate`, none is asked for, whatever the context says (the operator's page)."""
         super().__init__(raw, io_timeout)
         self._client_certificate = client_certificate

@@ -16,8 +16,8 @@ import time
 
 from flask import Flask, g, request
 
-from .config import Settings
-from .printable import printable
+from ..base.printable import printable
+from ..config import Settings
 
 log = logging.getLogger("quay_dispatch.http")
 _EXTRA_FIELDS = ("request_id", "method", "path", "status", "outcome", "remote_addr", "duration_ms",

@@ -1,5 +1,5 @@
-"""How much of a request the event loop holds (quay_dispatch.conn reads it), read off its head and body as bytes:
-read on, whole, or refused; and a refusal's answer, written as the service's every other error.
+"""How much of a request the event loop holds (connection.py reads it), read off its head and body as bytes: read
+on, whole, or refused; and a refusal's answer, written as the service's every other error.
 
 Only a whole request reaches a thread, so that no client can hold one by announcing what it never sends.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gunicorn.http import errors as http_errors
 
-from .limits import MAX_BODY
+from ..base.limits import MAX_BODY
 
 # gunicorn's own refusals and their statuses (base.Worker.handle_error's); any other parse error is a 400.
 _REFUSALS = (

@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
+from ..config import Settings, environment_settings, listing, quay_certificates
+from ..delivery.deliverer import Deliverer
+from ..delivery.github import GitHubClient, TokenAuth, Transport
+from ..delivery.github_app import AppAuth
+from ..outbox import Outbox, StoreUnavailable, open_outbox
+from ..outbox.refusals import RefusalLog
+from ..transport.identity import QuayVerifier
 from . import logs
-from .config import Settings, environment_settings, listing, quay_certificates
-from .delivery import Deliverer
-from .github import GitHubClient, TokenAuth, Transport
-from .github_app import AppAuth
-from .identity import QuayVerifier
-from .outbox import Outbox, StoreUnavailable, open_outbox
-from .outbox.refusals import RefusalLog
-from .startup import service_problems
+from .preflight import service_problems
 
 if TYPE_CHECKING:
-    from .acme.manager import CertificateManager
+    from ..acme.manager import CertificateManager
 
 _EXTENSION = "quay_dispatch"
 log = logging.getLogger("quay_dispatch.outbox")
@@ -98,8 +98,8 @@ def _certificates(settings: Settings, outbox: Outbox) -> CertificateManager | No
     """ACME's certificate manager, loaded only when ACME_DOMAINS is set (with certbot's acme library)."""
     if not settings.acme_domains:
         return None
-    from .acme.manager import CertificateManager
-    from .acme.protocol import CA
+    from ..acme.manager import CertificateManager
+    from ..acme.protocol import CA
 
     ca = CA(settings.acme_directory, settings.acme_ca_file, settings.acme_email, settings.acme_profile,
             settings.acme_eab_kid, settings.acme_eab_hmac_key)

@@ -13,10 +13,10 @@ import ssl
 import time
 from collections.abc import Callable
 
-from .config import NO_TRUSTED_PROXY, ConfigError, Settings, quay_certificates, tls_problems, trusted_proxies
-from .config.admin import canonical_address
-from .outbox import StoreUnavailable, open_outbox
-from .outbox.watchdog import SLOW
+from ..config import NO_TRUSTED_PROXY, ConfigError, Settings, quay_certificates, tls_problems, trusted_proxies
+from ..config.admin import canonical_address
+from ..outbox import StoreUnavailable, open_outbox
+from ..outbox.watchdog import SLOW
 
 TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
 STARTUP_STORE_TIMEOUT = 30.0  # seconds the schema migration at start may take (a big outbox's new index)

@@ -1,0 +1,1 @@
+"""Sending to GitHub: the deliverer thread, the GitHub client, a GitHub App's tokens."""

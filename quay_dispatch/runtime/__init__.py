@@ -1,0 +1,1 @@
+"""What a process runs with: the services built from the settings, the checks before serving, the logs."""

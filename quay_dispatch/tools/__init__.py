@@ -1,0 +1,1 @@
+"""Local tools: the development PKI and Quay's sample notification (flask dev-certs, send-sample, the tests)."""

@@ -1,0 +1,1 @@
+"""The service's HTTP: /incoming, and the endpoints platforms and Prometheus probe."""
