@@ -7,8 +7,7 @@ from flask import Flask
 from quay_dispatch import cli
 from quay_dispatch.config import Settings
 from quay_dispatch.runtime import logs, services
-from quay_dispatch.web import incoming
-from quay_dispatch.web import probes as health
+from quay_dispatch.web import incoming, probes
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -17,6 +16,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     services.init_app(app, settings)
     logs.init_app(app)
     incoming.init_app(app)
-    health.init_app(app)
+    probes.init_app(app)
     cli.init_app(app)
     return app

@@ -1,4 +1,4 @@
-"""A TLS listener on loopback whose connections go through a context chooser (quay_dispatch.acme's ChallengeDoor),
+"""A TLS listener on loopback whose connections go through a context chooser (quay_dispatch.acme's ChallengeRouter),
 without gunicorn: each connection is handshaken by TLSStream, and its outcome recorded."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class DoorServer:
     "challenge answered for NAME", or "refused: WHY"."""
 
     def __init__(self, choose):
-        self.door = choose
+        self.router = choose
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.outcomes: list[str] = []
@@ -38,7 +38,7 @@ class DoorServer:
         except OSError:  # closed
             return
         raw.setblocking(False)
-        stream = TLSStream(raw, self.door, io_timeout=5.0)
+        stream = TLSStream(raw, self.router, io_timeout=5.0)
         try:
             while not stream.handshake_nowait():
                 select.select([raw], [], [], 5.0)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quay_dispatch.acme.challenge import ACME_IDENTIFIER
 from quay_dispatch.acme.hello import Hello, read_hello
-from quay_dispatch.acme.router import ChallengeDoor
+from quay_dispatch.acme.router import ChallengeRouter
 from quay_dispatch.transport.tls_context import MAX_HANDSHAKE_BYTES, build_context
 from testkit.door import DoorServer, constant
 from testkit.pki import make_pki
@@ -39,7 +39,7 @@ def pki(request, tmp_path_factory):
 @pytest.fixture
 def server(pki):
     cert, key = pki.pair("server")
-    door_server = DoorServer(ChallengeDoor([DOMAIN], constant(build_context(cert, key, ssl.CERT_REQUIRED))))
+    door_server = DoorServer(ChallengeRouter([DOMAIN], constant(build_context(cert, key, ssl.CERT_REQUIRED))))
     yield door_server
     door_server.close()
 
@@ -61,7 +61,7 @@ def connect(server, ctx, name=DOMAIN):
 
 @pytest.mark.parametrize("version", VERSIONS.values(), ids=VERSIONS.keys())
 def test_a_validator_gets_the_challenge_certificate_without_being_asked_for_one(server, version):
-    server.door.expect({DOMAIN: KEY_AUTHORIZATION})
+    server.router.expect({DOMAIN: KEY_AUTHORIZATION})
 
     conn, thread = connect(server, validator_context(version))
     with conn:
@@ -82,7 +82,7 @@ def test_a_validator_gets_the_challenge_certificate_without_being_asked_for_one(
 
 @pytest.mark.parametrize("version", VERSIONS.values(), ids=VERSIONS.keys())
 def test_an_ordinary_client_gets_the_real_certificate_while_a_challenge_is_pending(server, pki, version):
-    server.door.expect({DOMAIN: KEY_AUTHORIZATION})
+    server.router.expect({DOMAIN: KEY_AUTHORIZATION})
     ctx = client_context(pki, minimum_version=version, maximum_version=version)
     ctx.check_hostname = False
 
@@ -103,7 +103,7 @@ def test_an_ordinary_client_gets_the_real_certificate_while_a_challenge_is_pendi
     (DOMAIN, f"refused: an acme-tls/1 connection for {DOMAIN}, which has no pending challenge"),
 ])
 def test_an_acme_tls_1_connection_nobody_expects_is_refused(server, name, expected):
-    server.door.expect({"other.example.test": KEY_AUTHORIZATION})  # not configured: never answered
+    server.router.expect({"other.example.test": KEY_AUTHORIZATION})  # not configured: never answered
 
     with pytest.raises(ssl.SSLError, match="alert no application protocol"):
         connect(server, validator_context(ssl.TLSVersion.TLSv1_3), name=name)

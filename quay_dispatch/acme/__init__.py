@@ -5,7 +5,7 @@ loads none of it, nor certbot's `acme` library.
 
 - hello.py: the server name and ALPN protocols of a ClientHello, read from its raw bytes.
 - challenge.py: the tls-alpn-01 challenge certificate and the context that shows it.
-- door.py: which context a new connection gets, chosen from its ClientHello.
+- router.py: which context a new connection gets, chosen from its ClientHello.
 - protocol.py: RFC 8555 by certbot's library: the account, an order, ARI's renewal window.
 - schedule.py: when to order: at once, in the renewal window, after a backoff.
 - state.py: what is kept in the store every worker and replica shares.

@@ -8,7 +8,7 @@ import time
 from cryptography import x509
 
 from . import schedule, state
-from .protocol import CA, Session, new_key_pem, said
+from .protocol import CA, Session, failure_text, new_key_pem
 from .state import Storage
 
 RENEW_WAIT = 60.0  # seconds `certificate renew` waits for the new certificate
@@ -53,7 +53,7 @@ def check_online(storage: Storage, ca: CA) -> list[tuple[bool, str]]:
     try:
         return Session(ca, key_pem, url).check()
     except Exception as exc:  # whatever the CA or the network says
-        return [(False, f"{ca.directory}: {said(exc)}")]
+        return [(False, f"{ca.directory}: {failure_text(exc)}")]
 
 
 def renew(storage: Storage, wait: float = RENEW_WAIT) -> tuple[bool, str]:

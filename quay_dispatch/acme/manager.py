@@ -2,7 +2,7 @@
 
 Every worker of every replica runs one. Each looks at the store twice a second for pending
 challenges (any replica may be the one the validator reaches) and every few seconds for a new
-certificate, which it swaps into its door: new connections get it, open ones keep theirs. When an
+certificate, which it swaps into its router: new connections get it, open ones keep theirs. When an
 order is due and the shared backoff allows, it asks for the order lease; the one that gets it
 looks again (another may just have stored a certificate), orders, stores the result or the
 failure, and gives the lease back.
@@ -26,8 +26,8 @@ from ..base import metrics
 from ..transport.tls_context import context_from_pem
 from . import schedule, state
 from .challenge import self_signed
-from .protocol import CA, Session, new_key_pem, private_pem, said
-from .router import ChallengeDoor
+from .protocol import CA, Session, failure_text, new_key_pem, private_pem
+from .router import ChallengeRouter
 from .state import Storage
 
 CHALLENGE_POLL = 0.5  # seconds between looks at the pending challenges
@@ -47,7 +47,7 @@ class CertificateManager:
         self.waiting = "the first look at the store has not been made yet"  # None once the CA's certificate is served
         self._make_context: Callable[[bytes, bytes], SSL.Context] | None = None
         self._context: SSL.Context | None = None
-        self.door = ChallengeDoor(domains, lambda: self._context)
+        self.router = ChallengeRouter(domains, lambda: self._context)
 
     def start(self, cert_reqs: int, ciphers: str | None) -> None:
         """Serve what the store holds (a restart serves the stored certificate from its first connection), else a
@@ -62,23 +62,23 @@ class CertificateManager:
         log.info("ACME: TLS for %s, the certificate from %s (worker %d)", ", ".join(self.domains), self.ca.directory,
                  os.getpid())
 
-    def current(self) -> ChallengeDoor:
+    def current(self) -> ChallengeRouter:
         """What new connections are handshaken with (tls_stream.ChooseContext), as ReloadingContext.current()."""
-        return self.door
+        return self.router
 
     def _run(self) -> None:
         next_certificate_look, trouble = 0.0, None
         while True:
             try:
-                self.door.expect(state.load_challenges(self.storage))
+                self.router.expect(state.load_challenges(self.storage))
                 if time.monotonic() >= next_certificate_look:
                     next_certificate_look = time.monotonic() + CERTIFICATE_POLL
                     self._take_stored()
                     self._order_if_due()
                 trouble = None
             except Exception as exc:  # the store, mostly: said once, and tried again at the next look
-                if said(exc) != trouble:
-                    trouble = said(exc)
+                if failure_text(exc) != trouble:
+                    trouble = failure_text(exc)
                     log.warning("ACME: cannot look at the store: %s", trouble)
             time.sleep(CHALLENGE_POLL)
 
@@ -125,10 +125,10 @@ class CertificateManager:
             failures = state.load_failures(self.storage)
             count = failures.count + 1
             retry = time.time() + schedule.backoff(count)
-            state.store_failures(self.storage, state.Failures(count, said(exc), retry))
+            state.store_failures(self.storage, state.Failures(count, failure_text(exc), retry))
             metrics.ACME_ORDERS.labels("failed").inc()
             log.warning("ACME: the order failed (%d in a row), next try at %s: %s", count, state.utc(retry),
-                        said(exc))
+                        failure_text(exc))
             return
         state.store_certificate(self.storage, certificate)
         state.store_failures(self.storage, state.Failures())
@@ -153,7 +153,7 @@ class CertificateManager:
     def _publish(self, challenges: dict[str, str]) -> None:
         """The challenges to every worker and replica (through the store) and to this one, before validation."""
         state.store_challenges(self.storage, challenges)
-        self.door.expect(challenges)
+        self.router.expect(challenges)
         if challenges:
             log.info("ACME: answering the tls-alpn-01 challenge for %s", ", ".join(sorted(challenges)))
             time.sleep(PUBLISHED_WAIT)
@@ -163,7 +163,7 @@ def _ari(session: Session, chain_pem: str) -> datetime.datetime | None:
     try:
         return session.renewal_window(chain_pem)
     except Exception as exc:  # ARI is advice: without it, a third of the lifetime
-        log.info("ACME: no renewal information from the CA: %s", said(exc))
+        log.info("ACME: no renewal information from the CA: %s", failure_text(exc))
         return None
 
 

@@ -183,6 +183,6 @@ def private_pem(key) -> str:
                              serialization.NoEncryption()).decode("ascii")
 
 
-def said(exc: Exception) -> str:
+def failure_text(exc: Exception) -> str:
     """What a failure says (the CA's words, mostly), on one line."""
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,4 +1,4 @@
-"""Which context a new connection gets, chosen from its ClientHello before OpenSSL sees a byte (the challenge door).
+"""Which context a new connection gets, chosen from its ClientHello before OpenSSL sees a byte (the challenge router).
 
 A validator's `acme-tls/1` connection for a configured name with a pending challenge gets the
 challenge's context, which asks for no client certificate; every other connection gets the
@@ -17,7 +17,7 @@ from .challenge import challenge_context
 from .hello import read_hello
 
 
-class ChallengeDoor:
+class ChallengeRouter:
     """The context chooser of a worker's TLS connections (tls_stream.ChooseContext) when ACME is on."""
 
     def __init__(self, domains: Iterable[str], serving: Callable[[], SSL.Context]):

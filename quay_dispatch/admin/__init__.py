@@ -14,7 +14,7 @@ from ..base.limits import MAX_BODY
 from ..base.printable import shown
 from ..runtime import logs, services
 from ..runtime.services import Services
-from ..web import probes as health
+from ..web import probes
 from . import guard, pages
 
 
@@ -34,7 +34,7 @@ def create_admin_app(svc: Services, tls: bool) -> Flask:
     app.jinja_env.finalize = shown  # every value a template shows, whatever its template: see printable.py
     services.init_app(app, svc)
     logs.init_app(app)
-    health.init_app(app)
+    probes.init_app(app)
     guard.init_app(app)
     pages.init_app(app)
     return app

@@ -14,8 +14,7 @@ from ..domain.dispatch_request import STATUSES
 from ..outbox import StoreUnavailable
 from ..outbox.browse import Filter
 from ..runtime.services import services_of
-from . import chart
-from . import readings as status
+from . import chart, readings
 from .guard import log_in, token_matches
 
 bp = Blueprint("admin", __name__)
@@ -51,7 +50,7 @@ def overview():
         oldest, store_problem = svc.outbox.oldest_pending(), None
     except StoreUnavailable as exc:
         counts, hours, last, oldest, store_problem = {}, [], None, None, str(exc)
-    return render_template("overview.html", counts=counts, store_problem=store_problem, health=status.health(svc),
+    return render_template("overview.html", counts=counts, store_problem=store_problem, health=readings.health(svc),
                            deliverer_alive=svc.deliverer.alive, chart=chart.svg(hours) if hours else None,
                            last=last, oldest=oldest, now=time.time())
 

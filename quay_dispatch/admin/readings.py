@@ -16,18 +16,18 @@ def health(svc: Services) -> dict:
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return {
-        "bypasses": _by(samples, "quay_dispatch_store_bypass_total", "result"),
-        "calls": {k: v for k, v in _by(samples, "quay_dispatch_incoming_total", "outcome").items() if v},
-        "last_call": max(((v, k) for k, v in _by(samples, "quay_dispatch_last_call_timestamp_seconds",
+        "bypasses": _per_label(samples, "quay_dispatch_store_bypass_total", "result"),
+        "calls": {k: v for k, v in _per_label(samples, "quay_dispatch_incoming_total", "outcome").items() if v},
+        "last_call": max(((v, k) for k, v in _per_label(samples, "quay_dispatch_last_call_timestamp_seconds",
                                                    "outcome").items()), default=None),
-        "rate_limit": _by(samples, "quay_dispatch_github_rate_limit_remaining", "host"),
-        "token_expiry": _by(samples, "quay_dispatch_github_token_expiry_timestamp_seconds", "host"),
-        "certificate_expiry": _by(samples, "quay_dispatch_tls_certificate_expiry_timestamp_seconds", "source"),
-        "heartbeat": _by(samples, "quay_dispatch_deliverer_heartbeat_timestamp_seconds", "host"),
+        "rate_limit": _per_label(samples, "quay_dispatch_github_rate_limit_remaining", "host"),
+        "token_expiry": _per_label(samples, "quay_dispatch_github_token_expiry_timestamp_seconds", "host"),
+        "certificate_expiry": _per_label(samples, "quay_dispatch_tls_certificate_expiry_timestamp_seconds", "source"),
+        "heartbeat": _per_label(samples, "quay_dispatch_deliverer_heartbeat_timestamp_seconds", "host"),
     }
 
 
-def _by(samples: dict, name: str, label: str) -> dict[str, float]:
+def _per_label(samples: dict, name: str, label: str) -> dict[str, float]:
     """A metric's samples summed by one label."""
     summed: dict[str, float] = {}
     for labels, value in samples.get(name, {}).items():

@@ -76,6 +76,7 @@ class Conn(TConn):
         return buffered
 
     def init(self):
+        """gunicorn's TConn.init (not __init__): the HTTP parser on this connection's stream, made once."""
         if not self.initialized:
             self.initialized = True
             self.parser = http.get_parser(self.cfg, self.sock, self.client)

@@ -37,7 +37,7 @@ class TLSStream(Stream):
 
     def __init__(self, raw: socket.socket, context: SSL.Context | ChooseContext, io_timeout: float | None,
                  client_certificate: bool = True):
-        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.router.ChallengeDoor);
+        """`context`, or what picks one from the client's first bytes (ACME: quay_dispatch.acme.router.ChallengeRouter);
         without `client_certificate`, none is asked for, whatever the context says (the operator's page)."""
         super().__init__(raw, io_timeout)
         self._client_certificate = client_certificate

@@ -249,7 +249,7 @@ def _unexpected(exc: Exception):
     return _refusal(Refusal(500, "internal error; see the service's log"))
 
 
-def _count(response):
+def _count_and_keep_refusals(response):
     """Every answer to /incoming in the metrics, refusals before routing (405, 413) included; with the operator's
     page on, each refusal (4xx) kept for it."""
     if request.path == "/incoming" or request.path.startswith("/incoming/"):
@@ -272,7 +272,7 @@ def init_app(app: Flask) -> None:
     app.url_map.redirect_defaults = False
     app.register_blueprint(bp)
     app.before_request(_options)
-    app.after_request(_count)
+    app.after_request(_count_and_keep_refusals)
     metrics.count_from_zero(ALL_EVENTS)
     app.register_error_handler(Refusal, _refusal)
     app.register_error_handler(HTTPException, _http_error)
