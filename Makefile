@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEV_PKI := var/dev-pki
 PYTHON ?= python3
 
-.PHONY: run test lint clean servers bench screenshots
+.PHONY: run test check lint clean servers bench screenshots
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,20 @@ OPENAPI := var/openapi/node_modules/@octokit/openapi/package.json
 # axe-core (npm) checks the operator's page for accessibility in Chromium (tests/test_admin_browser.py).
 AXE := var/axe/node_modules/axe-core/axe.min.js
 
+# Three test processes at once (pytest-xdist, a file to each): most tests wait on a server, not on a core. The tests
+# marked `serial` assert the service's answer time under a flood they make themselves: they run after, alone.
+# pytest's 5 (no test selected) is no failure when PYTEST_ARGS names tests of one phase only.
+TEST_WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest -q
 test: $(BIN)/.installed servers $(OPENAPI) $(AXE)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The inner loop, in about half a minute: lint, and the tests that start no server (no service, PostgreSQL,
+# pebble, Chromium, proxy or image). `make test` before a commit.
+check: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(PYTEST) -n 2 -m "not server" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 $(OPENAPI):
 	@if command -v npm >/dev/null; then \

@@ -22,6 +22,18 @@ from testkit.pki import PKI, make_pki
 from testkit.postgres import create_database, find_initdb, private_postgresql
 from testkit.service import ServiceStarter, require
 
+# Fixtures that start a real server: a test that uses one is marked `server`; `make check` runs the others.
+SERVER_FIXTURES = {"start_service", "relay", "postgresql_server", "pebble_at", "browser", "installed_copy", "podman",
+                   "deployment", "proxied"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = callspec is not None and callspec.params.get("backend") == "postgresql"
+        if on_postgresql or SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.server)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_secret_in_any_log():

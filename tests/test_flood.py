@@ -18,6 +18,7 @@ from testkit.faults import store_locked
 from testkit.service import wait_until
 from testkit.tls import client_context, read_responses, tls_connect
 
+pytestmark = pytest.mark.serial  # each asserts answer times under a flood it makes: alone on the machine
 ATTACK_SECONDS = 14.0  # the hard limit of every attacker loop
 GENUINE_COUNT, GENUINE_INTERVAL = 20, 0.5  # 2 notifications a second for 10 s
 
