@@ -11,6 +11,7 @@ from .acme import acme_settings
 from .admin import admin_settings
 from .github import github_settings
 from .quay import DEFAULT_CLIENT_CERT_HEADER, Network, quay_settings
+from .quay_api import quay_api_settings
 from .reader import ConfigError, Env, read_file
 from .store import DEFAULT_DATABASE_URL, DEFAULT_STORE_TIMEOUT, metrics_settings, store_settings
 from .tls import tls_settings
@@ -60,6 +61,14 @@ class Settings:
     admin_hosts: tuple[str, ...] = ()  # names it answers to besides its address (ADMIN_HOSTS)
     admin_token: str | None = None
     admin_secret: str | None = None  # what signs its sessions and forms, the same in every worker
+    public_url: str | None = None  # the relay as Quay calls it (PUBLIC_URL, else from ACME_DOMAINS)
+    quay_api_token: str | None = None  # Quay's side is on when set
+    quay_api_url: str | None = None
+    quay_watch_interval: float = 300.0
+    quay_repair: bool = True
+    quay_recover: bool = True
+    quay_recover_grace: float = 120.0
+    quay_recover_max_age: float = 86400.0
 
     def __repr__(self) -> str:
         # Never let a secret reach a log or a traceback through repr().
@@ -96,6 +105,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     fields |= tls_settings(env)
     fields |= acme_settings(env)
     fields |= admin_settings(env)
+    fields |= quay_api_settings(env, fields["quay_hostnames"], fields.get("acme_domains", ()))
     fields |= _delivery_settings(env)
     env.check()
     return Settings(dry_run=dry_run, **fields)
