@@ -11,7 +11,8 @@ from testkit.service import ROOT
 PACKAGE = ROOT / "quay_dispatch"
 # The package's folders, top to bottom (docs/architecture.md, "The layers"): a folder imports only folders below it,
 # so that no two import each other.
-PATH = ["admin", "web", "runtime", "acme", "delivery", "config", "outbox", "tools", "domain", "transport", "base"]
+PATH = ["admin", "web", "runtime", "quay_side", "acme", "delivery", "config", "outbox", "tools", "domain", "transport",
+        "base"]
 # The doors at the package's root, whose import paths are public (gunicorn's --worker-class, the image's health
 # check, the CLI): they may import any folder.
 ENTRY_POINTS = {"tls_worker", "cli", "healthcheck"}
