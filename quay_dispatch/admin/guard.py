@@ -83,10 +83,14 @@ def host_answered(host: str, bind: tuple[str, int], names: tuple[str, ...]) -> b
     try:
         address = canonical_address(name)
     except ValueError:
-        local = listening.is_loopback or listening.is_unspecified
-        return name in names or (local and name == "localhost")
+        return name in names or (name == "localhost" and _answers_localhost(listening))
     return listening.is_unspecified or address == listening or (listening.is_loopback and address.is_loopback) \
         or name in names
+
+
+def _answers_localhost(listening) -> bool:
+    """Whether the page, listening on `listening`, answers to `localhost`: where this machine itself reaches it."""
+    return listening.is_loopback or listening.is_unspecified
 
 
 def _own_host() -> None:
@@ -98,7 +102,7 @@ def _own_host() -> None:
     if not host_answered(host, settings.admin_bind, settings.admin_hosts):
         listening = canonical_address(settings.admin_bind[0])
         known = ["any address" if listening.is_unspecified else str(listening)]
-        known += ["localhost"] if listening.is_loopback or listening.is_unspecified else []
+        known += ["localhost"] if _answers_localhost(listening) else []
         abort(421, f"this page answers to {', '.join(known + list(settings.admin_hosts))}, not to {host[:100]!r}: "
                    "open it by one of those, or add its name to ADMIN_HOSTS")
 

@@ -73,8 +73,10 @@ def is_admin_listener(sockname, admin_bind: tuple[str, int] | None) -> bool:
     """Whether a listener's getsockname() is ADMIN_BIND's address and port, however either writes the address."""
     if admin_bind is None or not isinstance(sockname, tuple):  # a unix socket's name is its path
         return False
-    return sockname[1] == admin_bind[1] and _is_address(sockname[0]) and \
-        canonical_address(sockname[0]) == canonical_address(admin_bind[0])
+    try:
+        return sockname[1] == admin_bind[1] and canonical_address(sockname[0]) == canonical_address(admin_bind[0])
+    except ValueError:
+        return False
 
 
 def canonical_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
