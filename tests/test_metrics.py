@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from quay_dispatch import __version__
@@ -114,11 +115,21 @@ def test_the_deliverers_heartbeat_is_the_oldest_workers_and_beats_on(start_servi
     assert time.time() - 5 < scrape(service, test_pki)[key] <= time.time()
 
 
-def test_one_stalled_deliverer_holds_the_heartbeat_back_while_the_other_beats(start_service, test_pki, github):
-    service = start_service(args=["--workers", "2"])
+def _has_beaten(directory, pid: int) -> bool:
+    """Whether worker `pid`'s deliverer has written its heartbeat to prometheus-client's multiprocess files."""
+    path = directory / f"gauge_livemin_{pid}.db"
+    return path.exists() and any("deliverer_heartbeat" in key
+                                 for key, *_ in MmapedDict.read_all_values_from_file(str(path)))
+
+
+def test_one_stalled_deliverer_holds_the_heartbeat_back_while_the_other_beats(start_service, test_pki, github,
+                                                                              tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    service = start_service({"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, args=["--workers", "2"])
     key = ("quay_dispatch_deliverer_heartbeat_timestamp_seconds", (("host", host(github)),))
     assert wait_until(lambda: len(re.findall(r"Booting worker with pid: (\d+)", service.log())) == 2)
     stalled = int(re.findall(r"Booting worker with pid: (\d+)", service.log())[0])
+    assert wait_until(lambda: _has_beaten(metrics_dir, stalled), timeout=15)  # its deliverer runs: a slow boot
 
     os.kill(stalled, signal.SIGSTOP)  # its deliverer, with all else in it, stops looking
     try:

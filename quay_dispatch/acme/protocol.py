@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 USER_AGENT = "quay-github-actions-dispatch"
 NETWORK_TIMEOUT = 10  # seconds per request to the CA
 ORDER_DEADLINE = 90  # seconds for the CA to validate and issue, once the challenges are answered
-NONCE_RETRIES = 10  # tries of a request whose nonce the CA rejects
+NONCE_RETRIES = 20  # tries of a request whose nonce the CA rejects (10 lost 1 order in ~100 to a CA rejecting half)
 log = logging.getLogger("quay_dispatch.acme")
 
 
