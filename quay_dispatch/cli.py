@@ -271,6 +271,23 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+class _OnDemand(click.Command):
+    """A command loaded when it runs: `flask --help` lists it, and the service never imports it."""
+
+    def __init__(self, name: str, short_help: str, load):
+        super().__init__(name, short_help=short_help)
+        self._load = load
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return self._load().make_context(info_name, args, parent, **extra)
+
+
+def _quay_commands() -> click.Command:
+    from .quay_side.commands import quay_group
+
+    return quay_group(_services)
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(dev_certs)
     app.cli.add_command(deliveries)
@@ -278,3 +295,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(redeliver)
     app.cli.add_command(send_sample)
     app.cli.add_command(certificate)
+    app.cli.add_command(_OnDemand("quay", "Quay's side: what Quay has, connect, repair, recover.", _quay_commands))

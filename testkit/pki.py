@@ -35,7 +35,7 @@ class PKI:
 def make_pki(directory: Path, new_key: Callable[[], object] | None = None) -> PKI:
     """The test PKI in `directory`; every key of the genuine chain from `new_key` (default: P-256).
 
-    server: the service's own certificate (localhost, 127.0.0.1). quay: what Quay presents
+    server: the service's own certificate (localhost, 127.0.0.1, 127.0.0.2). quay: what Quay presents
     today, serverAuth only, issued through the intermediate. The rest are what a forger or
     a mistake presents: the leaf alone, self-signed, another root, expired, another host,
     a wildcard only, clientAuth only.
@@ -51,7 +51,9 @@ def make_pki(directory: Path, new_key: Callable[[], object] | None = None) -> PK
     store.ca_file = str(directory / "ca.pem")
     Path(store.ca_file).write_bytes(root.cert_pem)
     long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    store.add("server", issue("localhost", issuer=intermediate, names=["localhost", "127.0.0.1"]), intermediate)
+    # 127.0.0.2: the relay as a loopback Quay calls it (Quay refuses a webhook to localhost or 127.0.0.1)
+    server_names = ["localhost", "127.0.0.1", "127.0.0.2"]
+    store.add("server", issue("localhost", issuer=intermediate, names=server_names), intermediate)
     store.add("quay", issue("quay.io", issuer=intermediate, names=["quay.io", "*.quay.io"]), intermediate)
     store.add("quay_leaf_only", pki.issue("quay.io", issuer=intermediate, names=["quay.io"]))
     store.add("self_signed", pki.issue("quay.io", names=["quay.io", "*.quay.io"]))

@@ -1,6 +1,11 @@
 """A loopback HTTP server standing in for Quay's API, written from DESIGN.md's "Quay's side" (checked against Quay's
 real API server): Bearer tokens with repo:admin only, notifications with their failure counts, repositories
-paged by next_page, builds and tags. It records every request, and can be made slow."""
+paged by next_page, builds and tags. It records every request, and can be made slow.
+
+Beside it, Quay's sender (its notification worker): each event queued for the repository's notifications of that
+event, sent as Quay's webhook method sends it, tried up to 5 times `retry_interval` apart; a failure adds one to the
+notification's count and a success sets it to 0; at 3 the notification is disabled, and every event and test it
+takes up then is dropped."""
 
 from __future__ import annotations
 
@@ -13,11 +18,18 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import requests
+
+from quay_dispatch.tools.sample import sample_body
+
 QUAY_API_TOKEN = "quay-api-token-for-the-tests-0123456789"
 LESSER_TOKEN = "quay-token-with-repo-read-only-0123456"  # a token of a lesser scope: 403 insufficient_scope
 EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled", "repo_push",
           "vulnerability_found", "repo_image_expiry", "repo_mirror_sync_started", "repo_mirror_sync_success",
           "repo_mirror_sync_failed")
+QUAY_REFUSES = ("localhost", "127.0.0.1")  # webhook hosts Quay will not save
+TRIES = 5  # of each event, by Quay's worker
+DISABLED_AT = 3  # failures in a row
 _NOTIFICATIONS = re.compile(r"/api/v1/repository/([^/]+/[^/]+)/notification/(?:([0-9a-f-]{36})(/test)?)?")
 
 
@@ -45,16 +57,71 @@ class Repository:
 class FakeQuay:
     """Quay's API on 127.0.0.1; `repositories` by "namespace/name"; `page_size` repositories a page."""
 
-    def __init__(self, page_size: int = 2):
+    def __init__(self, page_size: int = 2, cert: tuple[str, str] | None = None, verify: str | bool = True,
+                 retry_interval: float = 30.0):
+        """`cert`, `verify`: what the sender presents and trusts; `retry_interval`: seconds between two tries."""
         self.repositories: dict[str, Repository] = {}
         self.requests: list[Request] = []
         self.page_size = page_size
         self.delay = 0.0  # seconds before each answer
-        self._lock = threading.Lock()
+        self.cert, self.verify, self.retry_interval = cert, verify, retry_interval
+        self.calls: list[tuple[str, str, int]] = []  # the sender's: (event, uuid, status; 0 when no answer)
+        self.dropped: list[tuple[str, str]] = []  # (event, uuid) dropped: disabled, or out of tries
+        self._queue: list[dict] = []
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        threading.Thread(target=self._send_forever, daemon=True).start()
+
+    def emit(self, repository: str, event: str, body: dict) -> None:
+        """Quay queues `event` of `repository` for each of its notifications of that event."""
+        with self._lock:
+            for notification in self.repositories.get(repository, Repository()).notifications:
+                if notification["event"] == event:
+                    self._queue.append({"uuid": notification["uuid"], "repository": repository, "event": event,
+                                        "body": body, "tries": 0, "at": time.monotonic()})
+
+    def idle(self) -> bool:
+        """Whether the sender has nothing left to try."""
+        with self._lock:
+            return not self._queue
+
+    def _send_forever(self) -> None:
+        while not self._closed.wait(0.05):
+            with self._lock:
+                due = [item for item in self._queue if item["at"] <= time.monotonic()]
+            for item in due:
+                self._try(item)
+
+    def _try(self, item: dict) -> None:
+        with self._lock:
+            repo = self.repositories.get(item["repository"], Repository())
+            notification = next((n for n in repo.notifications if n["uuid"] == item["uuid"]), None)
+            if notification is None or notification["number_of_failures"] >= DISABLED_AT:
+                self._queue.remove(item)
+                self.dropped.append((item["event"], item["uuid"]))
+                return
+            url = notification["config"]["url"]
+        try:
+            status = requests.post(url, data=json.dumps(item["body"]), headers={"Content-type": "application/json"},
+                                   cert=self.cert, verify=self.verify, timeout=10).status_code
+        except requests.RequestException:
+            status = 0
+        with self._lock:
+            self.calls.append((item["event"], item["uuid"], status))
+            item["tries"] += 1
+            if 200 <= status < 300:
+                notification["number_of_failures"] = 0
+                self._queue.remove(item)
+                return
+            notification["number_of_failures"] += 1
+            item["at"] = time.monotonic() + self.retry_interval
+            if item["tries"] >= TRIES:
+                self._queue.remove(item)
+                self.dropped.append((item["event"], item["uuid"]))
 
     def add_notification(self, repository: str, event: str, url: str, failures: int = 0, method: str = "webhook",
                          title: str | None = None) -> dict:
@@ -64,6 +131,7 @@ class FakeQuay:
         return notification
 
     def close(self) -> None:
+        self._closed.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -78,14 +146,17 @@ class FakeQuay:
                                                                               "privileges than provided"}
         if authorization != f"Bearer {QUAY_API_TOKEN}":
             return 401, {"error": "invalid_token", "error_description": "The access token is invalid"}
-        query = parse_qs(parts.query)
-        if method == "GET" and parts.path == "/api/v1/repository":
+        with self._lock:
+            return self._answer(method, parts.path, parse_qs(parts.query), body)
+
+    def _answer(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None]:
+        if method == "GET" and path == "/api/v1/repository":
             return 200, self._repository_page(query)
-        match = _NOTIFICATIONS.fullmatch(parts.path)
+        match = _NOTIFICATIONS.fullmatch(path)
         if match:
             return self._notifications(method, match[1], match[2], bool(match[3]), body)
         for kind in ("build", "tag"):
-            found = re.fullmatch(rf"/api/v1/repository/([^/]+/[^/]+)/{kind}/", parts.path)
+            found = re.fullmatch(rf"/api/v1/repository/([^/]+/[^/]+)/{kind}/", path)
             if method == "GET" and found and found[1] in self.repositories:
                 return 200, {f"{kind}s": getattr(self.repositories[found[1]], f"{kind}s"), "has_additional": False}
         return 404, {"error": "not_found"}
@@ -108,6 +179,8 @@ class FakeQuay:
             asked = json.loads(body)
             if asked.get("event") not in EVENTS:
                 return 500, {"error": "internal server error"}  # as Quay answers an unknown event
+            if urlsplit(asked["config"]["url"]).hostname in QUAY_REFUSES:
+                return 400, {"error": "invalid_request", "error_description": "Invalid webhook URL"}
             return 201, self.add_notification(repository, asked["event"], asked["config"]["url"],
                                               method=asked["method"], title=asked.get("title"))
         found = next((n for n in repo.notifications if n["uuid"] == uid), None)
@@ -115,6 +188,8 @@ class FakeQuay:
             return (404 if method == "GET" else 400), {"error": "invalid_request"}
         if method == "POST" and test:
             repo.tests_sent.append(uid)
+            self._queue.append({"uuid": uid, "repository": repository, "event": found["event"], "tries": 0,
+                                "body": sample_body(found["event"], repository, test=True), "at": time.monotonic()})
             return 200, {}
         if method == "POST":
             found["number_of_failures"] = 0

@@ -62,12 +62,13 @@ def test_acme_where_the_certificate_comes_from_elsewhere_stops_the_start(test_pk
     assert "Traceback" not in result.stderr
 
 
-def test_a_service_without_acme_or_the_page_loads_none_of_them(test_pki, tmp_path):
+def test_a_service_without_acme_the_page_or_quay_side_loads_none_of_them(test_pki, tmp_path):
     cert, key = test_pki.pair("server")
     env = {"PATH": os.environ["PATH"], "GITHUB_TOKEN": "x" * 40, "ROUTES": "acme/*", "TLS_CERT_FILE": cert,
            "TLS_KEY_FILE": key, "DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.sqlite3'}"}
     probe = "import sys, wsgi; print(sorted(m for m in sys.modules if m.split('.')[0] in ('acme', 'josepy', " \
-            "'flask_wtf', 'wtforms') or m.startswith(('quay_dispatch.acme', 'quay_dispatch.admin'))))"
+            "'flask_wtf', 'wtforms') or m.startswith(('quay_dispatch.acme', 'quay_dispatch.admin', " \
+            "'quay_dispatch.quay_side'))))"
 
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)

@@ -50,6 +50,7 @@ def test_the_watch_settings_are_read_as_durations_and_flags():
     ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://quay:secret-token@relay.example.com"},
      "PUBLIC_URL=https://…@relay.example.com: may hold no user, password"),
     ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "relay.example.com"}, "is not a URL such as https://"),
+    ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://localhost:8443"}, "Quay refuses a webhook to localhost"),
     ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://r.example.com", "QUAY_API_URL": "http://quay.example.com"},
      "QUAY_API_URL=http://quay.example.com: must be https"),
     ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://r.example.com", "QUAY_WATCH_INTERVAL": "2"},

@@ -9,6 +9,7 @@ from .github import is_loopback
 from .reader import Env
 
 MIN_WATCH_INTERVAL = 5.0
+QUAY_REFUSES = ("localhost", "127.0.0.1")  # webhook hosts Quay will not save (DESIGN.md, "Quay's side")
 _NEEDS_TOKEN = ("QUAY_API_URL", "QUAY_WATCH_INTERVAL", "QUAY_REPAIR", "QUAY_RECOVER", "QUAY_RECOVER_GRACE",
                 "QUAY_RECOVER_MAX_AGE")
 
@@ -28,6 +29,9 @@ def quay_api_settings(env: Env, quay_hostnames: tuple[str, ...], acme_domains: t
     if fields["public_url"] is None:
         env.problems.append("QUAY_API_TOKEN needs PUBLIC_URL, the relay's URL as Quay calls it "
                             "(https://relay.example.com), or ACME_DOMAINS to make it from")
+    elif urlsplit(fields["public_url"]).hostname in QUAY_REFUSES:
+        env.problems.append(f"PUBLIC_URL={fields['public_url']}: Quay refuses a webhook to localhost or 127.0.0.1; "
+                            "give the name or address Quay reaches this relay by")
     grace = env.duration("QUAY_RECOVER_GRACE", "120")
     max_age = env.duration("QUAY_RECOVER_MAX_AGE", "86400")
     if grace and max_age and grace >= max_age:

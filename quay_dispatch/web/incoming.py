@@ -65,6 +65,10 @@ def incoming(event: str):
     except PayloadError as exc:
         raise Refusal(400, str(exc), field=exc.field or None) from None
     g.quay_repository = quay_event.subject
+    if svc.settings.quay_api_token and g.from_quay:  # Quay's side is on: `quay` shows when each event last came
+        from ..quay_side.seen import heard
+
+        heard(svc.outbox, quay_event.subject, event)
 
     selection = select_routes(svc.settings.routes, quay_event)
     if not selection.repository_routed:

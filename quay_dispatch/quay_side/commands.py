@@ -1,0 +1,126 @@
+"""`flask --app app quay …`: what Quay has beside what the routes want, and setting it up (connect). The CLI (cli.py)
+hands in how to build the service's objects; everything else of Quay's side is loaded when a command runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import click
+
+from ..base.printable import printable
+
+
+def quay_group(services: Callable) -> click.Group:
+    """The `quay` command group; `services()` builds the service's objects (cli._services)."""
+
+    @click.group("quay", invoke_without_command=True)
+    @click.option("--json", "as_json", is_flag=True, help="The same, as one JSON object, for scripts.")
+    @click.pass_context
+    def quay(ctx, as_json: bool) -> None:
+        """What Quay has beside what the routes want: for each routed repository and event, the relay's notification
+        (or "missing"), its failures, whether Quay disabled it, and when the relay last heard from it. Exits 1 when
+        one is missing or disabled, or Quay could not be asked."""
+        if ctx.invoked_subcommand:
+            return
+        from .survey import survey
+
+        svc, api = _quay_side(services)
+        from .seen import last_heard
+
+        found = survey(api, svc.settings.routes, svc.settings.public_url, last_heard(svc.outbox))
+        if as_json:
+            click.echo(json.dumps(_as_data(found, svc.settings.quay_api_url), indent=2))
+        else:
+            _show(found, svc.settings.quay_api_url)
+        if found.problems or any(row.state in ("missing", "disabled") for row in found.rows if row.wanted):
+            raise SystemExit(1)
+
+    @quay.command("connect")
+    @click.option("--dry-run", is_flag=True, help="Only say what would be created.")
+    @click.option("--test", "test", is_flag=True, help="Then have Quay send each one's test notification, and say "
+                                                       "which arrived.")
+    @click.option("--wait", default=60, show_default=True, type=click.IntRange(1, 600),
+                  help="Seconds to wait for the tests to arrive.")
+    def connect(dry_run: bool, test: bool, wait: int) -> None:
+        """Create the notifications the routes want and Quay lacks (webhook, this relay's URL for the event).
+        Idempotent: a second run creates nothing. Never changes or deletes any notification."""
+        from .connect import connect_missing, test_each
+
+        svc, api = _quay_side(services)
+        created, problems = connect_missing(api, svc.settings, svc.outbox, dry_run, click.echo)
+        if test and not dry_run:
+            problems |= test_each(api, svc.settings, svc.outbox, wait, click.echo)
+        if problems:
+            raise SystemExit(1)
+
+    return quay
+
+
+def _quay_side(services: Callable):
+    """The service's objects and Quay's API client, or a clear refusal when Quay's side is off."""
+    svc = services()
+    settings = svc.settings
+    if not settings.quay_api_token:
+        raise click.ClickException("Quay's side is off: set QUAY_API_TOKEN (docs/setup.md says how to make one)")
+    from .api import QuayAPI
+
+    return svc, QuayAPI(settings.quay_api_url, settings.quay_api_token)
+
+
+def _as_data(found, api_url: str) -> dict:
+    from .survey import without_credentials
+
+    return {
+        "quay_api_url": api_url,
+        "notifications": [
+            {"repository": row.repository, "event": row.event, "state": row.state, "wanted": row.wanted,
+             "uuid": row.notification and row.notification.uuid, "title": row.notification and row.notification.title,
+             "failures": row.notification and row.notification.failures,
+             "disabled": bool(row.notification and row.notification.disabled), "last_received": row.last_received}
+            for row in found.rows],
+        "not_ours": [{"repository": repository, "uuid": n.uuid, "title": n.title, "event": n.event,
+                      "method": n.method, "url": without_credentials(n.url)} for repository, n in found.foreign],
+        "not_watched": found.unwatched,
+        "problems": found.problems,
+    }
+
+
+def _show(found, api_url: str) -> None:
+    from .survey import without_credentials
+
+    click.echo(f"Quay's API: {api_url}")
+    now = time.time()
+    header = ("REPOSITORY", "EVENT", "STATE", "FAILURES", "LAST RECEIVED", "NOTIFICATION")
+    table = [header] + [
+        (row.repository, row.event, row.state + ("" if row.wanted else " (no route wants it)"),
+         "-" if row.notification is None else str(row.notification.failures),
+         "never" if row.last_received is None else f"{_ago(now - row.last_received)} ago",
+         "-" if row.notification is None else f"{row.notification.uuid} {printable(row.notification.title or '')}")
+        for row in found.rows]
+    _table(table)
+    if found.foreign:
+        click.echo("\nnot this relay's, never touched:")
+        for repository, n in found.foreign:
+            where = without_credentials(n.url) if n.method == "webhook" else f"method {n.method}"
+            click.echo(f"  {repository}  {n.event}  {printable(where)}")
+    if found.unwatched:
+        click.echo("\nnot watched (namespace events, in Quay's organisation settings): " + ", ".join(found.unwatched))
+    for problem in found.problems:
+        click.echo(f"PROBLEM: {printable(problem)}", err=True)
+    if any(row.state == "missing" for row in found.rows if row.wanted):
+        click.echo("\n`flask --app app quay connect` creates the missing ones.")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
