@@ -21,9 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from quay_dispatch.tools.sample import sample_body
+from testkit.credentials import LESSER_TOKEN, QUAY_API_TOKEN
 
-QUAY_API_TOKEN = "quay-api-token-for-the-tests-0123456789"
-LESSER_TOKEN = "quay-token-with-repo-read-only-0123456"  # a token of a lesser scope: 403 insufficient_scope
 EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled", "repo_push",
           "vulnerability_found", "repo_image_expiry", "repo_mirror_sync_started", "repo_mirror_sync_success",
           "repo_mirror_sync_failed")
@@ -221,3 +220,16 @@ class FakeQuay:
                 pass
 
         return Handler
+
+
+RELAY_ADDRESS = "127.0.0.2"  # where the loopback Quay calls the relay: Quay will not call localhost or 127.0.0.1
+
+
+def start_relay_for(start_service, quay: FakeQuay, overrides: dict[str, str | None], workers: int = 1):
+    """A relay (start_service) with Quay's side on against `quay`, also listening where `quay` calls it."""
+    from testkit.service import free_port
+
+    port = free_port()
+    env = {"QUAY_API_TOKEN": QUAY_API_TOKEN, "QUAY_API_URL": quay.url,
+           "PUBLIC_URL": f"https://{RELAY_ADDRESS}:{port}"} | overrides
+    return start_service(env, args=["--workers", str(workers), "--bind", f"{RELAY_ADDRESS}:{port}"], port=port)

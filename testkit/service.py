@@ -212,6 +212,16 @@ def deliveries(service: Service, *args: str) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+def scrape(service: Service, pki: PKI) -> dict[tuple, float]:
+    """The service's /metrics, each sample by (name, sorted labels). With cert_reqs 2 the TLS layer wants a
+    certificate: any will do, such as the server's own."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(service.url + "/metrics", cert=pki.pair("server"), verify=pki.ca_file, timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def wait_for_log(service, text: str, count: int = 1, timeout: float = 3.0) -> bool:
     """Whether `text` appears `count` times in the service's log within `timeout` (logs lag answers)."""
     return wait_until(lambda: service.log().count(text) >= count, timeout)

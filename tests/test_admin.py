@@ -15,7 +15,7 @@ import requests
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.admin import AdminClient
 from testkit.credentials import GITHUB_TOKEN
-from testkit.service import free_port, run_gunicorn, wait_until
+from testkit.service import deliveries, free_port, run_gunicorn, wait_until
 
 TOKEN = "admin-token-for-the-tests-0123456789"
 
@@ -147,10 +147,12 @@ def test_browsing_what_came_in_and_sending_it_again(start_service, test_pki, git
     assert wait_until(lambda: len(github.dispatches()) == 4)  # 502, 204, 204, and this one
     assert github.dispatches()[-1].json()["client_payload"]["build_id"] == body["build_id"]
 
+    # GitHub has the request a moment before the outbox records its answer: until then it is pending, not sendable
+    assert wait_until(lambda: [(d["status"], d["attempts"]) for d in deliveries(service)
+                               if d["id"] == int(delivery_id)] == [("delivered", 3)])  # 502, 204, and the redelivery
     confirm = page.post("/deliveries/redeliver", {"quay_repository": "acme/widget"})
     assert "Redeliver 1 deliveries?" in confirm.text
     upto = re.search(r'name="upto" value="(\d+)"', confirm.text)[1]
-    assert wait_until(lambda: "delivered" in page.get(f"/deliveries/{delivery_id}").text)
     done = page.post("/deliveries/redeliver", {"quay_repository": "acme/widget", "confirmed": "1", "upto": upto})
     assert done.status_code == 303
     assert wait_until(lambda: len(github.dispatches()) == 5)

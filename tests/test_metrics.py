@@ -12,22 +12,13 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.parser import text_string_to_metric_families
 
 from quay_dispatch import __version__
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN
 from testkit.faults import hold_sqlite_lock
-from testkit.service import wait_until
-
-
-def scrape(service, test_pki) -> dict[tuple, float]:
-    # With cert_reqs 2 the TLS layer wants a certificate: any will do, such as the server's own.
-    text = requests.get(service.url + "/metrics", cert=test_pki.pair("server"), verify=test_pki.ca_file,
-                        timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+from testkit.service import scrape, wait_until
 
 
 def test_metrics_add_up_every_worker(start_service, test_pki, github):

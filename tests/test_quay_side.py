@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from testkit.quay_api import QUAY_API_TOKEN, FakeQuay, Repository
-from testkit.service import free_port, run_flask
+from testkit.credentials import INCOMING_TOKEN, QUAY_API_TOKEN
+from testkit.quay_api import FakeQuay, Repository, start_relay_for
+from testkit.service import run_flask
 
-INCOMING_TOKEN = "incoming-token-for-quay-side-0123456789"
 ROUTES = """
 [[routes]]
 quay = "acme/*"
@@ -43,11 +43,9 @@ def quay(test_pki):
 def relay(start_service, quay, tmp_path):
     routes = tmp_path / "routes.toml"
     routes.write_text(ROUTES)
-    port = free_port()
-    return start_service({"ROUTES": None, "ROUTES_FILE": str(routes), "QUAY_API_TOKEN": QUAY_API_TOKEN,
-                          "QUAY_API_URL": quay.url, "PUBLIC_URL": f"https://127.0.0.2:{port}",
-                          "INCOMING_TOKEN": INCOMING_TOKEN, "QUAY_WATCH_INTERVAL": "1h"},
-                         args=["--workers", "1", "--bind", f"127.0.0.2:{port}"], port=port)
+    return start_relay_for(start_service, quay, {"ROUTES": None, "ROUTES_FILE": str(routes),
+                                                 "INCOMING_TOKEN": INCOMING_TOKEN, "QUAY_WATCH_INTERVAL": "1h",
+                                                 "QUAY_REPAIR": "0"})  # the watch's repairs: test_quay_watch
 
 
 def _quay(relay, *args):

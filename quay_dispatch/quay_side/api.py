@@ -44,6 +44,13 @@ class QuayAPIError(Exception):
         self.status = status
 
 
+    @property
+    def stops_all(self) -> bool:
+        """Whether no other call can fare better now: the token refused (401, 403), Quay overloaded (429), down or
+        unreachable (5xx, no answer). A 404 or 400 concerns one repository or notification."""
+        return self.status in (0, 401, 403, 429) or self.status >= 500
+
+
 class NotAllowed(QuayAPIError):
     """A call outside ALLOWED: refused before anything is sent."""
 

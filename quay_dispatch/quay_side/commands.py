@@ -11,56 +11,93 @@ import click
 
 from ..base.printable import printable
 
+_services: Callable | None = None  # cli._services: builds the service's objects
+
 
 def quay_group(services: Callable) -> click.Group:
     """The `quay` command group; `services()` builds the service's objects (cli._services)."""
-
-    @click.group("quay", invoke_without_command=True)
-    @click.option("--json", "as_json", is_flag=True, help="The same, as one JSON object, for scripts.")
-    @click.pass_context
-    def quay(ctx, as_json: bool) -> None:
-        """What Quay has beside what the routes want: for each routed repository and event, the relay's notification
-        (or "missing"), its failures, whether Quay disabled it, and when the relay last heard from it. Exits 1 when
-        one is missing or disabled, or Quay could not be asked."""
-        if ctx.invoked_subcommand:
-            return
-        from .survey import survey
-
-        svc, api = _quay_side(services)
-        from .seen import last_heard
-
-        found = survey(api, svc.settings.routes, svc.settings.public_url, last_heard(svc.outbox))
-        if as_json:
-            click.echo(json.dumps(_as_data(found, svc.settings.quay_api_url), indent=2))
-        else:
-            _show(found, svc.settings.quay_api_url)
-        if found.problems or any(row.state in ("missing", "disabled") for row in found.rows if row.wanted):
-            raise SystemExit(1)
-
-    @quay.command("connect")
-    @click.option("--dry-run", is_flag=True, help="Only say what would be created.")
-    @click.option("--test", "test", is_flag=True, help="Then have Quay send each one's test notification, and say "
-                                                       "which arrived.")
-    @click.option("--wait", default=60, show_default=True, type=click.IntRange(1, 600),
-                  help="Seconds to wait for the tests to arrive.")
-    def connect(dry_run: bool, test: bool, wait: int) -> None:
-        """Create the notifications the routes want and Quay lacks (webhook, this relay's URL for the event).
-        Idempotent: a second run creates nothing. Never changes or deletes any notification."""
-        from .connect import connect_missing, test_each
-
-        svc, api = _quay_side(services)
-        created, problems = connect_missing(api, svc.settings, svc.outbox, dry_run, click.echo)
-        if test and not dry_run:
-            problems |= test_each(api, svc.settings, svc.outbox, wait, click.echo)
-        if problems:
-            raise SystemExit(1)
-
+    global _services
+    _services = services
     return quay
 
 
-def _quay_side(services: Callable):
+@click.group("quay", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="The same, as one JSON object, for scripts.")
+@click.pass_context
+def quay(ctx, as_json: bool) -> None:
+    """What Quay has beside what the routes want: for each routed repository and event, the relay's notification
+    (or "missing"), its failures, whether Quay disabled it, and when the relay last heard from it. Exits 1 when
+    one is missing or disabled, or Quay could not be asked."""
+    if ctx.invoked_subcommand:
+        return
+    from .seen import last_heard
+    from .survey import survey
+    from .watch import load_state
+
+    svc, api = _quay_side()
+    found = survey(api, svc.settings.routes, svc.settings.public_url, last_heard(svc.outbox))
+    watched = load_state(svc.outbox).get("notifications") or {}
+    if as_json:
+        click.echo(json.dumps(_as_data(found, svc.settings.quay_api_url, watched), indent=2))
+    else:
+        _show(found, svc.settings.quay_api_url, watched)
+    if found.problems or any(row.state in ("missing", "disabled") for row in found.rows if row.wanted):
+        raise SystemExit(1)
+
+@quay.command("connect")
+@click.option("--dry-run", is_flag=True, help="Only say what would be created.")
+@click.option("--test", "test", is_flag=True, help="Then have Quay send each one's test notification, and say "
+                                                   "which arrived.")
+@click.option("--wait", default=60, show_default=True, type=click.IntRange(1, 600),
+              help="Seconds to wait for the tests to arrive.")
+def connect(dry_run: bool, test: bool, wait: int) -> None:
+    """Create the notifications the routes want and Quay lacks (webhook, this relay's URL for the event).
+    Idempotent: a second run creates nothing. Never changes or deletes any notification."""
+    from .connect import connect_missing, test_each
+
+    svc, api = _quay_side()
+    created, problems = connect_missing(api, svc.settings, svc.outbox, dry_run, click.echo)
+    if test and not dry_run:
+        problems |= test_each(api, svc.settings, svc.outbox, wait, click.echo)
+    if problems:
+        raise SystemExit(1)
+
+@quay.command("repair")
+def repair() -> None:
+    """Reset the relay's notifications that Quay disabled, now, whatever the watch's backoff (after fixing what
+    made Quay fail). Exits 1 when one stays disabled or Quay could not be asked."""
+    from .watch import Watch, load_state
+
+    svc, api = _quay_side()
+    state = Watch(svc.settings, svc.outbox, lambda: _not_writable(svc.outbox), api).look(load_state(svc.outbox),
+                                                                                        force=True)
+    for problem in state.get("problems", []):
+        click.echo(f"PROBLEM: {printable(problem)}", err=True)
+    entries = sorted((state.get("notifications") or {}).values(), key=lambda e: (e["repository"], e["event"]))
+    for entry in entries:
+        if entry["reset_at"] == state["at"]:
+            click.echo(f"reset: {entry['repository']} {entry['event']}")
+        elif entry["held"]:
+            click.echo(f"not reset: {entry['repository']} {entry['event']}: {printable(entry['held'])}")
+    if not any(entry["disabled"] or entry["reset_at"] == state["at"] for entry in entries):
+        click.echo("nothing to repair: Quay has disabled none of the relay's notifications")
+    if state.get("problems") or any(entry["disabled"] for entry in entries):
+        raise SystemExit(1)
+
+
+def _not_writable(outbox) -> str | None:
+    from ..outbox import StoreUnavailable
+
+    try:
+        outbox.check_writable()
+    except StoreUnavailable as exc:
+        return f"the outbox cannot commit a write: {exc}"
+    return None
+
+
+def _quay_side():
     """The service's objects and Quay's API client, or a clear refusal when Quay's side is off."""
-    svc = services()
+    svc = _services()
     settings = svc.settings
     if not settings.quay_api_token:
         raise click.ClickException("Quay's side is off: set QUAY_API_TOKEN (docs/setup.md says how to make one)")
@@ -69,7 +106,7 @@ def _quay_side(services: Callable):
     return svc, QuayAPI(settings.quay_api_url, settings.quay_api_token)
 
 
-def _as_data(found, api_url: str) -> dict:
+def _as_data(found, api_url: str, watched: dict) -> dict:
     from .survey import without_credentials
 
     return {
@@ -78,7 +115,8 @@ def _as_data(found, api_url: str) -> dict:
             {"repository": row.repository, "event": row.event, "state": row.state, "wanted": row.wanted,
              "uuid": row.notification and row.notification.uuid, "title": row.notification and row.notification.title,
              "failures": row.notification and row.notification.failures,
-             "disabled": bool(row.notification and row.notification.disabled), "last_received": row.last_received}
+             "disabled": bool(row.notification and row.notification.disabled), "last_received": row.last_received,
+             "resets": _watched(row, watched).get("resets", 0), "repair_held": _watched(row, watched).get("held")}
             for row in found.rows],
         "not_ours": [{"repository": repository, "uuid": n.uuid, "title": n.title, "event": n.event,
                       "method": n.method, "url": without_credentials(n.url)} for repository, n in found.foreign],
@@ -87,7 +125,12 @@ def _as_data(found, api_url: str) -> dict:
     }
 
 
-def _show(found, api_url: str) -> None:
+def _watched(row, watched: dict) -> dict:
+    """What the watch keeps of the row's notification (watch.py): its resets, and why a repair is held."""
+    return watched.get(row.notification.uuid, {}) if row.notification else {}
+
+
+def _show(found, api_url: str, watched: dict) -> None:
     from .survey import without_credentials
 
     click.echo(f"Quay's API: {api_url}")
@@ -100,6 +143,9 @@ def _show(found, api_url: str) -> None:
          "-" if row.notification is None else f"{row.notification.uuid} {printable(row.notification.title or '')}")
         for row in found.rows]
     _table(table)
+    for row in found.rows:
+        if held := _watched(row, watched).get("held"):
+            click.echo(f"repair held: {row.repository} {row.event}: {printable(held)}")
     if found.foreign:
         click.echo("\nnot this relay's, never touched:")
         for repository, n in found.foreign:

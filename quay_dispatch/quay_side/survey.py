@@ -5,6 +5,7 @@ Quay's or someone else's, listed apart and never touched (DESIGN.md, "Ours and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from urllib.parse import quote, urlsplit
@@ -74,6 +75,7 @@ class Survey:
     foreign: list[tuple[str, QuayNotification]] = field(default_factory=list)  # never touched
     problems: list[str] = field(default_factory=list)  # what could not be looked at, and why
     unwatched: list[str] = field(default_factory=list)  # namespace (quota) events: in Quay's organisation settings
+    stopped: QuayAPIError | None = None  # why the survey stopped short: the token refused, Quay down
 
     def missing(self) -> list[Row]:
         return [row for row in self.rows if row.notification is None]
@@ -83,7 +85,8 @@ def routed_repositories(api: QuayAPI, routes: tuple[Route, ...], problems: list[
     """Each Quay repository the routes cover, with the repository events its routes name, in the routes' order.
 
     A pattern's repositories are read from Quay's repository list of its namespace (once a namespace);
-    a pattern whose namespace is itself a pattern cannot be listed, and is said in `problems`.
+    a pattern whose namespace is itself a pattern cannot be listed, and is said in `problems`. Raises
+    QuayAPIError when no call can fare better (QuayAPIError.stops_all).
     """
     listed: dict[str, list[str]] = {}
     wanted: dict[str, list[str]] = {}
@@ -101,6 +104,8 @@ def routed_repositories(api: QuayAPI, routes: tuple[Route, ...], problems: list[
                 try:
                     listed[namespace] = api.repositories(namespace)
                 except QuayAPIError as exc:
+                    if exc.stops_all:
+                        raise
                     problems.append(f"namespace {namespace}: {exc}")
                     listed[namespace] = []
             names = [repo for repo in listed[namespace] if fnmatchcase(repo, route.quay)]
@@ -112,18 +117,32 @@ def routed_repositories(api: QuayAPI, routes: tuple[Route, ...], problems: list[
     return wanted
 
 
-def survey(api: QuayAPI, routes: tuple[Route, ...], public_url: str, seen: dict[tuple[str, str], float]) -> Survey:
+def survey(api: QuayAPI, routes: tuple[Route, ...], public_url: str, seen: dict[tuple[str, str], float],
+           between: Callable[[int], None] | None = None) -> Survey:
     """What Quay has for every routed repository (one notification listing each), beside what the routes want.
 
-    `seen`: when the relay last heard each (repository, event) from Quay (seen.py)."""
+    `seen`: when the relay last heard each (repository, event) from Quay (seen.py); `between(n)`: called before
+    each of the n repositories' listings but the first (the watch spreads them over its interval). When Quay
+    refuses the token or is down, the survey stops there and says so in `problems`, with `stopped` set."""
     found = Survey()
     found.unwatched = sorted({f"{route.quay.partition('/')[0]}: {event}" for route in routes
                               for event in route.events if event not in EVENTS})
-    for repository, events in routed_repositories(api, routes, found.problems).items():
+    try:
+        wanted = routed_repositories(api, routes, found.problems)
+    except QuayAPIError as exc:
+        found.problems.append(str(exc))
+        found.stopped = exc
+        return found
+    for index, (repository, events) in enumerate(wanted.items()):
+        if index and between:
+            between(len(wanted))
         try:
             notifications = api.notifications(repository)
         except QuayAPIError as exc:
             found.problems.append(f"{repository}: {exc}")
+            if exc.stops_all:
+                found.stopped = exc
+                return found
             continue
         ours = [n for n in notifications if n.method == "webhook" and is_ours(n.url, public_url)]
         found.foreign += [(repository, n) for n in notifications if n not in ours]

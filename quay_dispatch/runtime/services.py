@@ -25,6 +25,7 @@ from .preflight import service_problems
 
 if TYPE_CHECKING:
     from ..acme.manager import CertificateManager
+    from ..quay_side.watch import Watch
 
 _EXTENSION = "quay_dispatch"
 log = logging.getLogger("quay_dispatch.outbox")
@@ -42,6 +43,21 @@ class Services:
     deliverer: Deliverer
     certificates: CertificateManager | None = None  # ACME's, when ACME_DOMAINS is set; the TLS worker starts it
     refusals: RefusalLog | None = None  # refused calls for the operator's page, when it is on (ADMIN_BIND)
+    quay_watch: Watch | None = None  # Quay's side, when QUAY_API_TOKEN is set
+
+    def not_ready(self) -> list[tuple[str, str]]:
+        """Why the service cannot accept events now, each as (what /readyz says, what the log says); empty: ready."""
+        problems = []
+        try:
+            self.outbox.check_writable()
+        except StoreUnavailable as exc:
+            problems.append(("the outbox cannot commit a write right now",
+                             f"the outbox ({self.outbox.description}) cannot commit: {exc}"))
+        if not self.deliverer.alive:
+            problems.append(("the deliverer is not running",) * 2)
+        if self.certificates is not None and self.certificates.waiting:
+            problems.append((self.certificates.waiting,) * 2)
+        return problems
 
     def start_certificates(self, cert_reqs: int, ciphers: str | None) -> CertificateManager | None:
         """With ACME_DOMAINS, start the certificate manager (gunicorn's cert_reqs and ciphers for the serving context)
@@ -66,6 +82,8 @@ class Services:
         self.deliverer.start()
         if self.refusals is not None:
             self.refusals.start()
+        if self.quay_watch is not None:
+            self.quay_watch.start()
 
 
 def build(settings: Settings) -> Services:
@@ -91,7 +109,12 @@ def build(settings: Settings) -> Services:
     client = GitHubClient(transport, auth)
     deliverer = Deliverer(outbox, client, settings.delivery_max_age, settings.delivery_retention)
     refusals = RefusalLog(outbox) if settings.admin_bind else None
-    return Services(settings, verifier, outbox, client, deliverer, _certificates(settings, outbox), refusals)
+    services = Services(settings, verifier, outbox, client, deliverer, _certificates(settings, outbox), refusals)
+    if settings.quay_api_token:
+        from ..quay_side.watch import Watch
+
+        services.quay_watch = Watch(settings, outbox, lambda: "; ".join(p for p, _ in services.not_ready()) or None)
+    return services
 
 
 def _certificates(settings: Settings, outbox: Outbox) -> CertificateManager | None:

@@ -65,10 +65,6 @@ def incoming(event: str):
     except PayloadError as exc:
         raise Refusal(400, str(exc), field=exc.field or None) from None
     g.quay_repository = quay_event.subject
-    if svc.settings.quay_api_token and g.from_quay:  # Quay's side is on: `quay` shows when each event last came
-        from ..quay_side.seen import heard
-
-        heard(svc.outbox, quay_event.subject, event)
 
     selection = select_routes(svc.settings.routes, quay_event)
     if not selection.repository_routed:
@@ -255,15 +251,20 @@ def _unexpected(exc: Exception):
 
 def _count_and_keep_refusals(response):
     """Every answer to /incoming in the metrics, refusals before routing (405, 413) included; with the operator's
-    page on, each refusal (4xx) kept for it."""
+    page on, each refusal (4xx) kept for it; with Quay's side on, when Quay last got through with each event."""
     if request.path == "/incoming" or request.path.startswith("/incoming/"):
         event = (request.view_args or {}).get("event")
         event = event if event in ALL_EVENTS else "unknown"
         outcome = g.get("outcome") or "error"
         metrics.INCOMING.labels(event, str(response.status_code), outcome).inc()
+        svc = services_of()
         if g.get("from_quay"):
             metrics.LAST_CALL.labels(outcome).set(time.time())
-        refusals = services_of().refusals
+            if svc.settings.quay_api_token and response.status_code < 300 and g.get("quay_repository"):
+                from ..quay_side.seen import heard  # Quay's side: when each event last came through
+
+                heard(svc.outbox, g.quay_repository, event)
+        refusals = svc.refusals
         if refusals is not None and 400 <= response.status_code < 500:
             refusals.add(RefusedCall(time.time(), request.remote_addr or "-", response.status_code, event,
                                      g.get("error_detail") or "", g.get("refused_names")))

@@ -27,16 +27,10 @@ def healthz():
 def readyz():
     """The service can accept events: the store is writable and the deliverer runs."""
     svc = services_of()
-    problems = []
-    try:
-        svc.outbox.check_writable()
-    except StoreUnavailable as exc:
-        problems.append("the outbox cannot commit a write right now")
-        g.error_detail = f"the outbox ({svc.outbox.description}) cannot commit: {exc}"  # the log line, not the answer
-    if not svc.deliverer.alive:
-        problems.append("the deliverer is not running")
-    if svc.certificates is not None and svc.certificates.waiting:
-        problems.append(svc.certificates.waiting)
+    found = svc.not_ready()
+    problems = [said for said, _ in found]
+    if found:
+        g.error_detail = "; ".join(detail for _, detail in found)  # the log line, not the answer
     g.outcome = "not ready" if problems else "ready"
     if problems:
         return jsonify({"status": "not ready", "reasons": problems}), 503
@@ -50,6 +44,10 @@ def prometheus_metrics():
     svc = services_of()
     store = CollectorRegistry()
     store.register(OutboxCollector(svc.outbox))
+    if svc.settings.quay_api_token:
+        from ..quay_side.gauges import QuaySideCollector
+
+        store.register(QuaySideCollector(svc.outbox))
     return Response(metrics.exposition(svc.settings.metrics_dir) + generate_latest(store), mimetype=metrics.MEDIA_TYPE)
 
 
