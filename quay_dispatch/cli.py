@@ -11,7 +11,7 @@ import click
 import requests
 from flask import Flask
 
-from .base.printable import printable
+from .base.printable import age, printable
 from .config import ConfigError, certificates_in, environment_store_settings, listing, tls_problems
 from .domain.dispatch_request import STATUSES
 from .domain.quay import ALL_EVENTS
@@ -54,7 +54,8 @@ def deliveries(status: str | None, limit: int, as_json: bool) -> None:
     now = time.time()
     header = ("ID", "AGE", "QUAY REPOSITORY", "EVENT", "TARGET", "STATUS", "ATTEMPTS", "LAST ERROR OR RUN")
     table = [header] + [
-        (str(r.id), _age(now - r.created_at), r.quay_repository, r.event, r.target, r.status, str(r.attempts),
+        (str(r.id), age(now - r.created_at), r.quay_repository, r.event + (" (recovered)" if r.recovered else ""),
+         r.target, r.status, str(r.attempts),
          printable(r.last_error or "")[:80] or r.run_url or "")
         for r in rows
     ]
@@ -64,7 +65,8 @@ def deliveries(status: str | None, limit: int, as_json: bool) -> None:
 
 
 @click.command("check-config")
-@click.option("--online", is_flag=True, help="Also ask GitHub whether the token can reach each routed repository.")
+@click.option("--online", is_flag=True, help="Also ask GitHub whether the token can reach each routed repository, "
+                                            "and ACME's CA and Quay's API what they say.")
 def check_config(online: bool) -> None:
     """Validate the configuration and say what the service will do with it."""
     svc = _services()
@@ -97,8 +99,7 @@ def check_config(online: bool) -> None:
     problems = store != "writable"
     if online:
         problems |= _check_online(svc)
-        if settings.acme_domains:
-            problems |= _check_acme_online(svc)
+        problems |= _check_more_online(svc)
     if problems:
         raise SystemExit(1)
 
@@ -191,15 +192,22 @@ def certificate_renew() -> None:
         raise SystemExit(1)
 
 
-def _check_acme_online(svc) -> bool:
-    """The ACME CA's directory and the account: whether something is wrong."""
-    from .acme.commands import check_online
+def _check_more_online(svc) -> bool:
+    """ACME's CA and account, Quay's API: whether something is wrong."""
+    found = []
+    if svc.settings.acme_domains:
+        from .acme.commands import check_online
 
-    click.echo("    ACME:")
-    found = check_online(svc.outbox, svc.certificates.ca)
-    for fine, what in found:
-        click.echo(f"      {'ok' if fine else 'PROBLEM'}, {what}")
-    return not all(fine for fine, _ in found)
+        found.append(("ACME", check_online(svc.outbox, svc.certificates.ca)))
+    if svc.settings.quay_api_token:
+        from .quay_side.commands import check_online as check_quay
+
+        found.append(("Quay's API", check_quay(svc)))
+    for title, results in found:
+        click.echo(f"    {title}:")
+        for fine, what in results:
+            click.echo(f"      {'ok' if fine else 'PROBLEM'}, {printable(what)}")
+    return not all(fine for _, results in found for fine, _ in results)
 
 
 @click.command("redeliver")
@@ -262,13 +270,6 @@ def _outbox() -> Outbox:
     except StoreUnavailable as exc:
         raise click.ClickException(f"the outbox ({outbox.description}) cannot be opened: {exc}") from None
     return outbox
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 class _OnDemand(click.Command):

@@ -11,9 +11,11 @@ LEGACY_GITHUB_TOKEN = "gho_legacy_token_name_value"
 INCOMING_TOKEN = "incoming-token-for-tests-0123456789"
 QUAY_API_TOKEN = "quay-api-token-for-the-tests-0123456789"  # the one the loopback Quay (testkit.quay_api) accepts
 LESSER_TOKEN = "quay-token-with-repo-read-only-0123456"  # a token of a lesser scope: 403 insufficient_scope
+REVOKED_QUAY_TOKEN = "quay-token-revoked-0123456789abcdef"  # one the loopback Quay does not know: 401
 APP_ID = "123456"  # the GitHub App the loopback GitHub knows (testkit.github.FakeApp)
 # What must never appear in any log line of a test run (checked when the session ends).
-SECRETS = (GITHUB_TOKEN, LEGACY_GITHUB_TOKEN, INCOMING_TOKEN, QUAY_API_TOKEN, LESSER_TOKEN, "PRIVATE KEY")
+SECRETS = (GITHUB_TOKEN, LEGACY_GITHUB_TOKEN, INCOMING_TOKEN, QUAY_API_TOKEN, LESSER_TOKEN, REVOKED_QUAY_TOKEN,
+           "PRIVATE KEY")
 ALL_LOGS: list[Path] = []  # every log file a test's process wrote
 ISSUED_TOKENS: list[str] = []  # installation tokens the loopback GitHub issued: never to be logged either
 

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -154,10 +155,12 @@ class FakeQuay:
         match = _NOTIFICATIONS.fullmatch(path)
         if match:
             return self._notifications(method, match[1], match[2], bool(match[3]), body)
-        for kind in ("build", "tag"):
-            found = re.fullmatch(rf"/api/v1/repository/([^/]+/[^/]+)/{kind}/", path)
-            if method == "GET" and found and found[1] in self.repositories:
-                return 200, {f"{kind}s": getattr(self.repositories[found[1]], f"{kind}s"), "has_additional": False}
+        builds = re.fullmatch(r"/api/v1/repository/([^/]+/[^/]+)/build/", path)
+        if method == "GET" and builds and builds[1] in self.repositories:
+            return 200, {"builds": _builds(self.repositories[builds[1]].builds, query)}
+        tags = re.fullmatch(r"/api/v1/repository/([^/]+/[^/]+)/tag/", path)
+        if method == "GET" and tags and tags[1] in self.repositories:
+            return 200, {"tags": self.repositories[tags[1]].tags, "has_additional": False}
         return 404, {"error": "not_found"}
 
     def _repository_page(self, query: dict) -> dict:
@@ -222,14 +225,40 @@ class FakeQuay:
         return Handler
 
 
+def _builds(builds: list[dict], query: dict) -> list[dict]:
+    """Quay's build list: newest first, `limit` of them (5 by default), `since` filtering on `started`."""
+    since = float(query.get("since", ["0"])[0])
+    chosen = [b for b in builds if parsedate_to_datetime(b["started"]).timestamp() >= since]
+    chosen.sort(key=lambda b: parsedate_to_datetime(b["started"]).timestamp(), reverse=True)
+    return chosen[:int(query.get("limit", ["5"])[0])]
+
+
+def build(repository: str, phase: str, started: float, commit: str = "0" * 40, branch: str = "main",
+          tags: tuple[str, ...] = ("latest",)) -> dict:
+    """A build as Quay's build list shows it; `started` in epoch seconds (Quay says it in RFC 2822, to the second)."""
+    namespace, _, name = repository.partition("/")
+    return {"id": str(uuid.uuid4()), "phase": phase, "started": formatdate(started, usegmt=True),
+            "display_name": commit[:7], "tags": list(tags), "repository": {"namespace": namespace, "name": name},
+            "trigger_metadata": {"commit": commit, "ref": f"refs/heads/{branch}", "default_branch": "main"}}
+
+
+def webhook_body(repository: str, event: str, listed: dict) -> dict:
+    """What Quay's webhook sends for the build `listed` (build())."""
+    metadata = listed["trigger_metadata"]
+    return sample_body(event, repository, build_id=listed["id"], commit=metadata["commit"],
+                       branch=metadata["ref"].rpartition("/")[2], tags=tuple(listed["tags"]))
+
+
 RELAY_ADDRESS = "127.0.0.2"  # where the loopback Quay calls the relay: Quay will not call localhost or 127.0.0.1
 
 
-def start_relay_for(start_service, quay: FakeQuay, overrides: dict[str, str | None], workers: int = 1):
-    """A relay (start_service) with Quay's side on against `quay`, also listening where `quay` calls it."""
+def start_relay_for(start_service, quay: FakeQuay, overrides: dict[str, str | None], workers: int = 1,
+                    port: int | None = None):
+    """A relay (start_service) with Quay's side on against `quay`, also listening where `quay` calls it; `port`: the
+    one of a relay started before, to start it again."""
     from testkit.service import free_port
 
-    port = free_port()
+    port = port or free_port()
     env = {"QUAY_API_TOKEN": QUAY_API_TOKEN, "QUAY_API_URL": quay.url,
            "PUBLIC_URL": f"https://{RELAY_ADDRESS}:{port}"} | overrides
     return start_service(env, args=["--workers", str(workers), "--bind", f"{RELAY_ADDRESS}:{port}"], port=port)

@@ -20,6 +20,7 @@ from testkit.github import FakeGitHub
 from testkit.pebble import Pebble, pebble_missing
 from testkit.pki import PKI, make_pki
 from testkit.postgres import create_database, find_initdb, private_postgresql
+from testkit.quay_api import FakeQuay
 from testkit.service import ServiceStarter, require
 
 # Fixtures that start a real server: a test that uses one is marked `server`; `make check` runs the others.
@@ -131,6 +132,15 @@ def installed_copy() -> Installed:
         yield install_copy(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def quay(test_pki):
+    """A loopback Quay (API and sender, testkit.quay_api) that presents the test PKI's Quay certificate and retries
+    every 0.2 s; tests add its repositories."""
+    fake = FakeQuay(cert=test_pki.pair("quay"), verify=test_pki.ca_file, retry_interval=0.2)
+    yield fake
+    fake.close()
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from testkit.faults import hold_sqlite_lock
 from testkit.prometheus import DASHBOARD, OPERATIONS, RULE_TESTS, RULES, Prometheus, prometheus_missing
 from testkit.service import require, wait_until
 
-# DESIGN.md's table ("Alerts and the dashboard"), and the refused caller that presents Quay's name.
+# DESIGN.md's table ("Alerts and the dashboard"), the refused caller that presents Quay's name, and Quay's side.
 ALERTS = {"QuayDispatchDown", "QuayDispatchAnsweredQuayWithError", "QuayDispatchDeliveryFailed",
           "QuayDispatchBacklogStuck", "QuayDispatchStoreDegraded", "QuayDispatchCertificateExpiresSoon",
           "QuayDispatchGitHubTokenExpiresSoon", "QuayDispatchGitHubRateLimitLow", "QuayDispatchDelivererStalled",
-          "QuayDispatchQuayCertificateRefused"}
+          "QuayDispatchQuayCertificateRefused", "QuayDispatchQuayNotificationDisabled",
+          "QuayDispatchQuayNotificationMissing", "QuayDispatchQuayTokenRefused"}
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,8 @@ def test_the_watch_settings_are_read_as_durations_and_flags():
      "QUAY_WATCH_INTERVAL=2: 5 s at least"),
     ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://r.example.com", "QUAY_RECOVER_GRACE": "2d"},
      "QUAY_RECOVER_GRACE (172800 s) must be shorter than QUAY_RECOVER_MAX_AGE (86400 s)"),
+    ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://r.example.com", "QUAY_RECOVER_MAX_AGE": "20d"},
+     "QUAY_RECOVER_MAX_AGE (1728000 s) must be shorter than DELIVERY_RETENTION (1209600 s)"),
     ({"QUAY_API_TOKEN": TOKEN, "PUBLIC_URL": "https://r.example.com", "QUAY_REPAIR": "maybe"},
      "QUAY_REPAIR='maybe' is not a boolean"),
 ])

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from testkit.credentials import INCOMING_TOKEN, QUAY_API_TOKEN
-from testkit.quay_api import FakeQuay, Repository, start_relay_for
+from testkit.quay_api import Repository, start_relay_for
 from testkit.service import run_flask
 
 ROUTES = """
@@ -30,13 +30,10 @@ def backend() -> str:
     return "sqlite"  # Quay's side on PostgreSQL: the two-replica test
 
 
-@pytest.fixture
-def quay(test_pki):
-    fake = FakeQuay(cert=test_pki.pair("quay"), verify=test_pki.ca_file, retry_interval=0.3)
+@pytest.fixture(autouse=True)
+def repositories(quay):
     for name in ("acme/api", "acme/web", "solo/app", "other/thing"):
-        fake.repositories[name] = Repository()
-    yield fake
-    fake.close()
+        quay.repositories[name] = Repository()
 
 
 @pytest.fixture
@@ -95,6 +92,8 @@ def test_connect_creates_exactly_the_missing_notifications_and_leaves_others_alo
     assert {(n["repository"], n["event"]) for n in shown["not_ours"]} == {("acme/api", "build_success"),
                                                                         ("acme/api", "quay_notification")}
     assert shown["not_watched"] == ["solo: quota_warning"] and shown["problems"] == []
+    checked = run_flask(relay.env, "check-config", "--online")  # (the loopback GitHub knows no solo-gh/app)
+    assert f"ok, {quay.url} takes the token: it reads the notifications of 3 routed repositories" in checked.stdout
 
 
 def test_connect_test_says_which_tests_arrived_and_why_the_others_did_not(relay, quay):

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from quay_dispatch.tools.sample import sample_body, send_like_quay
-from testkit.credentials import INCOMING_TOKEN
-from testkit.quay_api import RELAY_ADDRESS, FakeQuay, Repository, start_relay_for
-from testkit.service import run_flask, scrape, wait_for_log, wait_until
+from testkit.credentials import INCOMING_TOKEN, LESSER_TOKEN, REVOKED_QUAY_TOKEN
+from testkit.quay_api import RELAY_ADDRESS, Repository, start_relay_for
+from testkit.service import free_port, run_flask, scrape, wait_for_log, wait_until
 
 INTERVAL = "5"  # seconds, the least QUAY_WATCH_INTERVAL allowed
 EVENT = ("quay_dispatch_quay_notification_disabled", (("event", "build_success"), ("repository", "acme/api")))
@@ -24,13 +24,10 @@ def backend() -> str:
     return "sqlite"
 
 
-@pytest.fixture
-def quay(test_pki):
-    fake = FakeQuay(cert=test_pki.pair("quay"), verify=test_pki.ca_file, retry_interval=0.2)
+@pytest.fixture(autouse=True)
+def repositories(quay):
     for name in ("acme/api", "acme/web"):
-        fake.repositories[name] = Repository()
-    yield fake
-    fake.close()
+        quay.repositories[name] = Repository()
 
 
 def _resets(quay, notification) -> int:
@@ -42,7 +39,9 @@ def _relay_url(relay, password: str = INCOMING_TOKEN) -> str:
 
 
 def test_a_disabled_notification_is_reset_within_one_watch_and_counted(start_service, quay, test_pki):
-    relay = start_relay_for(start_service, quay, {"QUAY_WATCH_INTERVAL": INTERVAL, "INCOMING_TOKEN": INCOMING_TOKEN})
+    page = f"127.0.0.1:{free_port()}"
+    relay = start_relay_for(start_service, quay, {"QUAY_WATCH_INTERVAL": INTERVAL, "INCOMING_TOKEN": INCOMING_TOKEN,
+                                                  "ADMIN_BIND": page})
     disabled = quay.add_notification("acme/api", "build_success", _relay_url(relay), failures=3)
     theirs = quay.add_notification("acme/web", "build_success", "https://elsewhere.example/hook", failures=3)
 
@@ -55,6 +54,11 @@ def test_a_disabled_notification_is_reset_within_one_watch_and_counted(start_ser
                                                                  ("repository", "acme/web")))] == 1
     assert metrics[("quay_dispatch_quay_api_token_refused", ())] == 0
     assert wait_for_log(relay, f"Quay had disabled the notification {disabled['uuid']} of acme/api")
+    overview = requests.get(f"https://{page}/", verify=test_pki.ca_file, timeout=5).text
+    card = overview[overview.index("<h2>Quay's side</h2>"):]
+    card = card[:card.index("</div>")]
+    assert "1 notifications well, 1 missing" in card and "acme/web build_success: missing" in card
+    assert "Reset: 1; recovered: 0" in card
 
 
 def test_a_relay_that_refuses_quay_is_reset_a_bounded_number_of_times_then_held(start_service, quay, test_pki):
@@ -92,13 +96,15 @@ def test_a_relay_that_refuses_quay_is_reset_a_bounded_number_of_times_then_held(
     assert _resets(quay, refused) == 4 and refused["number_of_failures"] == 0
 
 
-@pytest.mark.parametrize("trouble", ["revoked", "down", "slow"])
+@pytest.mark.parametrize("trouble", ["revoked", "lesser", "down", "slow"])
 def test_quay_s_api_refusing_down_or_slow_never_touches_quay_s_calls(start_service, quay, test_pki, trouble):
     overrides = {"QUAY_WATCH_INTERVAL": INTERVAL}
-    if trouble == "revoked":
-        overrides["QUAY_API_TOKEN"] = "quay-token-revoked-0123456789abcdef"
+    tokens = {"revoked": REVOKED_QUAY_TOKEN, "lesser": LESSER_TOKEN}
+    if trouble in tokens:
+        overrides["QUAY_API_TOKEN"] = tokens[trouble]
     if trouble == "slow":
         quay.delay = 12.0  # past the client's 10 s timeout
+    page = overrides["ADMIN_BIND"] = f"127.0.0.1:{free_port()}"
     relay = start_relay_for(start_service, quay, overrides)
     if trouble == "down":
         quay.close()
@@ -106,10 +112,16 @@ def test_quay_s_api_refusing_down_or_slow_never_touches_quay_s_calls(start_servi
     answered = send_like_quay(relay.url + "/incoming/build_success", sample_body("build_success", "acme/api"),
                               test_pki.pair("quay"), verify=test_pki.ca_file)
     assert answered.status_code == 202, answered.text
-    expected = {"revoked": "Quay refused the token (401", "down": f"Quay's API at {quay.url} did not answer",
+    expected = {"revoked": "Quay refused the token (401", "lesser": "the token may not do this (403",
+                "down": f"Quay's API at {quay.url} did not answer",
                 "slow": f"Quay's API at {quay.url} did not answer: ReadTimeout"}[trouble]
     assert wait_for_log(relay, f"Quay's side was not looked at: {expected}", timeout=25), relay.log()
+    if trouble != "slow":
+        checked = run_flask(relay.env, "check-config", "--online")
+        assert checked.returncode == 1 and f"PROBLEM, {expected}" in checked.stdout, checked.stdout
     assert requests.get(relay.url + "/readyz", cert=test_pki.pair("server"), verify=test_pki.ca_file,
                         timeout=5).status_code == 200
+    overview = requests.get(f"https://{page}/", verify=test_pki.ca_file, timeout=5).text
+    assert "Last look" in overview and expected.replace("'", "&#39;") in overview
     refused = scrape(relay, test_pki)[("quay_dispatch_quay_api_token_refused", ())]
-    assert refused == (1 if trouble == "revoked" else 0)
+    assert refused == (1 if trouble in ("revoked", "lesser") else 0)

@@ -52,7 +52,29 @@ def overview():
         counts, hours, last, oldest, store_problem = {}, [], None, None, str(exc)
     return render_template("overview.html", counts=counts, store_problem=store_problem, health=readings.health(svc),
                            deliverer_alive=svc.deliverer.alive, chart=chart.svg(hours) if hours else None,
-                           last=last, oldest=oldest, now=time.time())
+                           last=last, oldest=oldest, now=time.time(), quay=_quay_side(svc))
+
+
+def _quay_side(svc) -> dict | None:
+    """Quay's side as the overview's card shows it, from the watch's latest look; None when it is off."""
+    if not svc.settings.quay_api_token:
+        return None
+    from ..quay_side.watch import load_state
+
+    try:
+        state = load_state(svc.outbox)
+    except StoreUnavailable:
+        state = {}
+    entries = list((state.get("notifications") or {}).values())
+    for entry in entries:
+        entry["state"] = ("missing" if entry["missing"] else "disabled" if entry["disabled"] else
+                          "failing" if entry["failures"] else "ok")
+    counts = {state: sum(e["state"] == state for e in entries) for state in ("ok", "failing", "disabled", "missing")}
+    api_error = (state.get("api") or {}).get("error")
+    return {"at": state.get("at"), "api_error": api_error, "counts": counts, "resets": state.get("resets_total", 0),
+            "recovered": sum((state.get("recovered") or {}).values()), "outages": (state.get("outages") or [])[-5:],
+            "trouble": [e for e in entries if e["state"] != "ok"][:10],
+            "bad": bool(api_error or counts["disabled"] or counts["missing"])}
 
 
 @bp.get("/deliveries")

@@ -27,3 +27,11 @@ def printable(text: str) -> str:
 def shown(value):
     """A template's value as the page shows it: text printable(), anything else (numbers, markup) as it is."""
     return printable(value) if type(value) is str else value
+
+
+def age(seconds: float) -> str:
+    """A span as the command line shows ages: "45s", "12m", "3h", "2d"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"

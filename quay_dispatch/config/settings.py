@@ -107,6 +107,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     fields |= admin_settings(env)
     fields |= quay_api_settings(env, fields["quay_hostnames"], fields.get("acme_domains", ()))
     fields |= _delivery_settings(env)
+    if fields.get("quay_recover") and fields["quay_recover_max_age"] >= fields["delivery_retention"]:
+        env.problems.append(f"QUAY_RECOVER_MAX_AGE ({fields['quay_recover_max_age']:.0f} s) must be shorter than "
+                            f"DELIVERY_RETENTION ({fields['delivery_retention']:.0f} s): a recovered event is known "
+                            "by the delivery kept for it, and would be recovered again once that is pruned")
     env.check()
     return Settings(dry_run=dry_run, **fields)
 

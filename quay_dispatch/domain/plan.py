@@ -6,7 +6,7 @@ import hashlib
 
 from .dispatch_request import REPOSITORY_DISPATCH, RUN_DETAILS, WORKFLOW_DISPATCH, DispatchRequest
 from .quay import QUOTA_FIGURES, QuayEvent
-from .routes import Route, template_fields
+from .routes import RECOVERED_INPUT, Route, template_fields
 
 # Quay retries a call whose answer it missed within minutes; an identical body
 # for the same target within this window is the same notification.
@@ -36,13 +36,20 @@ def client_payload(quay_event: QuayEvent) -> dict:
     }
 
 
-def plan_dispatches(quay_event: QuayEvent, routes: tuple[Route, ...], body: bytes) -> list[DispatchRequest]:
-    """One request per distinct target and workflow among `routes` (already selected for `event`)."""
+def plan_dispatches(quay_event: QuayEvent, routes: tuple[Route, ...], body: bytes,
+                    recovered: str | None = None) -> list[DispatchRequest]:
+    """One request per distinct target and workflow among `routes` (already selected for `event`).
+
+    `recovered`: for an event the relay recovered from Quay's lists (quay_side/recover.py), what makes it the same
+    event forever (a push's repository, tag and digest); a build is the same build by its id whoever sent it."""
     requests: dict[tuple, DispatchRequest] = {}
     payload = client_payload(quay_event)
+    inputs = payload | {RECOVERED_INPUT: "true" if recovered else "false"}
     body_hash = hashlib.sha256(body).hexdigest()
     if quay_event.is_build and not quay_event.is_test:
         identity, window = f"build|{quay_event.event}|{quay_event.build_id}", None
+    elif recovered:
+        identity, window = f"recovered|{quay_event.event}|{recovered}", None
     else:
         identity, window = f"body|{quay_event.event}|{body_hash}", BODY_DEDUP_WINDOW
     for route in routes:
@@ -53,7 +60,7 @@ def plan_dispatches(quay_event: QuayEvent, routes: tuple[Route, ...], body: byte
         event_type = route.event_type_for(quay_event)
         if route.workflow:
             path = f"/repos/{target}/actions/workflows/{route.workflow}/dispatches"
-            request_body = workflow_body(route, payload)
+            request_body = workflow_body(route, inputs)
         else:
             path = f"/repos/{target}/dispatches"
             request_body = {"event_type": event_type, "client_payload": payload}

@@ -25,6 +25,9 @@ _WORKFLOW = re.compile(r"[A-Za-z0-9._-]+\.ya?ml|\d+")  # a file in .github/workf
 # for a repository event and for a namespace event.
 PAYLOAD_FIELDS = ("text", "sha", "ref", "branch", "tags", "image", "build_id", "quay_repository", "event", "url")
 NAMESPACE_PAYLOAD_FIELDS = ("namespace", "event", "url", *QUOTA_FIGURES)
+# An input a route may name besides those: "true" when the relay recovered the event from Quay's lists (Quay dropped
+# it), "false" when Quay sent it (docs/setup.md). Not in the client_payload, which has GitHub's 10 keys already.
+RECOVERED_INPUT = "recovered"
 MAX_WORKFLOW_INPUTS = 10  # GitHub allows 25, GitHub Enterprise Server 10
 
 
@@ -192,8 +195,8 @@ def _route_from_table(table: dict, where: str) -> Route:
         allowed = ", ".join("{" + f + "}" for f in sorted(ref_fields))
         raise RouteError(f"{where}: ref = {ref!r} may only use {allowed}")
     for name in inputs:
-        if name not in payload_fields:
-            raise RouteError(f"{where}: input {name!r} is not one of {', '.join(payload_fields)}")
+        if name not in (*payload_fields, RECOVERED_INPUT):
+            raise RouteError(f"{where}: input {name!r} is not one of {', '.join((*payload_fields, RECOVERED_INPUT))}")
     if len(set(inputs)) > MAX_WORKFLOW_INPUTS:
         raise RouteError(f"{where}: at most {MAX_WORKFLOW_INPUTS} inputs (GitHub Enterprise Server's limit)")
     return Route(

@@ -66,6 +66,7 @@ class Listed:
     last_status: int | None
     next_attempt_at: float
     run_url: str | None
+    recovered: int  # 1: recovered from Quay's lists after Quay dropped the event
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ statuses are the domain's, in dispatch_request.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..domain.dispatch_request import DELIVERED, EXPIRED, FAILED, PENDING
 
@@ -31,6 +31,7 @@ class Notification:
     tags: tuple[str, ...] = ()
     commit: str | None = None
     body: str | None = None  # Quay's notification as received, for the operator's page
+    recovered: bool = False  # recovered from Quay's lists after Quay dropped it (quay_side/recover.py)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Delivery:
     last_request_id: str | None
     delivered_at: float | None
     run_url: str | None  # the workflow run GitHub started, for a workflow_dispatch it named one for
+    recovered: bool  # recovered from Quay's lists, not sent by Quay
 
 
 def row_as(kind, row):
@@ -75,7 +77,7 @@ def row_as(kind, row):
 
 def delivery_of(row) -> Delivery:
     """The Delivery a `deliveries` row holds."""
-    return row_as(Delivery, row)
+    return replace(row_as(Delivery, row), recovered=bool(row["recovered"]))
 
 
 def requeue(run: Run, ids: list[int], now: float) -> None:

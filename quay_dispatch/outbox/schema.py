@@ -82,4 +82,9 @@ MIGRATIONS = [
             names TEXT
         )""",
     ],
+    [
+        # Quay's side (quay_side/recover.py): a delivery the relay recovered from Quay's build or tag list, after
+        # Quay dropped the event.
+        "ALTER TABLE deliveries ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0",
+    ],
 ]

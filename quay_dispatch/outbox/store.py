@@ -75,12 +75,13 @@ class Outbox(SharedState, Browse):
             row = run(
                 """INSERT INTO deliveries (created_at, queued_at, updated_at, event, quay_repository, build_id,
                        host, target, kind, event_type, path, body, dedup_key, dedup_until, status, next_attempt_at,
-                       branch, tags, commit_sha, notification)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                       branch, tags, commit_sha, notification, recovered)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 now, now, now, n.event, n.quay_repository, n.build_id, n.host, req.target, req.kind, req.event_type,
                 req.path, canonical_json(req.body), req.dedup_key,
                 None if req.dedup_window is None else now + req.dedup_window,
                 DRY_RUN if n.dry_run else PENDING, now, n.branch, " ".join(n.tags) or None, n.commit, n.body,
+                int(n.recovered),
             ).fetchone()
             accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
         return accepted, duplicates
@@ -152,6 +153,20 @@ class Outbox(SharedState, Browse):
             else:
                 rows = run("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", limit)
             return [delivery_of(row) for row in rows.fetchall()]
+
+    def known(self, dedup_keys: list[str]) -> set[str]:
+        """Which of `dedup_keys` the outbox holds a delivery for that still counts (its duplicates are refused)."""
+        with self._transaction() as run:
+            return {key for key in dict.fromkeys(dedup_keys) if run(
+                "SELECT 1 FROM deliveries WHERE dedup_key = ? AND (dedup_until IS NULL OR dedup_until > ?) LIMIT 1",
+                key, time.time()).fetchone()}
+
+    def received_push(self, repository: str, tag: str, since: float) -> bool:
+        """Whether the relay took a repo_push of `repository` naming `tag` since `since` (epoch seconds)."""
+        with self._transaction() as run:
+            return run("""SELECT 1 FROM deliveries WHERE quay_repository = ? AND event = 'repo_push'
+                              AND created_at >= ? AND ' ' || tags || ' ' LIKE ? LIMIT 1""",
+                       repository, since, f"% {tag} %").fetchone() is not None
 
     def attempts(self, delivery_id: int) -> list[dict]:
         """Every attempt of a delivery, oldest first."""

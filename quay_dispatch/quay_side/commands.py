@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from ..base.printable import printable
+from ..base.printable import age, printable
 
 _services: Callable | None = None  # cli._services: builds the service's objects
 
@@ -36,11 +36,17 @@ def quay(ctx, as_json: bool) -> None:
 
     svc, api = _quay_side()
     found = survey(api, svc.settings.routes, svc.settings.public_url, last_heard(svc.outbox))
-    watched = load_state(svc.outbox).get("notifications") or {}
+    state = load_state(svc.outbox)
+    watched, outages = state.get("notifications") or {}, _may_be_missing(state)
     if as_json:
-        click.echo(json.dumps(_as_data(found, svc.settings.quay_api_url, watched), indent=2))
+        click.echo(json.dumps(_as_data(found, svc.settings.quay_api_url, watched) | {"may_be_missing": outages},
+                              indent=2))
     else:
         _show(found, svc.settings.quay_api_url, watched)
+        for outage in outages:
+            until = "now" if outage["to"] is None else _iso(outage["to"])
+            click.echo(f"may be missing: {outage['repository']} {outage['event']} from {_iso(outage['from'])} to "
+                       f"{until}: Quay dropped its events while the notification failed, and cannot list them")
     if found.problems or any(row.state in ("missing", "disabled") for row in found.rows if row.wanted):
         raise SystemExit(1)
 
@@ -69,8 +75,8 @@ def repair() -> None:
     from .watch import Watch, load_state
 
     svc, api = _quay_side()
-    state = Watch(svc.settings, svc.outbox, lambda: _not_writable(svc.outbox), api).look(load_state(svc.outbox),
-                                                                                        force=True)
+    watch = Watch(svc.settings, svc.outbox, lambda: _not_writable(svc.outbox), svc.deliverer.host, api)
+    state = watch.look(load_state(svc.outbox), force=True)
     for problem in state.get("problems", []):
         click.echo(f"PROBLEM: {printable(problem)}", err=True)
     entries = sorted((state.get("notifications") or {}).values(), key=lambda e: (e["repository"], e["event"]))
@@ -83,6 +89,82 @@ def repair() -> None:
         click.echo("nothing to repair: Quay has disabled none of the relay's notifications")
     if state.get("problems") or any(entry["disabled"] for entry in entries):
         raise SystemExit(1)
+
+
+@quay.command("recover")
+@click.option("--since", required=True, help="How far back: 90m, 2h, 1d (QUAY_RECOVER_MAX_AGE at most).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be dispatched.")
+def recover(since: str, dry_run: bool) -> None:
+    """Dispatch the build events and pushes of the routed repositories that Quay's lists show since then and the
+    relay never took (older than QUAY_RECOVER_GRACE), marked recovered; what the relay took is a duplicate."""
+    from ..config.reader import duration
+    from .recover import RECOVERABLE, Recovery
+    from .survey import survey
+    from .watch import STATE, load_state
+
+    svc, api = _quay_side()
+    settings, now = svc.settings, time.time()
+    seconds = duration(since)
+    if not seconds or seconds > settings.quay_recover_max_age:
+        raise click.BadParameter(f"{since!r}: a duration such as 2h, at most QUAY_RECOVER_MAX_AGE "
+                                 f"({settings.quay_recover_max_age:.0f} s)", param_hint="--since")
+    found = survey(api, settings.routes, settings.public_url, {})
+    window = (now - seconds, now - settings.quay_recover_grace)
+    windows = {(row.repository, row.event): window for row in found.rows if row.wanted and row.event in RECOVERABLE}
+    items, problems = Recovery(settings, svc.outbox, api, svc.deliverer.host).run(windows, dry_run)
+    for item in sorted(items, key=lambda item: item.at):
+        click.echo(f"{item.outcome}: {item.repository} {item.event} {printable(item.what)} "
+                   f"({age(now - item.at)} ago)")
+    recovered = [item for item in items if item.outcome == "recovered"]
+    click.echo(f"{len(recovered) if not dry_run else sum(i.outcome == 'would recover' for i in items)} "
+               f"{'would be ' if dry_run else ''}recovered, of {len(items)} events in Quay's lists")
+    if recovered:
+        state = load_state(svc.outbox)
+        counts = state.setdefault("recovered", {})
+        for item in recovered:
+            counts[item.event] = counts.get(item.event, 0) + 1
+        svc.outbox.store(STATE, json.dumps(state))
+    for problem in found.problems + problems:
+        click.echo(f"PROBLEM: {printable(problem)}", err=True)
+    if found.problems or problems:
+        raise SystemExit(1)
+
+
+def check_online(svc) -> list[tuple[bool, str]]:
+    """For check-config --online: whether Quay's API takes the token, and what it may do with it."""
+    from .api import QuayAPI
+    from .survey import survey
+
+    api = QuayAPI(svc.settings.quay_api_url, svc.settings.quay_api_token)
+    found = survey(api, svc.settings.routes, svc.settings.public_url, {})
+    if found.stopped is not None:
+        return [(False, str(found.stopped))]
+    results = [(True, f"{svc.settings.quay_api_url} takes the token: it reads the notifications of "
+                      f"{len({row.repository for row in found.rows})} routed repositories (repo:admin)")]
+    results += [(False, problem) for problem in found.problems]
+    missing = [f"{row.repository} {row.event}" for row in found.rows if row.wanted and row.state == "missing"]
+    disabled = [f"{row.repository} {row.event}" for row in found.rows if row.wanted and row.state == "disabled"]
+    if missing:
+        results.append((False, f"no notification for {', '.join(missing[:10])}: `flask --app app quay connect`"))
+    if disabled:
+        results.append((False, f"disabled by Quay: {', '.join(disabled[:10])}: `flask --app app quay repair`"))
+    return results
+
+
+def _may_be_missing(state: dict) -> list[dict]:
+    """The spans in which events Quay cannot list (vulnerability, mirror, expiry) may have been dropped: those
+    the watch kept, and those still going on."""
+    from .recover import RECOVERABLE
+
+    spans = [{"repository": o["repository"], "event": o["event"], "uuid": o["uuid"], "from": o["trouble_since"],
+              "to": o["healthy_since"]} for o in state.get("outages") or []]
+    return spans + [{"repository": e["repository"], "event": e["event"], "uuid": e["uuid"], "from": e["trouble_since"],
+                     "to": None} for e in (state.get("notifications") or {}).values()
+                    if e.get("trouble_since") is not None and e["event"] not in RECOVERABLE]
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _not_writable(outbox) -> str | None:
@@ -139,7 +221,7 @@ def _show(found, api_url: str, watched: dict) -> None:
     table = [header] + [
         (row.repository, row.event, row.state + ("" if row.wanted else " (no route wants it)"),
          "-" if row.notification is None else str(row.notification.failures),
-         "never" if row.last_received is None else f"{_ago(now - row.last_received)} ago",
+         "never" if row.last_received is None else f"{age(now - row.last_received)} ago",
          "-" if row.notification is None else f"{row.notification.uuid} {printable(row.notification.title or '')}")
         for row in found.rows]
     _table(table)
@@ -165,8 +247,3 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
-def _ago(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{max(seconds, 0):.0f}s"

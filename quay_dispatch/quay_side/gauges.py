@@ -54,6 +54,12 @@ class QuaySideCollector:
             for key, value in sorted(values.items()):
                 family.add_metric(list(key), value)
             yield family
+        recovered = CounterMetricFamily("quay_dispatch_quay_recovered_events",
+                                        "Events Quay dropped that the relay recovered from Quay's lists, by event",
+                                        labels=["event"])
+        for event, count in sorted((state.get("recovered") or {}).items()):
+            recovered.add_metric([event], count)
+        yield recovered
         yield CounterMetricFamily("quay_dispatch_quay_notification_resets",
                                   "Disabled notifications of the relay's that it reset",
                                   value=state.get("resets_total", 0))

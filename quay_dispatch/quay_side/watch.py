@@ -1,10 +1,17 @@
 """The watch: every QUAY_WATCH_INTERVAL, one worker of one replica (a lease in the store, as ACME's orders) looks at
-Quay's side, and resets the relay's notifications that Quay disabled (QUAY_REPAIR). What it found is kept in the
-store as one shared value, for the metrics (gauges.py), the page and `quay`. It runs in a thread of its own: Quay's
-API being down, slow or refusing never touches a request from Quay."""
+Quay's side, resets the relay's notifications that Quay disabled (QUAY_REPAIR), and recovers what Quay dropped while
+one failed (QUAY_RECOVER, recover.py). What it found is kept in the store as one shared value, for the metrics
+(gauges.py), the page and `quay`. It runs in a thread of its own: Quay's API being down, slow or refusing never
+touches a request from Quay.
+
+A notification is in trouble from the last look that saw it without failures (or the repository's first look) until
+QUAY_RECOVER_GRACE after a look sees it without failures again; each look meanwhile recovers that span, as the
+outbox makes a second recovery of the same event a duplicate. An event that cannot be recovered (vulnerability,
+mirror, expiry) leaves an outage: the notification and the span, "may be missing"."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -17,6 +24,7 @@ from collections.abc import Callable
 from ..config import Settings
 from ..outbox import Outbox, StoreUnavailable
 from .api import QuayAPI, QuayAPIError
+from .recover import LEAD, RECOVERABLE, Recovery
 from .seen import last_heard
 from .survey import Row, survey
 
@@ -26,6 +34,8 @@ FIRST_LOOK = 2.0  # seconds after a worker starts, plus up to as much again at r
 MAX_STREAK = 3  # resets in a row with nothing coming through after any of them: then repair holds off
 MAX_API_BACKOFF = 3600.0  # seconds: the longest wait after Quay's API refused or failed
 PACE = 1.0  # seconds at most between two repositories' listings
+LEASE_MARGIN = 60.0  # seconds a lease outlives the interval: a look that takes long keeps it
+OUTAGES_KEPT = 50
 log = logging.getLogger("quay_dispatch.quay")
 
 
@@ -37,9 +47,12 @@ def load_state(outbox: Outbox) -> dict:
 class Watch:
     """Looks at Quay's side now and then, under the store's lease; `ready()`: why the relay is not ready, or None."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, ready: Callable[[], str | None], api: QuayAPI | None = None):
+    def __init__(self, settings: Settings, outbox: Outbox, ready: Callable[[], str | None], host: str,
+                 api: QuayAPI | None = None):
+        """`host`: the GitHub API host that recovered events go to (the deliverer's)."""
         self.settings, self.outbox, self.ready = settings, outbox, ready
         self.api = api or QuayAPI(settings.quay_api_url, settings.quay_api_token)
+        self.recovery = Recovery(settings, outbox, self.api, host)
         self.interval = settings.quay_watch_interval
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
@@ -49,9 +62,15 @@ class Watch:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="quay-watch", daemon=True)
             self._thread.start()
+            atexit.register(self.stop)
 
     def stop(self) -> None:
+        """Stop looking, and hand the lease back for another worker or replica to take at once."""
         self._stop.set()
+        try:
+            self.outbox.unlock(LEASE, self.holder)
+        except Exception:  # leaving: the lease then runs out by itself
+            pass
 
     def _run(self) -> None:
         delay = FIRST_LOOK * (1 + random.random())
@@ -67,7 +86,7 @@ class Watch:
     def _turn(self) -> None:
         """One turn of the thread: a look, when this process holds the lease and neither the last look (by anyone)
         nor a backoff after Quay's API failed says to wait."""
-        if not self.outbox.lock(LEASE, self.holder, 2 * self.interval + 60):
+        if not self.outbox.lock(LEASE, self.holder, self.interval + LEASE_MARGIN):
             return
         state = load_state(self.outbox)
         now = time.time()
@@ -97,8 +116,36 @@ class Watch:
                     if row.notification is not None and row.notification.disabled:
                         self._repair(state, row, entry, now, force)
                     state["notifications"][_key(row)] = entry
+            if settings.quay_recover:
+                self._recover(state, now)
         self.outbox.store(STATE, json.dumps(state))
         return state
+
+    def _recover(self, state: dict, now: float) -> None:
+        """Recover the spans of the notifications in trouble; end the trouble of those well again for a grace."""
+        settings, windows = self.settings, {}
+        for entry in state["notifications"].values():
+            if entry["trouble_since"] is None:
+                continue
+            start = max(entry["trouble_since"] - LEAD.get(entry["event"], 0),
+                        state["first_watch"][entry["repository"]] - 1,  # Quay's times are to the second
+                        now - settings.quay_recover_max_age)
+            end = now - settings.quay_recover_grace
+            if entry["event"] in RECOVERABLE and start < end:
+                windows[(entry["repository"], entry["event"])] = (start, end)
+        found, problems = self.recovery.run(windows)
+        state["problems"] += problems
+        counts = state.setdefault("recovered", {})
+        for item in found:
+            if item.outcome == "recovered":
+                counts[item.event] = counts.get(item.event, 0) + 1
+        for entry in state["notifications"].values():
+            if entry["healthy_since"] is not None and now - settings.quay_recover_grace >= entry["healthy_since"]:
+                if entry["event"] not in RECOVERABLE:
+                    outage = {key: entry[key] for key in ("repository", "event", "uuid", "trouble_since",
+                                                          "healthy_since")}
+                    state["outages"] = (state.get("outages") or [])[-(OUTAGES_KEPT - 1):] + [outage]
+                entry["trouble_since"] = entry["healthy_since"] = None
 
     def _entry(self, row: Row, previous: dict, first: float, heard: dict, now: float) -> dict:
         """What is kept of one wanted notification (or of its absence), carried over from the previous look."""
@@ -107,9 +154,15 @@ class Watch:
         entry = {"repository": row.repository, "event": row.event, "uuid": n and n.uuid, "missing": n is None,
                  "failures": n.failures if n else 0, "disabled": bool(n and n.disabled),
                  "ok_at": old.get("ok_at", first), "streak": old.get("streak", 0), "reset_at": old.get("reset_at"),
-                 "resets": old.get("resets", 0), "held": None}
+                 "resets": old.get("resets", 0), "held": None, "trouble_since": old.get("trouble_since"),
+                 "healthy_since": old.get("healthy_since")}
         if n is not None and n.failures == 0:
             entry["ok_at"] = now
+            if entry["trouble_since"] is not None and entry["healthy_since"] is None:
+                entry["healthy_since"] = now
+        elif n is not None:
+            entry["trouble_since"] = entry["trouble_since"] or old.get("ok_at", first)
+            entry["healthy_since"] = None
         if entry["reset_at"] and heard.get((row.repository, row.event), 0) > entry["reset_at"]:
             entry["streak"] = 0  # something came through since the last reset: the repair worked
         return entry

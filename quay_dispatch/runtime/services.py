@@ -113,7 +113,8 @@ def build(settings: Settings) -> Services:
     if settings.quay_api_token:
         from ..quay_side.watch import Watch
 
-        services.quay_watch = Watch(settings, outbox, lambda: "; ".join(p for p, _ in services.not_ready()) or None)
+        services.quay_watch = Watch(settings, outbox, lambda: "; ".join(p for p, _ in services.not_ready()) or None,
+                                    deliverer.host)
     return services
 
 
