@@ -12,10 +12,11 @@ import requests
 from flask import Flask
 
 from .base.printable import age, printable
-from .config import ConfigError, certificates_in, environment_store_settings, listing, tls_problems
+from .config import ConfigError, certificates_in, environment_store_settings
 from .domain.dispatch_request import STATUSES
 from .domain.quay import ALL_EVENTS
 from .outbox import Outbox, SQLiteOutbox, StoreUnavailable, open_outbox
+from .runtime.preflight import start_problems
 from .runtime.services import services_of
 from .tools.pki import make_dev_pki
 from .tools.sample import sample_body, send_like_quay
@@ -71,10 +72,8 @@ def check_config(online: bool) -> None:
     """Validate the configuration and say what the service will do with it."""
     svc = _services()
     settings = svc.settings
-    if settings.tls_cert_file or settings.tls_key_file:
-        tls = ((settings.tls_cert_setting, settings.tls_cert_file), (settings.tls_key_setting, settings.tls_key_file))
-        if problems := tls_problems(*tls):
-            raise click.ClickException(str(listing(problems)))
+    if problems := start_problems(settings):  # the start's own checks, gunicorn's settings and the store's included
+        raise click.ClickException("the service would refuse to start:\n" + "\n".join(f"  - {p}" for p in problems))
     click.echo("configuration is valid")
     click.echo(f"  authentication: {_describe_auth(settings)}")
     try:

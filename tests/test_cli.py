@@ -123,24 +123,3 @@ def test_dev_certs_then_send_sample_to_a_running_service(start_service, tmp_path
 
     assert sent.returncode == 0 and sent.stdout.startswith("202 ")
     assert test.returncode == 0 and '"status":"test"' in test.stdout
-
-
-def test_check_config_refuses_what_the_service_would_refuse_at_start(test_pki, tmp_path):
-    cert, _ = test_pki.pair("server")
-    _, other_key = test_pki.pair("quay")
-    env = {"PATH": "/usr/bin:/bin", "GITHUB_TOKEN": GITHUB_TOKEN, "ROUTES": "acme/*",
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.sqlite3'}", "QUAY_CA_FILE": str(tmp_path / "missing.pem")}
-
-    missing_ca = run_flask(env | {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key}, "check-config")
-    mismatched = run_flask(env | {"TLS_CERT_FILE": cert, "TLS_KEY_FILE": other_key, "QUAY_CA_FILE": test_pki.ca_file},
-                       "check-config")
-    header_without_proxy = run_flask(env | {"CLIENT_CERT_SOURCE": "header", "QUAY_CA_FILE": test_pki.ca_file},
-                                 "check-config")
-
-    assert missing_ca.returncode == 1 and f"QUAY_CA_FILE={tmp_path / 'missing.pem'} does not exist" in missing_ca.stderr
-    assert mismatched.returncode == 1
-    assert (f"TLS_CERT_FILE and TLS_KEY_FILE do not match: the certificate in {cert} is not for the key in "
-            f"{other_key}") in mismatched.stderr
-    assert header_without_proxy.returncode == 1
-    assert "CLIENT_CERT_SOURCE=header needs FORWARDED_ALLOW_IPS (or gunicorn's" in header_without_proxy.stderr
-    assert all("Traceback" not in r.stderr for r in (missing_ca, mismatched, header_without_proxy))

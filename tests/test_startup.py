@@ -133,7 +133,7 @@ def test_a_database_that_never_answers_stops_the_start_within_seconds_saying_so(
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_check_config_says_a_database_that_never_answers_is_not_writable_within_seconds():
+def test_check_config_refuses_a_database_that_never_answers_within_seconds_as_the_start_does():
     with silent_listener() as port:
         started = time.monotonic()
         result = run_flask(VALID | {"PATH": os.environ["PATH"], "DRY_RUN": "1",
@@ -142,8 +142,8 @@ def test_check_config_says_a_database_that_never_answers_is_not_writable_within_
         elapsed = time.monotonic() - started
 
     assert result.returncode == 1
-    assert (f"outbox:         PostgreSQL at 127.0.0.1:{port} (NOT WRITABLE: no answer within 2 s while connecting"
-            in result.stdout)
+    assert (f"  - the outbox (PostgreSQL at 127.0.0.1:{port}) cannot be opened: no answer within 5 s while connecting"
+            in result.stderr)
     assert elapsed < 15
     assert "hunter2" not in result.stdout + result.stderr
 

@@ -9,9 +9,11 @@ Each problem names the setting to change; all of them are reported together.
 from __future__ import annotations
 
 import ipaddress
+import runpy
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ..config import NO_TRUSTED_PROXY, ConfigError, Settings, quay_certificates, tls_problems, trusted_proxies
 from ..config.admin import canonical_address
@@ -21,6 +23,23 @@ from ..outbox.watchdog import SLOW
 TLS_WORKER = "quay_dispatch.tls_worker.TLSWorker"
 STARTUP_STORE_TIMEOUT = 30.0  # seconds the schema migration at start may take (a big outbox's new index)
 STARTUP_CONNECT_TIMEOUT = 5.0  # seconds to reach a database server at start: answering needs no more
+GUNICORN_CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
+
+
+def start_problems(settings: Settings) -> list[str]:
+    """What the start would refuse, for check-config: serving_problems() on gunicorn's settings as
+    `gunicorn -c gunicorn.conf.py wsgi:app` has them (GUNICORN_CMD_ARGS included; flags on a command line that
+    check-config does not see are not)."""
+    from gunicorn.config import Config
+
+    cfg = Config()
+    for name, value in runpy.run_path(str(GUNICORN_CONF)).items():
+        if name in cfg.settings:
+            cfg.set(name, value)
+    for name, value in vars(cfg.parser().parse_args(cfg.get_cmd_args_from_env())).items():
+        if value is not None and name != "args":
+            cfg.set(name, value)
+    return serving_problems(settings, cfg, lambda said: None)
 
 
 def serving_problems(settings: Settings, cfg, say: Callable[[str], None]) -> list[str]:
