@@ -15,7 +15,7 @@ import yaml
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.faults import hold_sqlite_lock
 from testkit.prometheus import DASHBOARD, OPERATIONS, RULE_TESTS, RULES, Prometheus, prometheus_missing
-from testkit.service import require, wait_until
+from testkit.service import free_port, require, wait_until
 
 # DESIGN.md's table ("Alerts and the dashboard"), the refused caller that presents Quay's name, and Quay's side.
 ALERTS = {"QuayDispatchDown", "QuayDispatchAnsweredQuayWithError", "QuayDispatchDeliveryFailed",
@@ -68,8 +68,9 @@ def test_every_alert_has_a_case_where_it_fires_and_one_where_it_stays_quiet():
 
 def test_a_real_prometheus_sees_the_alerts_fire_against_the_real_service(start_service, test_pki, github,
                                                                           database_url, tmp_path):
-    service = start_service(args=["--workers", "2"])
-    prometheus = Prometheus(tmp_path, f"127.0.0.1:{service.port}", test_pki.pair("server"), test_pki.ca_file)
+    page = f"127.0.0.1:{free_port()}"
+    service = start_service({"ADMIN_BIND": page}, args=["--workers", "2"])
+    prometheus = Prometheus(tmp_path, page, test_pki.ca_file)
     try:
         assert wait_until(lambda: prometheus.query('up{job="quay-dispatch"} == 1'), timeout=20), prometheus.log()
         time.sleep(3)  # a few evaluations: a healthy service raises nothing
@@ -87,7 +88,7 @@ def test_a_real_prometheus_sees_the_alerts_fire_against_the_real_service(start_s
             notify(service, test_pki, "dispatched")
         assert prometheus.wait_firing("QuayDispatchStoreDegraded"), prometheus.api("alerts")
 
-        assert_every_dashboard_query_answers_with_data(prometheus, f"127.0.0.1:{service.port}")
+        assert_every_dashboard_query_answers_with_data(prometheus, page)
         assert prometheus.firing() == {"QuayDispatchDeliveryFailed", "QuayDispatchStoreDegraded"}
 
         service.stop()
