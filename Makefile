@@ -73,7 +73,7 @@ servers:
 	@missing=""; \
 	[ -n "$${QUAY_TEST_POSTGRESQL_URL}" ] || command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| missing="$$missing postgresql"; \
-	for tool in podman runc debootstrap haproxy pebble prometheus chromium; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for tool in podman podman-compose runc debootstrap haproxy pebble prometheus chromium; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \

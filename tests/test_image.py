@@ -24,12 +24,13 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
 from testkit.deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 from testkit.pebble import DOMAIN, session_for
-from testkit.service import ROOT, free_port, wait_for_readyz, wait_until
+from testkit.service import ROOT, free_port, free_ports, wait_for_readyz, wait_until
 
 IMAGE = "localhost/quay-dispatch-test"
 CONTAINER = "quay-dispatch"
@@ -285,45 +286,141 @@ def test_the_acme_deployment_gets_its_certificate_and_serves_quay_with_nothing_m
     CAs (its root, mounted, is ACME_CA_FILE, for pebble's HTTPS certificate, and QUAY_CA_FILE, for Quay's)."""
     port = free_port()
     pebble = pebble_at(port)
-    ca = tmp_path / "ca"
-    subprocess.run(["install", "-d", "-m", "0755", str(ca)], check=True)
-    subprocess.run(["install", "-m", "0444", test_pki.ca_file, str(ca / "ca.pem")], check=True)
-    settings = {"ACME_DOMAINS": DOMAIN, "ACME_EMAIL": "ops@example.test", "ACME_DIRECTORY": pebble.directory,
-                "ACME_CA_FILE": "/ca/ca.pem", "QUAY_CA_FILE": "/ca/ca.pem", "GITHUB_TOKEN": GITHUB_TOKEN,
-                "GITHUB_API_URL": github.url,
-                "ROUTES": "acme/*", "PORT": str(port), "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
+    ca = public_roots(test_pki, tmp_path)
+    settings = {**acme_settings(pebble, github), "PORT": str(port), "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
     github.reset()
     podman("volume", "create", VOLUME)
     try:
         podman("run", "-d", "--name", CONTAINER, "--network", "host", "-v", f"{VOLUME}:/data", "-v", f"{ca}:/ca:ro",
                *(f"--env={name}={value}" for name, value in settings.items()), IMAGE)
-        root = tmp_path / "pebble-root.pem"
-        root.write_text(pebble.root_pem())
-        response = None
-
-        def answered_by_pebbles_certificate() -> bool:
-            nonlocal response
-            try:
-                response = session_for(DOMAIN).post(f"https://127.0.0.1:{port}/incoming",
-                                                    data=json.dumps(sample_body("build_success", "acme/widget")),
-                                                    headers={"Content-Type": "application/json"},
-                                                    cert=test_pki.pair("quay"), verify=str(root), timeout=5)
-            except requests.RequestException:  # not yet listening, or still the temporary certificate
-                return False
-            return True
-
-        assert wait_until(answered_by_pebbles_certificate, timeout=60, interval=0.5), podman.logs(CONTAINER)
-        assert response.status_code == 202, response.text
-        assert [r.path for r in github.wait_for(1, timeout=15)] == ["/repos/acme/widget/dispatches"]
+        assert_serves_quay_with_pebbles_certificate(podman, CONTAINER, port, pebble, test_pki, github, tmp_path)
         health = podman("healthcheck", "run", CONTAINER, check=False)
         assert health.returncode == 0, health.stdout + podman.inspect(CONTAINER, "{{json .State.Health.Log}}")
-        volume = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", VOLUME).stdout.strip())
-        outbox = volume / "quay-dispatch.sqlite3"
-        assert (outbox.stat().st_uid, outbox.stat().st_mode & 0o777) == (10001, 0o600)
+        assert_outbox_is_the_services(podman, VOLUME)
         assert pebble.orders() == 1
     finally:
-        log = tmp_path / "container.log"
-        log.write_text(podman.logs(CONTAINER))
-        ALL_LOGS.append(log)
+        keep_log(podman, CONTAINER, tmp_path)
         podman("rm", "--force", CONTAINER, check=False)
         podman("volume", "rm", "--force", VOLUME, check=False)
+
+
+def test_the_compose_file_runs_the_relay_with_its_env_file_volume_and_page(podman, pebble_at, test_pki, github,
+                                                                           tmp_path):
+    """compose.yaml under Debian's podman-compose, as written but for what this machine needs: the image built
+    above, the host's network (the loopback GitHub and pebble listen on 127.0.0.1 only, so the ports are the
+    listeners' own), free ports, and pebble with the test PKI for the public CAs."""
+    if not shutil.which("podman-compose"):
+        pytest.fail("podman-compose is missing: `make test` installs it with apt-get when run as root")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    relay = compose["services"]["relay"]
+    assert (relay["env_file"], relay["volumes"], relay["restart"]) == ("quay-dispatch.env", ["data:/data"],
+                                                                      "unless-stopped")
+    assert relay["ports"] == ["443:8443", "127.0.0.1:9090:9090"] and relay["environment"] == {
+        "ADMIN_BIND": "0.0.0.0:9090"}
+    port, page = free_ports(2)
+    pebble = pebble_at(port)
+    ca = public_roots(test_pki, tmp_path)
+    del relay["build"], relay["ports"]
+    relay |= {"image": IMAGE, "network_mode": "host", "volumes": [*relay["volumes"], f"{ca}:/ca:ro"]}
+    relay["environment"] |= {"ADMIN_BIND": f"127.0.0.1:{page}", "PORT": str(port),
+                             "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(compose))
+    (tmp_path / "quay-dispatch.env").write_text("".join(
+        f"{name}={value}\n" for name, value in {**acme_settings(pebble, github), "ADMIN_TOKEN": "a" * 48}.items()))
+    github.reset()
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "podman").write_text(PODMAN_COMPOSE_HOST_NETWORK)
+    (shim / "podman").chmod(0o755)
+    env = podman.env | {"PATH": f"{shim}:{podman.env['PATH']}"}
+
+    def compose_command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["podman-compose", "-p", "quaycompose", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        started = compose_command("up", "-d")
+        assert started.returncode == 0, started.stdout + started.stderr
+        names = podman("ps", "-a", "--format", "{{.Names}}").stdout.split()
+        assert names == ["quaycompose_relay_1"], started.stdout[-1500:] + started.stderr[-1500:]
+        assert_serves_quay_with_pebbles_certificate(podman, "quaycompose_relay_1", port, pebble, test_pki, github,
+                                                    tmp_path)
+        metrics = session_for(DOMAIN).get(f"https://127.0.0.1:{page}/metrics", verify=str(tmp_path / "pebble.pem"),
+                                          timeout=5)
+        assert metrics.status_code == 200 and "quay_dispatch_incoming_total" in metrics.text  # no client certificate
+        assert_outbox_is_the_services(podman, "quaycompose_data")
+        stopped = compose_command("down")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert podman("volume", "exists", "quaycompose_data", check=False).returncode == 0  # the outbox stays
+    finally:
+        keep_log(podman, "quaycompose_relay_1", tmp_path)
+        compose_command("down", "-v")
+
+
+# podman-compose 1.0.3 (Debian's) gives a service with network_mode: host its project's network too, which podman
+# refuses ("cannot set multiple networks"): on the way to podman, this drops that network from such a `podman run`.
+PODMAN_COMPOSE_HOST_NETWORK = """#!/bin/bash
+if [[ " $* " == *" --network host "* ]]; then
+    out=(); skip=0
+    for arg in "$@"; do
+        if (( skip )); then skip=0; continue; fi
+        if [[ $arg == --net || $arg == --network-alias ]]; then skip=1; continue; fi
+        out+=("$arg")
+    done
+    set -- "${out[@]}"
+fi
+exec /usr/bin/podman "$@"
+"""
+
+
+def public_roots(test_pki, tmp_path: Path) -> Path:
+    """A directory holding the test PKI's root, readable by the container's user, to mount as /ca."""
+    ca = tmp_path / "ca"
+    subprocess.run(["install", "-d", "-m", "0755", str(ca)], check=True)
+    subprocess.run(["install", "-m", "0444", test_pki.ca_file, str(ca / "ca.pem")], check=True)
+    return ca
+
+
+def acme_settings(pebble, github) -> dict[str, str]:
+    """What the ACME deployment sets, with pebble for Let's Encrypt and the loopback GitHub for GitHub."""
+    return {"ACME_DOMAINS": DOMAIN, "ACME_EMAIL": "ops@example.test", "ACME_DIRECTORY": pebble.directory,
+            "ACME_CA_FILE": "/ca/ca.pem", "QUAY_CA_FILE": "/ca/ca.pem", "GITHUB_TOKEN": GITHUB_TOKEN,
+            "GITHUB_API_URL": github.url, "ROUTES": "acme/*"}
+
+
+def assert_serves_quay_with_pebbles_certificate(podman, container: str, port: int, pebble, test_pki, github,
+                                                tmp_path: Path) -> None:
+    """Once pebble's certificate is served on `port`, Quay's notification is answered 202 and reaches GitHub."""
+    root = tmp_path / "pebble.pem"
+    root.write_text(pebble.root_pem())
+    response = None
+
+    def answered_by_pebbles_certificate() -> bool:
+        nonlocal response
+        try:
+            response = session_for(DOMAIN).post(f"https://127.0.0.1:{port}/incoming",
+                                                data=json.dumps(sample_body("build_success", "acme/widget")),
+                                                headers={"Content-Type": "application/json"},
+                                                cert=test_pki.pair("quay"), verify=str(root), timeout=5)
+        except requests.RequestException:  # not yet listening, or still the temporary certificate
+            return False
+        return True
+
+    assert wait_until(answered_by_pebbles_certificate, timeout=60, interval=0.5), podman.logs(container)
+    assert response.status_code == 202, response.text
+    assert [r.path for r in github.wait_for(1, timeout=15)] == ["/repos/acme/widget/dispatches"]
+
+
+def assert_outbox_is_the_services(podman, volume: str) -> None:
+    """The outbox on the volume: uid 10001's, and no one else's to read (it holds ACME's keys)."""
+    mountpoint = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip())
+    outbox = mountpoint / "quay-dispatch.sqlite3"
+    assert (outbox.stat().st_uid, outbox.stat().st_mode & 0o777) == (10001, 0o600)
+
+
+def keep_log(podman, container: str, tmp_path: Path) -> None:
+    """The container's log among the logs checked for secrets at the end of the run."""
+    log = tmp_path / f"{container}.log"
+    log.write_text(podman.logs(container))
+    ALL_LOGS.append(log)
