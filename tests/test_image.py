@@ -30,7 +30,7 @@ from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
 from testkit.deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 from testkit.pebble import DOMAIN, session_for
-from testkit.service import ROOT, free_port, free_ports, wait_for_readyz, wait_until
+from testkit.service import ROOT, free_port, free_ports, require, wait_for_readyz, wait_until
 
 IMAGE = "localhost/quay-dispatch-test"
 CONTAINER = "quay-dispatch"
@@ -310,7 +310,7 @@ def test_the_compose_file_runs_the_relay_with_its_env_file_volume_and_page(podma
     above, the host's network (the loopback GitHub and pebble listen on 127.0.0.1 only, so the ports are the
     listeners' own), free ports, and pebble with the test PKI for the public CAs."""
     if not shutil.which("podman-compose"):
-        pytest.fail("podman-compose is missing: `make test` installs it with apt-get when run as root")
+        require("podman-compose is missing: `make test` installs it with apt-get when run as root")
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     relay = compose["services"]["relay"]
     assert (relay["env_file"], relay["volumes"], relay["restart"]) == ("quay-dispatch.env", ["data:/data"],
