@@ -205,8 +205,8 @@ def _check_more_online(svc) -> bool:
     for title, results in found:
         click.echo(f"    {title}:")
         for fine, what in results:
-            click.echo(f"      {'ok' if fine else 'PROBLEM'}, {printable(what)}")
-    return not all(fine for _, results in found for fine, _ in results)
+            click.echo(f"      {'note' if fine is None else 'ok' if fine else 'PROBLEM'}, {printable(what)}")
+    return any(fine is False for _, results in found for fine, _ in results)
 
 
 @click.command("redeliver")

@@ -17,12 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
 from quay_dispatch.tools.sample import sample_body
 from testkit.credentials import LESSER_TOKEN, QUAY_API_TOKEN
+from testkit.pebble import session_for
 
 EVENTS = ("build_queued", "build_start", "build_success", "build_failure", "build_cancelled", "repo_push",
           "vulnerability_found", "repo_image_expiry", "repo_mirror_sync_started", "repo_mirror_sync_success",
@@ -65,6 +66,7 @@ class FakeQuay:
         self.page_size = page_size
         self.delay = 0.0  # seconds before each answer
         self.cert, self.verify, self.retry_interval = cert, verify, retry_interval
+        self.resolve: dict[str, str] = {}  # a webhook's host name -> the host:port the sender reaches it at
         self.calls: list[tuple[str, str, int]] = []  # the sender's: (event, uuid, status; 0 when no answer)
         self.dropped: list[tuple[str, str]] = []  # (event, uuid) dropped: disabled, or out of tries
         self._queue: list[dict] = []
@@ -96,6 +98,18 @@ class FakeQuay:
             for item in due:
                 self._try(item)
 
+    def _post(self, url: str, body: dict) -> requests.Response:
+        """POST `body` as Quay's webhook method does; a host in `resolve` is reached at its address there."""
+        parts = urlsplit(url)
+        session, auth = requests.Session(), None
+        if parts.hostname in self.resolve:
+            session = session_for(parts.hostname)
+            auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
+            url = f"https://{self.resolve[parts.hostname]}{parts.path}"
+        with session:
+            return session.post(url, data=json.dumps(body), headers={"Content-type": "application/json"}, auth=auth,
+                                cert=self.cert, verify=self.verify, timeout=10)
+
     def _try(self, item: dict) -> None:
         with self._lock:
             repo = self.repositories.get(item["repository"], Repository())
@@ -106,8 +120,7 @@ class FakeQuay:
                 return
             url = notification["config"]["url"]
         try:
-            status = requests.post(url, data=json.dumps(item["body"]), headers={"Content-type": "application/json"},
-                                   cert=self.cert, verify=self.verify, timeout=10).status_code
+            status = self._post(url, item["body"]).status_code
         except requests.RequestException:
             status = 0
         with self._lock:

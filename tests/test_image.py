@@ -15,11 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -27,9 +31,10 @@ import requests
 import yaml
 
 from quay_dispatch.tools.sample import sample_body, send_like_quay
-from testkit.credentials import ALL_LOGS, GITHUB_TOKEN
+from testkit.credentials import ALL_LOGS, GITHUB_TOKEN, QUAY_API_TOKEN
 from testkit.deploy import IMAGE_FILES, dockerfile, healthcheck_command, image_command, image_env
 from testkit.pebble import DOMAIN, session_for
+from testkit.quay_api import Repository
 from testkit.service import ROOT, free_port, free_ports, require, wait_for_readyz, wait_until
 
 IMAGE = "localhost/quay-dispatch-test"
@@ -424,3 +429,89 @@ def keep_log(podman, container: str, tmp_path: Path) -> None:
     log = tmp_path / f"{container}.log"
     log.write_text(podman.logs(container))
     ALL_LOGS.append(log)
+
+
+def test_the_quick_start_runs_as_written_from_an_empty_volume_to_a_dispatched_build(podman, pebble_at, test_pki,
+                                                                                     github, quay, tmp_path):
+    """docs/quickstart.md's commands, in order, as written, with podman for docker and pebble for Let's Encrypt.
+    What stands in: the checkout is this tree; the host's network and free ports replace `-p` (the loopback GitHub,
+    Quay and pebble listen on 127.0.0.1 only); the env file gets the stand-ins' addresses and roots after the page's
+    lines; Quay's sender reaches relay.quay-dispatch.test at 127.0.0.1; a build is emitted before `deliveries`."""
+    page = (ROOT / "docs" / "quickstart.md").read_text()
+    blocks = re.findall(r"```(sh|env)\n(.*?)```", page, re.S)
+    commands = [line for kind, text in blocks if kind == "sh" for line in text.splitlines() if line.strip()]
+    (env_file,) = [text for kind, text in blocks if kind == "env"]
+    port, admin = free_ports(2)
+    pebble = pebble_at(port)
+    ca = public_roots(test_pki, tmp_path)
+    (tmp_path / "pebble.pem").write_text(pebble.root_pem())
+    quay.repositories["myorg/app"] = Repository()
+    quay.resolve, quay.verify = {DOMAIN: f"127.0.0.1:{port}"}, str(tmp_path / "pebble.pem")
+    for written, here in (("relay.example.com", DOMAIN), ("github_pat_0123456789abcdef", GITHUB_TOKEN),
+                          ("your-quay-oauth-token", QUAY_API_TOKEN), ("ADMIN_BIND=0.0.0.0:9090",
+                                                                       f"ADMIN_BIND=127.0.0.1:{admin}")):
+        assert written in env_file
+        env_file = env_file.replace(written, here)
+    stand_ins = {"ACME_DIRECTORY": pebble.directory, "ACME_CA_FILE": "/ca/ca.pem", "QUAY_CA_FILE": "/ca/ca.pem",
+                 "GITHUB_API_URL": github.url, "QUAY_API_URL": quay.url, "PORT": str(port),
+                 "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
+    (tmp_path / "quay-dispatch.env").write_text(env_file + "".join(f"{k}={v}\n" for k, v in stand_ins.items()))
+    github.reset()
+    said = {}
+    try:
+        for command in commands:
+            if "deliveries" in command:  # step 7: Quay builds, and sends its notification
+                quay.emit("myorg/app", "build_success", sample_body("build_success", "myorg/app"))
+                assert wait_until(lambda: [r.path for r in github.dispatches()] == ["/repos/myorg/app/dispatches"],
+                                  timeout=20), quay.calls
+            if (argv := quick_start_here(command, ca)) is None:
+                continue
+            done = subprocess.run(["podman", *argv], cwd=tmp_path, env=podman.env, capture_output=True, text=True,
+                                  timeout=400)
+            assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            said[argv[0] + " " + argv[-1]] = done.stdout + done.stderr
+            if argv[:2] == ["run", "-d"]:  # step 5: served with pebble's certificate within a minute
+                assert wait_until(lambda: ready_as(DOMAIN, port, test_pki, tmp_path), timeout=60, interval=0.5), \
+                    podman.logs(CONTAINER)
+                assert_outbox_is_the_services(podman, "quay-dispatch-data")
+        assert "configuration is valid" in said["run --online"] and "PROBLEM" not in said["run --online"]
+        assert "ACME: certificate issued" in said["logs quay-dispatch"]
+        assert "arrived: myorg/app build_success" in said["exec --test"], said["exec --test"]
+        assert "delivered" in said["exec deliveries"] and "myorg/app" in said["exec deliveries"]
+        mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", "quay-dispatch-data").stdout.strip()
+        with closing(sqlite3.connect(f"{mountpoint}/quay-dispatch.sqlite3")) as outbox:  # the volume the page names
+            assert outbox.execute("SELECT quay_repository, status FROM deliveries").fetchall() == [
+                ("myorg/app", "delivered")]
+    finally:
+        keep_log(podman, CONTAINER, tmp_path)
+        podman("rm", "--force", CONTAINER, check=False)
+        podman("volume", "rm", "--force", "quay-dispatch-data", check=False)
+
+
+def quick_start_here(command: str, ca: Path) -> list[str] | None:
+    """A command of the quick start as podman runs it here (None: nothing to run, the checkout is this tree)."""
+    if command.startswith(("git clone ", "cd ")):
+        return None
+    docker, *argv = shlex.split(command)
+    assert docker == "docker", command
+    if argv[0] == "build":
+        return ["build", "--pull=never", "--network", "host", "--format", "docker", *argv[1:-1], str(ROOT)]
+    if argv[0] == "run":
+        kept = []
+        for arg in argv[1:]:
+            if kept and kept[-1] == "-p":
+                kept.pop()
+                continue
+            kept.append(arg)
+        detached = ["-d"] if kept[:1] == ["-d"] else []
+        return ["run", *detached, "--network", "host", "-v", f"{ca}:/ca:ro", *kept[len(detached):]]
+    return argv
+
+
+def ready_as(name: str, port: int, test_pki, tmp_path: Path) -> bool:
+    """Whether the relay answers /readyz 200 with pebble's certificate for `name`."""
+    try:
+        return session_for(name).get(f"https://127.0.0.1:{port}/readyz", cert=test_pki.pair("quay"),
+                                     verify=str(tmp_path / "pebble.pem"), timeout=5).status_code == 200
+    except requests.RequestException:
+        return False

@@ -130,8 +130,9 @@ def recover(since: str, dry_run: bool) -> None:
         raise SystemExit(1)
 
 
-def check_online(svc) -> list[tuple[bool, str]]:
-    """For check-config --online: whether Quay's API takes the token, and what it may do with it."""
+def check_online(svc) -> list[tuple[bool | None, str]]:
+    """For check-config --online: whether Quay's API takes the token, and what it may do with it; what needs doing
+    on Quay's side as notes (None)."""
     from .api import QuayAPI
     from .survey import survey
 
@@ -144,10 +145,11 @@ def check_online(svc) -> list[tuple[bool, str]]:
     results += [(False, problem) for problem in found.problems]
     missing = [f"{row.repository} {row.event}" for row in found.rows if row.wanted and row.state == "missing"]
     disabled = [f"{row.repository} {row.event}" for row in found.rows if row.wanted and row.state == "disabled"]
+    # Not the configuration's faults (before `quay connect`, nothing is there yet): said, not refused.
     if missing:
-        results.append((False, f"no notification for {', '.join(missing[:10])}: `flask --app app quay connect`"))
+        results.append((None, f"no notification yet for {', '.join(missing[:10])}: `flask --app app quay connect`"))
     if disabled:
-        results.append((False, f"disabled by Quay: {', '.join(disabled[:10])}: `flask --app app quay repair`"))
+        results.append((None, f"disabled by Quay: {', '.join(disabled[:10])}: `flask --app app quay repair`"))
     return results
 
 
