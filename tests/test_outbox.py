@@ -305,3 +305,15 @@ def test_pending_deliveries_of_the_release_before_are_each_delivered_once_by_thi
     assert [r.path for r in github.wait_for(1)] == ["/repos/acme/api/dispatches"]
     time.sleep(1)  # a second delivery would come at once
     assert len(github.requests) == 1
+
+
+def test_a_push_is_known_by_repository_and_tag_the_tag_matched_as_written(box):
+    pushed = QuayEvent(event="repo_push", repository="acme/api", namespace="acme", name="api", tags=("v1x2", "latest"))
+    requests = plan_dispatches(pushed, parse_inline_routes("acme/*"), b"push")
+    box.add(requests, Notification("repo_push", "acme/api", None, HOST, False, tags=pushed.tags))
+    now = time.time()
+
+    assert box.received_push("acme/api", "latest", now - 60) and box.received_push("acme/api", "v1x2", now - 60)
+    assert not box.received_push("acme/api", "v1_2", now - 60)  # `_` is no wildcard
+    assert not box.received_push("acme/api", "v1", now - 60) and not box.received_push("acme/web", "latest", now - 60)
+    assert not box.received_push("acme/api", "latest", now + 60)

@@ -85,3 +85,9 @@ def requeue(run: Run, ids: list[int], now: float) -> None:
     for delivery_id in ids:
         run("""UPDATE deliveries SET status = ?, queued_at = ?, updated_at = ?, next_attempt_at = ?,
                    lease_until = NULL WHERE id = ?""", PENDING, now, now, now, delivery_id)
+
+
+def like_literal(text: str) -> str:
+    """`text` matched as itself in a LIKE pattern with ESCAPE '\\' (a name may hold `_`, LIKE's one-character
+    wildcard, or `%`)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 
-from .records import Run
+from .records import Run, like_literal
 
 
 class SharedState:
@@ -54,6 +54,6 @@ class SharedState:
 
 
 def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return like_literal(prefix) + "%"
 
 

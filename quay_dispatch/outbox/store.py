@@ -18,7 +18,7 @@ from ..domain.dispatch_request import (
 )
 from . import schema
 from .browse import Browse
-from .records import Accepted, Delivery, Notification, Run, delivery_of, requeue
+from .records import Accepted, Delivery, Notification, Run, delivery_of, like_literal, requeue
 from .shared import SharedState
 
 # Whether a delivery to a host is being sent (claim() looks before every send).
@@ -165,8 +165,8 @@ class Outbox(SharedState, Browse):
         """Whether the relay took a repo_push of `repository` naming `tag` since `since` (epoch seconds)."""
         with self._transaction() as run:
             return run("""SELECT 1 FROM deliveries WHERE quay_repository = ? AND event = 'repo_push'
-                              AND created_at >= ? AND ' ' || tags || ' ' LIKE ? LIMIT 1""",
-                       repository, since, f"% {tag} %").fetchone() is not None
+                              AND created_at >= ? AND ' ' || tags || ' ' LIKE ? ESCAPE '\\' LIMIT 1""",
+                       repository, since, f"% {like_literal(tag)} %").fetchone() is not None
 
     def attempts(self, delivery_id: int) -> list[dict]:
         """Every attempt of a delivery, oldest first."""
