@@ -59,6 +59,7 @@ def _quay_side(svc) -> dict | None:
     """Quay's side as the overview's card shows it, from the watch's latest look; None when it is off."""
     if not svc.settings.quay_api_token:
         return None
+    from ..quay_side.survey import notification_state
     from ..quay_side.watch import load_state
 
     try:
@@ -67,8 +68,7 @@ def _quay_side(svc) -> dict | None:
         state = {}
     entries = list((state.get("notifications") or {}).values())
     for entry in entries:
-        entry["state"] = ("missing" if entry["missing"] else "disabled" if entry["disabled"] else
-                          "failing" if entry["failures"] else "ok")
+        entry["state"] = notification_state(entry["missing"], entry["disabled"], entry["failures"])
     counts = {state: sum(e["state"] == state for e in entries) for state in ("ok", "failing", "disabled", "missing")}
     api_error = (state.get("api") or {}).get("error")
     return {"at": state.get("at"), "api_error": api_error, "counts": counts, "resets": state.get("resets_total", 0),

@@ -4,6 +4,7 @@ the text around it."""
 from __future__ import annotations
 
 import re
+import time
 
 # C0 controls, DEL, C1 controls, and the Unicode line and paragraph separators: refused in what Quay sends.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -35,3 +36,8 @@ def age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{max(seconds, 0):.0f}s"
+
+
+def utc(epoch: float) -> str:
+    """A moment as the command line and the log write it: 2026-12-07T10:00:00Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from ..base.printable import age, printable
+from ..base.printable import age, printable, utc
 
 _services: Callable | None = None  # cli._services: builds the service's objects
 
@@ -44,8 +44,8 @@ def quay(ctx, as_json: bool) -> None:
     else:
         _show(found, svc.settings.quay_api_url, watched)
         for outage in outages:
-            until = "now" if outage["to"] is None else _iso(outage["to"])
-            click.echo(f"may be missing: {outage['repository']} {outage['event']} from {_iso(outage['from'])} to "
+            until = "now" if outage["to"] is None else utc(outage["to"])
+            click.echo(f"may be missing: {outage['repository']} {outage['event']} from {utc(outage['from'])} to "
                        f"{until}: Quay dropped its events while the notification failed, and cannot list them")
     if found.problems or any(row.state in ("missing", "disabled") for row in found.rows if row.wanted):
         raise SystemExit(1)
@@ -98,7 +98,7 @@ def recover(since: str, dry_run: bool) -> None:
     """Dispatch the build events and pushes of the routed repositories that Quay's lists show since then and the
     relay never took (older than QUAY_RECOVER_GRACE), marked recovered; what the relay took is a duplicate."""
     from ..config.reader import duration
-    from .recover import RECOVERABLE, Recovery
+    from .recover import RECOVERABLE, Recovery, count_recovered
     from .survey import survey
     from .watch import STATE, load_state
 
@@ -120,9 +120,7 @@ def recover(since: str, dry_run: bool) -> None:
                f"{'would be ' if dry_run else ''}recovered, of {len(items)} events in Quay's lists")
     if recovered:
         state = load_state(svc.outbox)
-        counts = state.setdefault("recovered", {})
-        for item in recovered:
-            counts[item.event] = counts.get(item.event, 0) + 1
+        count_recovered(state, recovered)
         svc.outbox.store(STATE, json.dumps(state))
     for problem in found.problems + problems:
         click.echo(f"PROBLEM: {printable(problem)}", err=True)
@@ -163,10 +161,6 @@ def _may_be_missing(state: dict) -> list[dict]:
     return spans + [{"repository": e["repository"], "event": e["event"], "uuid": e["uuid"], "from": e["trouble_since"],
                      "to": None} for e in (state.get("notifications") or {}).values()
                     if e.get("trouble_since") is not None and e["event"] not in RECOVERABLE]
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _not_writable(outbox) -> str | None:

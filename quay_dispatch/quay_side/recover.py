@@ -135,6 +135,14 @@ class Recovery:
         return Found(repository, event, what, at, "recovered")
 
 
+def count_recovered(state: dict, found: list[Found]) -> None:
+    """Add what was recovered to the watch's kept counts, by event (quay_dispatch_quay_recovered_events_total)."""
+    counts = state.setdefault("recovered", {})
+    for item in found:
+        if item.outcome == "recovered":
+            counts[item.event] = counts.get(item.event, 0) + 1
+
+
 def _epoch(started) -> float | None:
     """A build's `started` (RFC 2822, as Quay formats it) in epoch seconds; None when it is not one."""
     try:

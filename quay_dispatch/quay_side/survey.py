@@ -62,11 +62,17 @@ class Row:
 
     @property
     def state(self) -> str:
-        if self.notification is None:
-            return "missing"
-        if self.notification.disabled:
-            return "disabled"
-        return "failing" if self.notification.failures else "ok"
+        n = self.notification
+        return notification_state(n is None, bool(n and n.disabled), n.failures if n else 0)
+
+
+def notification_state(missing: bool, disabled: bool, failures: int) -> str:
+    """ok, failing (1 or 2 failures in a row), disabled (Quay drops its events), or missing."""
+    if missing:
+        return "missing"
+    if disabled:
+        return "disabled"
+    return "failing" if failures else "ok"
 
 
 @dataclass

@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..base.printable import utc
 from ..config import Settings
 from ..outbox import Outbox, StoreUnavailable
 from .api import QuayAPI, QuayAPIError
-from .recover import LEAD, RECOVERABLE, Recovery
+from .recover import LEAD, RECOVERABLE, Recovery, count_recovered
 from .seen import last_heard
 from .survey import Row, survey
 
@@ -135,10 +136,7 @@ class Watch:
                 windows[(entry["repository"], entry["event"])] = (start, end)
         found, problems = self.recovery.run(windows)
         state["problems"] += problems
-        counts = state.setdefault("recovered", {})
-        for item in found:
-            if item.outcome == "recovered":
-                counts[item.event] = counts.get(item.event, 0) + 1
+        count_recovered(state, found)
         for entry in state["notifications"].values():
             if entry["healthy_since"] is not None and now - settings.quay_recover_grace >= entry["healthy_since"]:
                 if entry["event"] not in RECOVERABLE:
@@ -181,8 +179,9 @@ class Watch:
             entry["held"] = (f"reset {streak} times and disabled again each time, with nothing coming through: the "
                              "relay refuses Quay or Quay cannot reach it; fix that, then `flask --app app quay repair`")
             return
-        if streak and not force and now < entry["reset_at"] + self.interval * 2 ** (streak - 1):
-            entry["held"] = f"backing off after {streak} reset(s) in a row; next try after {_when(entry, streak, self)}"
+        next_try = entry["reset_at"] + self.interval * 2 ** (streak - 1) if streak else now
+        if not force and now < next_try:
+            entry["held"] = f"backing off after {streak} reset(s) in a row; next try after {utc(next_try)}"
             return
         try:
             self.api.reset_failures(row.repository, row.notification.uuid)
@@ -212,8 +211,3 @@ class Watch:
 
 def _key(row: Row) -> str:
     return row.notification.uuid if row.notification else f"missing:{row.repository}|{row.event}"
-
-
-def _when(entry: dict, streak: int, watch: Watch) -> str:
-    at = entry["reset_at"] + watch.interval * 2 ** (streak - 1)
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
