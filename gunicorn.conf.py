@@ -52,7 +52,7 @@ forwarded_allow_ips = ",".join(str(network) for network in _settings.forwarded_a
 
 
 def on_starting(server):
-    """Refuse to start on an insecure or unworkable combination, saying what to set (quay_dispatch/startup.py)."""
+    """Refuse to start on an insecure or unworkable combination, saying what to set (runtime/preflight.py)."""
     if problems := serving_problems(_settings, server.cfg, server.log.info):
         sys.exit("quay-dispatch: refusing to start:\n" + "\n".join(f"  - {p}" for p in problems))
     # The workers read their settings from the environment they inherit from this process: hand them
