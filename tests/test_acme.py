@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -21,6 +22,7 @@ from cryptography import x509
 
 from quay_dispatch.acme import state
 from quay_dispatch.tools.sample import sample_body
+from testkit.faults import hold_sqlite_lock
 from testkit.pebble import DOMAIN, Pebble, session_for
 from testkit.service import ROOT, free_port, free_ports, run_flask, wait_until
 
@@ -174,6 +176,33 @@ def test_renew_and_the_renewal_window_each_bring_one_order_served_by_every_worke
     assert pebble.orders() == 3
     shown = run_flask(service.env, "certificate").stdout
     assert f"serial:     {serials[-1]:x}" in shown and "last error: none" in shown, shown
+
+
+def test_once_any_worker_serves_pebbles_certificate_every_worker_does(start_service, pebble_at, test_pki):
+    """A client that trusts only the CA's root, as Quay does: from the first handshake that gets pebble's
+    certificate on, no new connection gets the first start's self-signed one, whichever of the 2 workers takes it
+    (a worker that learnt of it later once served the old one for up to 2 s)."""
+    port = free_port()
+    pebble = pebble_at(port)
+    service = start_service(acme_env(pebble), port=port, wait=False, args=["--workers", "2"])
+    assert wait_until(lambda: pebbles_serial(port, test_pki.pair("quay")), timeout=40, interval=0.01), service.log()
+    after = [pebbles_serial(port, test_pki.pair("quay")) for _ in range(80)]  # about 2 s of new connections
+    assert None not in after, after
+    assert len(set(re.findall(r"ACME: serving the certificate serial .* \(worker (\d+)\)", service.log()))) == 2
+
+
+def test_an_idle_service_with_acme_takes_no_write_lock(start_service, pebble_at, test_pki, backend, database_url):
+    """Its workers learn of a challenge or a certificate when the store changes, not by a look that locks it twice
+    a second: an operator's long command holding SQLite's write lock goes unnoticed."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    port = free_port()
+    service = start_with_certificate(start_service, pebble_at(port), port, test_pki, args=["--workers", "2"])
+    time.sleep(3)  # the new certificate served everywhere; nothing else comes
+    with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=15):
+        time.sleep(6)
+        assert pebbles_serial(port, test_pki.pair("quay"))
+    assert "cannot look at the store" not in service.log() and "write lock" not in service.log(), service.log()
 
 
 def every_worker_serves_a_new_serial(port, test_pki, known, service) -> int:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
+
 from quay_dispatch.outbox.watchdog import Watchdog
-from testkit.service import wait_until
+from quay_dispatch.tools.sample import sample_body, send_like_quay
+from testkit.faults import hold_sqlite_lock
+from testkit.postgres import create_database
+from testkit.service import Service, ServiceStarter, scrape, wait_until
 
 
 def test_the_store_watchdog_parks_while_no_transaction_is_in_flight():
@@ -27,3 +32,62 @@ def test_a_transaction_after_a_long_park_is_still_interrupted_at_its_deadline():
     time.sleep(0.3)
     with watchdog.guard(time.monotonic() + 0.2, interrupted.set):
         assert interrupted.wait(5)  # the guard woke it: the deadline was kept
+
+
+def _delivered_and_idle(services, test_pki, github) -> Service:
+    """A service of 2 workers that delivered one event, then had a moment to settle."""
+    service = services(args=["--workers", "2"])
+    body = sample_body("build_success", "acme/widget")
+    assert send_like_quay(service.url + "/incoming", body, test_pki.pair("quay"), verify=test_pki.ca_file
+                          ).status_code == 202
+    assert github.wait_for(1)
+    time.sleep(1.5)  # each deliverer's look after it: nothing is due
+    return service
+
+
+def test_an_idle_service_takes_no_write_lock_and_still_delivers_at_once(tmp_path, test_pki, github):
+    """An operator's long command holds SQLite's write lock: an idle service never notices (a claim would wait
+    STORE_TIMEOUT and say so); its deliverers' heartbeats go on in memory, and /metrics reads the outbox beside
+    the lock. The next event is delivered at once."""
+    github.reset()
+    database = tmp_path / "outbox.sqlite3"
+    services = ServiceStarter(tmp_path, test_pki, github, f"sqlite:///{database}")
+    try:
+        service = _delivered_and_idle(services, test_pki, github)
+        with hold_sqlite_lock(database, 15):
+            time.sleep(6)
+            metrics = scrape(service, test_pki)
+        beats = [value for (name, _), value in metrics.items()
+                 if name == "quay_dispatch_deliverer_heartbeat_timestamp_seconds"]
+        assert beats and time.time() - min(beats) < 3, beats
+        assert metrics[("quay_dispatch_outbox_readable", ())] == 1
+        assert "outbox unavailable" not in service.log() and "write lock" not in service.log()
+        accept_one = sample_body("build_success", "acme/widget")
+        assert send_like_quay(service.url + "/incoming", accept_one, test_pki.pair("quay"), verify=test_pki.ca_file
+                              ).status_code == 202
+        assert len(github.wait_for(2, timeout=5)) == 2
+    finally:
+        services.stop_all()
+
+
+def test_an_idle_service_leaves_postgresql_alone(tmp_path, test_pki, github, postgresql_server):
+    """Transactions in the outbox's database while nothing happens, as PostgreSQL counts them: a claim a second
+    per worker before; now a sweep's read every 30 s, and LISTEN's notifications read without a query."""
+    github.reset()
+    database_url = create_database(postgresql_server)
+    services = ServiceStarter(tmp_path, test_pki, github, database_url)
+    try:
+        _delivered_and_idle(services, test_pki, github)
+        name = database_url.rsplit("/", 1)[1]
+
+        def committed() -> int:
+            with psycopg.connect(postgresql_server, autocommit=True) as conn:  # another database's session
+                return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)
+                                    ).fetchone()[0]
+
+        time.sleep(11)  # an idle session reports its counts within 10 s: the first delivery's are in by now
+        before = committed()
+        time.sleep(15)
+        assert committed() - before <= 4  # 2 workers: at most a sweep each (30 s apart); a claim a second was 30
+    finally:
+        services.stop_all()

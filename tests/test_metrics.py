@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -186,13 +187,19 @@ def test_a_refused_caller_that_names_quay_is_counted_and_a_stranger_is_not(start
 def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_answer(start_service, test_pki,
                                                                                     github, backend, database_url):
     if backend != "sqlite":
-        pytest.skip("SQLite's write lock")
+        pytest.skip("SQLite's file moved away")
     service, labels = after_github_said_when(start_service, test_pki, github)
     before = scrape(service, test_pki)
+    database = Path(urlsplit(database_url).path[1:])
+    with hold_sqlite_lock(database, seconds=6):  # a write lock: a scrape reads beside it
+        assert scrape(service, test_pki)[("quay_dispatch_outbox_readable", ())] == 1
 
-    with hold_sqlite_lock(urlsplit(database_url).path[1:], seconds=6):
-        time.sleep(3)
+    database.rename(database.with_name("away"))  # the store is gone: nothing can read it
+    try:
+        time.sleep(1.5)
         metrics = scrape(service, test_pki)
+    finally:
+        database.with_name("away").rename(database)
 
     assert metrics[("quay_dispatch_outbox_readable", ())] == 0
     assert ("quay_dispatch_oldest_pending_delivery_age_seconds", ()) not in metrics

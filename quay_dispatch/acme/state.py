@@ -35,6 +35,14 @@ class Storage(Protocol):
 
     def unlock(self, name: str, holder: str) -> None: ...
 
+    def changes(self) -> Changes: ...
+
+
+class Changes(Protocol):
+    """Whether the store may have changed since the last call, without a transaction (outbox/waking.py)."""
+
+    def seen(self) -> bool: ...
+
 
 @dataclass(frozen=True)
 class StoredCertificate:
@@ -45,6 +53,7 @@ class StoredCertificate:
     domains: tuple[str, ...]
     issued_at: float  # epoch seconds, when it was stored
     renew_at: float
+    serve_from: float = 0.0  # epoch seconds: every worker of every replica switches to it then, not before
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -88,7 +97,7 @@ def load_certificate(storage: Storage) -> StoredCertificate | None:
         return None
     fields = json.loads(value)
     return StoredCertificate(fields["chain_pem"], fields["key_pem"], tuple(fields["domains"]), fields["issued_at"],
-                             fields["renew_at"])
+                             fields["renew_at"], fields.get("serve_from", 0.0))
 
 
 def store_certificate(storage: Storage, certificate: StoredCertificate) -> None:

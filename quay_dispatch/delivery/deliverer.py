@@ -20,10 +20,15 @@ from . import github
 
 log = logging.getLogger("quay_dispatch.delivery")
 
-POLL_INTERVAL = 1.0  # seconds between looks at the outbox when nobody wakes us
-# After a look that found nothing to send (or GitHub's pace says wait), the next look comes
-# no sooner than this, however often new events wake the deliverer: under a burst, requests
-# then do not queue behind a claim per accepted event for the database's write lock.
+# Idle, the deliverer claims nothing (a claim takes the store's write lock): its own worker's commits wake it, it
+# sleeps until the next attempt it knows is due, and it reads when that is (outbox.next_due) only when another
+# process changed the store (outbox.changes: a stat, or PostgreSQL's NOTIFY; looked at every WAKE_CHECK) or a
+# SWEEP_INTERVAL passed, which bounds what a sign could miss. Its heartbeat is in memory, every WAKE_CHECK.
+WAKE_CHECK = 1.0
+SWEEP_INTERVAL = 30.0
+# After a claim that found nothing to send (or GitHub's pace says wait), the next comes no sooner
+# than this, however often new events wake the deliverer: under a burst, requests then do not
+# queue behind a claim per accepted event for the database's write lock.
 MIN_LOOK_INTERVAL = 0.2
 PRUNE_INTERVAL = 3600.0
 MAX_UNRECORDED = 10_000  # results and direct dispatches kept in memory while the store cannot take them
@@ -110,22 +115,33 @@ class Deliverer:
     def _run(self) -> None:
         # A daemon thread: it ends with its worker. A send cut short by that is sent
         # again once its lease expires (delivery is at least once).
+        changes = self.outbox.changes()
+        claim, due_at, sweep_at = True, None, 0.0
         while True:
             metrics.DELIVERER_HEARTBEAT.labels(self.host).set(time.time())
+            claimed = claim or (due_at is not None and time.time() >= due_at)
             try:
                 self._record_what_waits()
                 self._prune_when_due()
-                worked = not self._unrecorded and self.deliver_one()
+                if claimed and not self._unrecorded and self.deliver_one():
+                    continue
+                if claimed or changes.seen() or time.monotonic() >= sweep_at:
+                    sweep_at = time.monotonic() + SWEEP_INTERVAL
+                    due_at = self.outbox.next_due(self.host, self.policy.writes_per_minute)
+                    if claimed and due_at is not None and due_at <= time.time():  # due, yet nothing was claimable:
+                        due_at = time.time() + WAKE_CHECK  # another's claim in flight; not a claim per 0.2 s meanwhile
             except StoreUnavailable as exc:
                 log.warning("outbox unavailable, delivery paused: %s", exc)
-                worked = False
+                due_at = time.time() + WAKE_CHECK  # then claim again: the store may be back
             except Exception:  # a bug must not kill the thread and strand the outbox
                 log.exception("unexpected error in the deliverer")
-                worked = False
-            if not worked:
+                due_at = time.time() + WAKE_CHECK
+            wait = WAKE_CHECK if due_at is None else min(WAKE_CHECK, max(0.0, due_at - time.time()))
+            if claimed:
                 time.sleep(MIN_LOOK_INTERVAL)
-                self._wake.wait(POLL_INTERVAL - MIN_LOOK_INTERVAL)
-                self._wake.clear()
+                wait = max(0.0, wait - MIN_LOOK_INTERVAL)
+            claim = self._wake.wait(wait)
+            self._wake.clear()
 
     def _record_what_waits(self) -> None:
         """Write to the outbox what it could not take before: results of ours first, then direct dispatches."""

@@ -161,6 +161,7 @@ class Browse:
             if len(ids) != confirmed:
                 return None
             requeue(run, ids, time.time())
+            self._announce(run)
         return sorted(ids)
 
     def hourly(self, hours: int = 24, now: float | None = None) -> list[dict]:

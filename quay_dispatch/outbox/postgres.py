@@ -15,6 +15,8 @@ from .records import DEFAULT_TIMEOUT, Run, StoreUnavailable
 from .store import Outbox
 from .watchdog import Watchdog, warn_if_slow
 
+CHANNEL = "quay_dispatch_outbox"  # NOTIFY's channel: deliveries were queued, or a shared value changed
+
 
 class PostgresOutbox(Outbox):
     """The outbox in PostgreSQL, for several replicas: advisory locks and SKIP LOCKED claims."""
@@ -32,6 +34,12 @@ class PostgresOutbox(Outbox):
         self.description = f"PostgreSQL at {_location(url)}"
         self._local = threading.local()
         self._watchdog = Watchdog()
+
+    def changes(self) -> NotifiedChanges:
+        return NotifiedChanges(self)
+
+    def _announce(self, run: Run) -> None:
+        run(f"NOTIFY {CHANNEL}")  # sent at commit, to every listening deliverer
 
     def __repr__(self) -> str:
         return "PostgresOutbox()"  # the URL may hold a password
@@ -86,6 +94,33 @@ class PostgresOutbox(Outbox):
                 reason = f"no answer within {self.deadline_name} ({self.timeout:g} s): {reason}"
             raise StoreUnavailable(reason) from exc
         warn_if_slow(self.description, started, lambda: "waiting for locks or for the server")
+
+
+class NotifiedChanges:
+    """Other processes' changes, from PostgreSQL's NOTIFY: a connection of its own that LISTENs, read without
+    waiting. Without it (not yet, or lost with the server or the network) every call says True, so the caller
+    reads as it did before there were signs; it listens again at most every RETRY seconds, since connecting may
+    take its whole timeout."""
+
+    RETRY = 10.0
+
+    def __init__(self, outbox: PostgresOutbox):
+        self.outbox, self.conn, self._retry_at = outbox, None, 0.0
+
+    def seen(self) -> bool:
+        try:
+            if self.conn is None:
+                if time.monotonic() >= self._retry_at:
+                    self._retry_at = time.monotonic() + self.RETRY
+                    self.conn = self.outbox._connect()
+                    self.conn.execute(f"LISTEN {CHANNEL}")
+                return True
+            return any(True for _ in self.conn.notifies(timeout=0))
+        except (StoreUnavailable, self.outbox._psycopg.Error):
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            return True
 
 
 def _shut_socket(conn) -> None:

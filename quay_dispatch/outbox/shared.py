@@ -11,20 +11,21 @@ from .records import Run, like_literal
 
 
 class SharedState:
-    """Named values and leases in the outbox's store; the outbox (store.Outbox) provides the transaction."""
+    """Named values and leases in the outbox's store; the outbox (store.Outbox) provides the transactions (and
+    _announce, waking.Waking's)."""
 
     def _transaction(self, *lock_keys: str) -> AbstractContextManager[Run]:
         raise NotImplementedError
 
     def load(self, name: str) -> str | None:
         """The value stored under `name`, or None."""
-        with self._transaction() as run:
+        with self._read() as run:
             row = run("SELECT value FROM shared_values WHERE name = ?", name).fetchone()
         return row["value"] if row else None
 
     def load_prefixed(self, prefix: str) -> dict[str, str]:
         """Every value whose name starts with `prefix`, by name."""
-        with self._transaction() as run:
+        with self._read() as run:
             rows = run("SELECT name, value FROM shared_values WHERE name LIKE ? ESCAPE '\\'",
                        _like_prefix(prefix)).fetchall()
         return {row["name"]: row["value"] for row in rows}
@@ -35,6 +36,7 @@ class SharedState:
             run("DELETE FROM shared_values WHERE name = ?", name)
             if value is not None:
                 run("INSERT INTO shared_values (name, value, updated_at) VALUES (?, ?, ?)", name, value, time.time())
+            self._announce(run)  # ACME's workers look at the store when it changed (a challenge, a certificate)
 
     def lock(self, name: str, holder: str, seconds: float) -> bool:
         """Take the lease `name` for `holder` for `seconds`, or extend it: False while someone else holds it."""

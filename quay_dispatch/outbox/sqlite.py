@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -156,8 +156,14 @@ class SQLiteOutbox(Outbox):
         if conn is not None:
             conn.close()
 
+    def _read(self) -> AbstractContextManager[Run]:
+        return self._transaction(begin="BEGIN")  # deferred: a reader takes no write lock, and WAL never blocks it
+
+    def changes(self) -> WALChanges:
+        return WALChanges(self.path.with_name(self.path.name + "-wal"))
+
     @contextmanager
-    def _transaction(self, *lock_keys: str, slot=None) -> Iterator[Run]:
+    def _transaction(self, *lock_keys: str, slot=None, begin: str = "BEGIN IMMEDIATE") -> Iterator[Run]:
         # BEGIN IMMEDIATE takes the database's write lock: every key at once.
         started = time.monotonic()
         slot = slot or self._local
@@ -165,7 +171,7 @@ class SQLiteOutbox(Outbox):
         try:
             conn = self._connection(slot)
             with self._watchdog.guard(started + self.timeout, conn.interrupt):
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(begin)
                 locked = time.monotonic() - started
                 yield lambda sql, *params: conn.execute(sql, params)
                 conn.execute("COMMIT")
@@ -212,3 +218,20 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+class WALChanges:
+    """Another process's commit, seen as the write-ahead log changing: one stat(), no lock, no transaction. Every
+    commit writes the log; a checkpoint that restarts it changes it too (a look too many, never one too few)."""
+
+    def __init__(self, wal: Path):
+        self.wal, self._last = wal, None
+
+    def seen(self) -> bool:
+        try:
+            info = os.stat(self.wal)
+            now = (info.st_ino, info.st_size, info.st_mtime_ns)
+        except OSError:
+            now = None
+        changed, self._last = now != self._last or now is None, now
+        return changed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from ..domain.dispatch_request import (
     DELIVERED,
@@ -20,12 +20,13 @@ from . import schema
 from .browse import Browse
 from .records import Accepted, Delivery, Notification, Run, delivery_of, like_literal, requeue
 from .shared import SharedState
+from .waking import Waking
 
 # Whether a delivery to a host is being sent (claim() looks before every send).
 LEASE_IN_FLIGHT = "SELECT 1 FROM deliveries WHERE host = ? AND status = ? AND lease_until > ? LIMIT 1"
 
 
-class Outbox(SharedState, Browse):
+class Outbox(Waking, SharedState, Browse):
     """The durable store of deliveries (and the workers' shared state); subclasses say how to open a serialised
     transaction."""
 
@@ -44,6 +45,10 @@ class Outbox(SharedState, Browse):
     @contextmanager
     def _transaction(self, *lock_keys: str) -> Iterator[Run]:
         raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Run]:
+        """A transaction that only reads: where the store locks writes for the whole file, it takes no such lock."""
+        return self._transaction()
 
     def migrate(self) -> None:
         """Bring the schema to the newest version; safe at every start, from every worker."""
@@ -84,6 +89,8 @@ class Outbox(SharedState, Browse):
                 int(n.recovered),
             ).fetchone()
             accepted.append(Accepted(row["id"], req.target, req.event_type, req.workflow))
+        if accepted and not n.dry_run:
+            self._announce(run)
         return accepted, duplicates
 
     def claim(self, host: str, lease_seconds: float, writes_per_minute: int) -> Delivery | None:
@@ -199,10 +206,15 @@ class Outbox(SharedState, Browse):
                 else:
                     queued.append(row["id"])
             requeue(run, queued, now)
+            self._announce(run)
         return sorted(queued), refused
 
     def prune(self, older_than: float) -> int:
         """Delete delivered and dry-run deliveries last updated before `older_than`; return how many."""
+        with self._read() as run:  # an idle store is not locked for writing to find nothing
+            if not run("SELECT 1 FROM deliveries WHERE status IN (?, ?) AND updated_at < ? LIMIT 1",
+                       DELIVERED, DRY_RUN, older_than).fetchone():
+                return 0
         with self._transaction() as run:
             cursor = run("DELETE FROM deliveries WHERE status IN (?, ?) AND updated_at < ?",
                          DELIVERED, DRY_RUN, older_than)
@@ -210,13 +222,13 @@ class Outbox(SharedState, Browse):
 
     def counts(self) -> dict[str, int]:
         """How many deliveries have each status."""
-        with self._transaction() as run:
+        with self._read() as run:
             rows = run("SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status").fetchall()
         return {status: 0 for status in STATUSES} | {row["status"]: row["n"] for row in rows}
 
     def oldest_pending(self) -> float | None:
         """When the oldest delivery still to send was queued (epoch seconds), or None."""
-        with self._transaction() as run:
+        with self._read() as run:
             row = run("SELECT MIN(queued_at) AS oldest FROM deliveries WHERE status = ?", PENDING).fetchone()
         return row["oldest"]
 
