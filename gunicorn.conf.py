@@ -4,6 +4,7 @@ gunicorn's own command-line flags (--bind, --certfile, --keyfile,
 --cert-reqs, --workers, ...) win over what is set here.
 """
 
+import gc
 import os
 import secrets
 import shutil
@@ -59,8 +60,24 @@ def on_starting(server):
     # gunicorn's effective forwarded_allow_ips, whichever setting it came from, before any is forked.
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(server.cfg.forwarded_allow_ips)
     _prepare_metrics()
+    _import_for_the_workers()
     if _settings.admin_bind and not _settings.admin_token:
         os.environ[ADMIN_SECRET_VARIABLE] = secrets.token_hex(32)  # the page's sessions, alike in every worker
+
+
+def _import_for_the_workers():
+    """Import the application's code here, once, so that the workers forked from this process share its pages
+    instead of each building the same objects again (after prometheus-client's directory is set: it is read at
+    import). Nothing is built, opened or started: each worker builds its services, connections and threads after
+    the fork, as before (wsgi.py). So a SIGHUP's new workers run the code the master loaded: new code needs a
+    restart."""
+    import app  # noqa: F401  (flask, requests, cryptography, the routes, the services' modules: not the page's)
+
+    gc.collect()  # what the imports let go, before the pages are shared
+
+
+def pre_fork(server, worker):
+    gc.freeze()  # the imports' objects out of the collector's sight, in the workers too: their pages stay shared
 
 
 def when_ready(server):

@@ -1,9 +1,10 @@
 """What an idle service costs: the CPU of the master and its 2 workers, and the store's transactions, while no event
 comes, after a first one was delivered.
 
-    .venv/bin/python -m bench.idle_bench [--database sqlite|postgresql] [--seconds 600]
+    .venv/bin/python -m bench.idle_bench [--database sqlite|postgresql] [--acme] [--seconds 600]
 
-The service runs with the image's kind of setup (file certificates, 2 workers, no ACME, no page). One notification
+The service runs with the image's kind of setup (file certificates, 2 workers, no page), or with its certificate
+from Debian's pebble on loopback (--acme), measured once that certificate is served. One notification
 is sent and delivered to a loopback GitHub; then nothing comes for --seconds, over which the CPU is read from /proc
 (user and system time of every thread of the three processes), given per hour. The store's transactions are
 counted after that, over a minute, without the CPU's figure: on SQLite by tracing the processes' fcntl() calls on
@@ -25,8 +26,9 @@ from pathlib import Path
 from bench.compare import make_keys
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
+from testkit.pebble import DOMAIN, Pebble
 from testkit.postgres import create_database, find_initdb, private_postgresql
-from testkit.service import Service, base_env
+from testkit.service import Service, base_env, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -86,6 +88,7 @@ def postgres_transactions(database_url: str, seconds: float) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--acme", action="store_true", help="the certificate from pebble, on loopback")
     parser.add_argument("--seconds", type=float, default=600.0)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="quay-bench-idle-"))
@@ -96,18 +99,27 @@ def main() -> None:
         database = workdir / "outbox.sqlite3"
         database_url = (create_database(stack.enter_context(private_postgresql(find_initdb())))
                         if args.database == "postgresql" else f"sqlite:///{database}")
-        service = Service(base_env(keys, github, database_url), ["--workers", "2"], workdir)
+        env, port = base_env(keys, github, database_url), None
+        if args.acme:
+            port = free_port()
+            cert, key = keys.pair("server")
+            pebble = Pebble(workdir, cert, key, keys.ca_file, port)
+            stack.callback(pebble.stop)
+            env = {k: v for k, v in env.items() if k not in ("TLS_CERT_FILE", "TLS_KEY_FILE")}
+            env |= {"ACME_DOMAINS": DOMAIN, "ACME_DIRECTORY": pebble.directory, "ACME_CA_FILE": pebble.ca_file}
+        service = Service(env, ["--workers", "2"], workdir, port=port)
         stack.callback(service.stop)
-        service.wait_ready(keys.pair("server"), keys.ca_file)
+        service.wait_ready(keys.pair("server"), keys.ca_file if not args.acme else False, timeout=60)
         answer = send_like_quay(service.url + "/incoming", sample_body("build_success", "acme/widget"),
-                                keys.pair("quay"), verify=keys.ca_file)
+                                keys.pair("quay"), verify=keys.ca_file if not args.acme else False)
         assert answer.status_code == 202 and github.wait_for(1), answer.text
         time.sleep(5.0)  # the workers settle: their first looks and collections
         pids = processes(service.proc.pid)
         before = cpu_seconds(pids)
         time.sleep(args.seconds)
         used = cpu_seconds(pids) - before
-        print(f"idle CPU ({args.database}, master + 2 workers, {args.seconds:.0f} s): {used:.2f} s, "
+        kind = args.database + (", ACME" if args.acme else "")
+        print(f"idle CPU ({kind}, master + 2 workers, {args.seconds:.0f} s): {used:.2f} s, "
               f"{used * 3600 / args.seconds:.1f} CPU-seconds an hour")
         counted = (sqlite_locks(pids, database, 60.0) if args.database == "sqlite"
                    else postgres_transactions(database_url, 60.0))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -89,5 +91,38 @@ def test_an_idle_service_leaves_postgresql_alone(tmp_path, test_pki, github, pos
         before = committed()
         time.sleep(15)
         assert committed() - before <= 4  # 2 workers: at most a sweep each (30 s apart); a claim a second was 30
+    finally:
+        services.stop_all()
+
+
+def test_a_stopped_watchdog_ends_its_thread_and_the_next_transaction_starts_one():
+    watchdog, interrupted = Watchdog(), threading.Event()
+    with watchdog.guard(time.monotonic() + 5, lambda: None):
+        thread = watchdog._thread
+    watchdog.stop()
+    thread.join(5)
+    assert not thread.is_alive() and watchdog._thread is None
+    with watchdog.guard(time.monotonic() + 0.2, interrupted.set):
+        assert interrupted.wait(5)
+
+
+def test_the_master_forks_its_workers_with_no_thread_and_no_store_connection(tmp_path, test_pki, github):
+    """gunicorn's master opens the outbox to check it and imports the application for the workers to share: it
+    keeps neither a thread nor a connection, so that each worker's are made after the fork, in the worker."""
+    github.reset()
+    database = tmp_path / "outbox.sqlite3"
+    services = ServiceStarter(tmp_path, test_pki, github, f"sqlite:///{database}")
+    try:
+        service = _delivered_and_idle(services, test_pki, github)
+        master = service.proc.pid
+        workers = [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+        def outbox_files(pid: int) -> list[str]:
+            paths = [os.path.realpath(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            return [p for p in paths if p.startswith(str(database))]
+
+        assert len(os.listdir(f"/proc/{master}/task")) == 1
+        assert outbox_files(master) == []
+        assert len(workers) == 2 and all(outbox_files(pid) for pid in workers)  # their own, then
     finally:
         services.stop_all()

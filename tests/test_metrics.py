@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 
 from quay_dispatch import __version__
+from quay_dispatch.base.metrics import exposition
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.client import PLAIN
 from testkit.credentials import INCOMING_TOKEN
@@ -212,3 +214,13 @@ def test_with_the_store_down_the_gauges_it_holds_are_left_out_and_the_others_ans
                  "quay_dispatch_tls_certificate_issued_timestamp_seconds"):
         assert metrics[(name, (("source", "file"),))] == before[(name, (("source", "file"),))]
     assert metrics[("quay_dispatch_build_info", (("version", __version__),))] == 1
+
+
+def test_a_workers_metrics_file_just_created_and_still_empty_is_no_500(tmp_path):
+    """A booting worker creates its file, then sizes it: a scrape in between met an empty file, and prometheus-client
+    raised on it (seen as a 500 to /metrics while the second worker booted)."""
+    written = MmapedDict(str(tmp_path / "counter_1.db"))
+    written.write_value(json.dumps(["quay_dispatch_probe", "quay_dispatch_probe_total", {}, "a probe"]), 3.0, 0.0)
+    written.close()
+    (tmp_path / "counter_2.db").touch()
+    assert b"quay_dispatch_probe_total 3.0" in exposition(str(tmp_path))

@@ -241,12 +241,17 @@ def test_the_tls_context_is_built_once_per_worker(start_service, test_pki):
 
 def test_the_workers_threads_run_under_sched_batch(start_service):
     service = start_service(args=["--workers", "2"])
-    workers = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", service.log())]
-    assert len(workers) == 2
-    for pid in workers:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-        assert len(threads) > 8  # the loop, the request threads, the deliverer
-        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
+
+    def workers() -> list[int]:
+        return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", service.log())]
+
+    def threads(pid: int) -> list[int]:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+
+    # The first worker may answer before the second has booted: wait for both, and for their threads.
+    assert wait_until(lambda: len(workers()) == 2 and all(len(threads(pid)) > 8 for pid in workers()), timeout=10)
+    for pid in workers():  # the loop, the request threads, the deliverer
+        assert {os.sched_getscheduler(tid) for tid in threads(pid)} == {os.SCHED_BATCH}
 
 
 @pytest.fixture(scope="session")

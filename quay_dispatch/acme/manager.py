@@ -1,7 +1,7 @@
 """A worker's certificate from ACME: the context chooser its TLS connections use, kept up to date by a thread.
 
-Every worker of every replica runs one. Twice a second it asks whether the store changed (outbox.changes: a
-stat, or PostgreSQL's NOTIFY; no transaction), and only then reads the pending challenges (any replica may be the
+Every worker of every replica runs one. Twice a second it asks whether the store changed (outbox.changes: SQLite's
+WAL index, PostgreSQL's NOTIFY; no transaction), and only then reads the pending challenges (any replica may be the
 one the validator reaches) and the stored certificate; it reads the certificate, and whether an order is due, at
 least once a minute besides. A new certificate is stored with the time every worker switches to it, SWITCH_DELAY
 later, so that no worker serves the old one (the first start's self-signed one) once any serves the new: new

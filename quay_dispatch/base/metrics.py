@@ -8,6 +8,9 @@ at scrape time (health.py), so they are right across workers and replicas alike.
 
 from __future__ import annotations
 
+import glob
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -55,8 +58,9 @@ GITHUB_TOKEN_EXPIRY = Gauge("quay_dispatch_github_token_expiry_timestamp_seconds
                             "answer header (epoch seconds); absent while GitHub has sent none", ["host"],
                             multiprocess_mode="mostrecent")
 DELIVERER_HEARTBEAT = Gauge("quay_dispatch_deliverer_heartbeat_timestamp_seconds",
-                            "When a worker's deliverer last looked at the outbox (epoch seconds), for a GitHub host; "
-                            "the oldest of the live workers', so that one stalled thread shows", ["host"],
+                            "When a worker's deliverer last went round its loop (epoch seconds; every 2 s, idle or "
+                            "not), for a GitHub host; the oldest of the live workers', so that one stalled thread "
+                            "shows", ["host"],
                             multiprocess_mode="livemin")
 BUILD_INFO = Gauge("quay_dispatch_build_info", "1, labelled with the service's version", ["version"],
                    multiprocess_mode="max")
@@ -106,7 +110,19 @@ def exposition(multiprocess_dir: str | None) -> bytes:
     """
     if multiprocess_dir is not None:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_Workers(multiprocess_dir))
     else:
         registry = REGISTRY
     return generate_latest(registry)
+
+
+class _Workers(multiprocess.MultiProcessCollector):
+    """The workers' files, but one a booting worker has just created, still empty (prometheus-client reads it as
+    a broken file, and /metrics answered 500): it holds nothing yet, and a file only grows."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def collect(self):
+        files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if os.path.getsize(f) >= 8]
+        return self.merge(files, accumulate=True)

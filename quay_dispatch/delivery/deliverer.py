@@ -22,9 +22,9 @@ log = logging.getLogger("quay_dispatch.delivery")
 
 # Idle, the deliverer claims nothing (a claim takes the store's write lock): its own worker's commits wake it, it
 # sleeps until the next attempt it knows is due, and it reads when that is (outbox.next_due) only when another
-# process changed the store (outbox.changes: a stat, or PostgreSQL's NOTIFY; looked at every WAKE_CHECK) or a
+# process changed the store (outbox.changes: SQLite's WAL index, PostgreSQL's NOTIFY; every WAKE_CHECK) or a
 # SWEEP_INTERVAL passed, which bounds what a sign could miss. Its heartbeat is in memory, every WAKE_CHECK.
-WAKE_CHECK = 1.0
+WAKE_CHECK = 2.0
 SWEEP_INTERVAL = 30.0
 # After a claim that found nothing to send (or GitHub's pace says wait), the next comes no sooner
 # than this, however often new events wake the deliverer: under a burst, requests then do not

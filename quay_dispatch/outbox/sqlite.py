@@ -149,6 +149,7 @@ class SQLiteOutbox(Outbox):
         return conn
 
     def close(self) -> None:
+        self._watchdog.stop()
         self._close(self._local)
 
     def _close(self, slot) -> None:
@@ -160,7 +161,7 @@ class SQLiteOutbox(Outbox):
         return self._transaction(begin="BEGIN")  # deferred: a reader takes no write lock, and WAL never blocks it
 
     def changes(self) -> WALChanges:
-        return WALChanges(self.path.with_name(self.path.name + "-wal"))
+        return WALChanges(self.path.with_name(self.path.name + "-shm"))
 
     @contextmanager
     def _transaction(self, *lock_keys: str, slot=None, begin: str = "BEGIN IMMEDIATE") -> Iterator[Run]:
@@ -221,17 +222,23 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
 
 
 class WALChanges:
-    """Another process's commit, seen as the write-ahead log changing: one stat(), no lock, no transaction. Every
-    commit writes the log; a checkpoint that restarts it changes it too (a look too many, never one too few)."""
+    """Another process's commit, seen in the WAL index's header (the -shm file's first 48 bytes: a counter every
+    commit increments, the last frame, the salts): one pread(), no lock, no transaction. The WAL file's size and
+    time would miss a commit within the clock's tick after a checkpoint restarted the log.
 
-    def __init__(self, wal: Path):
-        self.wal, self._last = wal, None
+    Its descriptor is never closed: closing any descriptor of a file drops every POSIX lock this process holds on
+    it, SQLite's own on the -shm file included. A file replaced (a restore) is opened anew, the old descriptor left
+    open."""
+
+    def __init__(self, shm: Path):
+        self.shm, self._last, self._fd = shm, None, None
 
     def seen(self) -> bool:
         try:
-            info = os.stat(self.wal)
-            now = (info.st_ino, info.st_size, info.st_mtime_ns)
+            if self._fd is None or os.fstat(self._fd).st_ino != os.stat(self.shm).st_ino:
+                self._fd = os.open(self.shm, os.O_RDONLY)
+            header = os.pread(self._fd, 48, 0)
         except OSError:
-            now = None
-        changed, self._last = now != self._last or now is None, now
+            header = None  # no connection has it open yet: a read makes one
+        changed, self._last = header != self._last or header is None, header
         return changed

@@ -233,7 +233,8 @@ class Outbox(Waking, SharedState, Browse):
         return row["oldest"]
 
     def close(self) -> None:
-        """Close this thread's connection (the next use opens a new one)."""
+        """Close this thread's connection (the next use opens a new one), and let the watchdog's thread end."""
+        self._watchdog.stop()
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:

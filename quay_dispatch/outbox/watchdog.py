@@ -27,18 +27,19 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._parked = False
+        self._stopping = False
         self._unpark = threading.Event()
         self.looks = 0  # how many times it looked at the transactions in flight (the tests read it)
 
     @contextmanager
     def guard(self, deadline: float, interrupt: Callable[[], None]) -> Iterator[None]:
+        key = object()  # this transaction's own: a late look cannot interrupt the thread's next one
+        self._running[key] = (deadline, interrupt)  # before the thread is looked for: one that ends sees it
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="outbox-watchdog", daemon=True)
                     self._thread.start()
-        key = object()  # this transaction's own: a late look cannot interrupt the thread's next one
-        self._running[key] = (deadline, interrupt)
         if self._parked:  # set before the thread looks at _running one last time: no wake-up is lost
             self._parked = False
             self._unpark.set()
@@ -47,11 +48,19 @@ class Watchdog:
         finally:
             self._running.pop(key, None)
 
+    def stop(self) -> None:
+        """End the thread once nothing is in flight (the next guard starts another): gunicorn's master, which
+        opened the outbox to check it, forks its workers with no thread of its own."""
+        self._stopping = True
+        self._unpark.set()
+
     def _run(self) -> None:
         while True:
             if not self._running:
                 self._parked = True
                 if not self._running:
+                    if self._stopping and self._end():
+                        return
                     self._unpark.wait()
                 self._unpark.clear()
                 self._parked = False
@@ -64,6 +73,13 @@ class Watchdog:
                         interrupt()
                     except Exception:  # the connection may be gone already
                         log.debug("interrupting a transaction failed", exc_info=True)
+
+    def _end(self) -> bool:
+        with self._lock:  # guard() starts a thread under it, after registering: nothing registered is left alone
+            if self._running:
+                return False
+            self._thread, self._parked, self._stopping = None, False, False
+            return True
 
 
 def warn_if_slow(description: str, started: float, cause: Callable[[], str]) -> None:
