@@ -43,6 +43,21 @@ def trees(args: argparse.Namespace, directory: Path, stack: ExitStack) -> dict[s
     return {name: checkout(getattr(args, name), directory / f"{name}-tree", stack) for name in ("base", "changed")}
 
 
+def alternate(args: argparse.Namespace, prefix: str, measure) -> dict[str, list]:
+    """measure(keys, workdir, tree) for args.base and args.changed in args.rounds rounds, in an order that alternates
+    from round to round; the results by name ("base", "changed"), in order."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    results: dict[str, list] = {"base": [], "changed": []}
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
+        keys = make_keys(base, "ecdsa")
+        checked_out = trees(args, base, stack)
+        for i in range(args.rounds):
+            for name in ("base", "changed") if i % 2 == 0 else ("changed", "base"):
+                results[name].append(measure(keys, base / f"{name}-{i}", checked_out[name]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     revision_arguments(parser)

@@ -11,17 +11,14 @@ median of the rounds with its range. CHANGED defaults to the working tree; both 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
-from contextlib import ExitStack, closing
+from contextlib import closing
 from pathlib import Path
 
 import requests
 
-from bench.ab import revision_arguments, trees
-from bench.compare import make_keys
+from bench.ab import alternate, revision_arguments
 from quay_dispatch.tools.sample import sample_body, send_like_quay
 from testkit.github import FakeGitHub
 from testkit.service import Service, base_env
@@ -71,16 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     revision_arguments(parser)
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="quay-bench-footprint-"))
-    keys = make_keys(base, "ecdsa")
-    results: dict[str, list[dict[str, float]]] = {"base": [], "changed": []}
-    with ExitStack() as stack:
-        stack.callback(shutil.rmtree, base, ignore_errors=True)
-        checked_out = trees(args, base, stack)
-        for i in range(args.rounds):
-            for name in ("base", "changed") if i % 2 == 0 else ("changed", "base"):
-                results[name].append(measure(keys, base / f"{name}-{i}", checked_out[name]))
+    results = alternate(parser.parse_args(), "quay-bench-footprint-", measure)
     for field in results["base"][0]:
         line = []
         for name in ("base", "changed"):
