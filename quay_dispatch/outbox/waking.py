@@ -17,13 +17,6 @@ class Changes(Protocol):
     def seen(self) -> bool: ...
 
 
-class Always:
-    """For a store that cannot tell: every call may have news."""
-
-    def seen(self) -> bool:
-        return True
-
-
 class Waking:
     """The outbox's part in an idle deliverer; the outbox (store.Outbox) provides the transactions."""
 
@@ -31,8 +24,8 @@ class Waking:
         raise NotImplementedError
 
     def changes(self) -> Changes:
-        """A fresh sign of other processes' commits, for one thread."""
-        return Always()
+        """A fresh sign of other processes' commits, for one thread (each store has its own)."""
+        raise NotImplementedError
 
     def _announce(self, run: Run) -> None:
         """Within a transaction that queued deliveries: let the other processes' deliverers know, where the store
